@@ -1,0 +1,177 @@
+"""Rule engine speed: microseconds per step with the default packs at 30 metrics per step, and
+end-to-end ``trainguard monitor --once`` throughput on one-metric-per-line events.
+
+    python benchmarks/bench_engine.py [--steps 20000] [--events 1000000] [--small 250000]
+
+All figures are CPU time (``time.process_time`` in process; ``wait4`` rusage for the CLI run), so
+a shared machine's load does not distort them. Peak RSS of the CLI run is reported for the full
+and the small input: flat memory means they are close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainguard.monitor.engine import Engine
+from trainguard.rules.loader import builtin_pack_names, load_rules
+
+#: Keys TRL trainers log, padded to 30 with generic ones.
+_KEYS = ["loss", "grad_norm", "learning_rate", "epoch", "entropy", "num_tokens",
+         "mean_token_accuracy", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+         "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
+         "kl", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
+         "completions/clipped_ratio", "clip_ratio/region_mean", "clip_ratio/low_mean",
+         "clip_ratio/high_mean", "step_time", "importance_sampling_ratio", "nll_loss",
+         "completions/max_length", "completions/min_length", "objective/entropy"]
+
+
+def _series(steps: int, names: list[str]) -> list[dict[str, float]]:
+    rng = random.Random(0)
+    return [{n: 1.0 + 0.05 * rng.random() - 0.0001 * step for n in names} for step in range(steps)]
+
+
+def bench_engine(steps: int) -> dict[str, float]:
+    """Microseconds (CPU) per 30-metric step through every built-in pack's rules."""
+    packs = builtin_pack_names()
+    rules = load_rules(packs)
+    engine = Engine(rules)
+    rows = _series(steps, _KEYS)
+    start = time.process_time()
+    for step, metrics in enumerate(rows, 1):
+        engine.evaluate(0, step, metrics, float(step))
+    cpu = time.process_time() - start
+    return {"packs": ",".join(packs), "rules": len(rules), "metrics_per_step": len(_KEYS),
+            "steps": steps, "us_per_step": round(cpu / steps * 1e6, 2)}
+
+
+def bench_engine_one_metric(steps: int) -> dict[str, float]:
+    """Microseconds (CPU) per one-metric step (``loss`` only): the per-event engine floor."""
+    engine = Engine(load_rules(builtin_pack_names()))
+    start = time.process_time()
+    for step in range(1, steps + 1):
+        engine.evaluate(0, step, {"loss": 1.0 + 0.01 * (step % 7)}, float(step))
+    return {"steps": steps, "us_per_step": round((time.process_time() - start) / steps * 1e6, 2)}
+
+
+def bench_alias_bomb(tmp: Path, levels: int = 30) -> dict[str, float]:
+    """CPU milliseconds to refuse a billion-laughs rule file (T28 target: < 100 ms)."""
+    from trainguard.exceptions import ConfigError
+    from trainguard.rules.loader import load_pack
+
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels)]
+    path = tmp / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.process_time()
+    try:
+        load_pack(str(path))
+        refused = False
+    except ConfigError:
+        refused = True
+    return {"levels": levels, "refused": refused,
+            "cpu_ms": round((time.process_time() - start) * 1e3, 1)}
+
+
+def bench_monitor_in_process(events: int, small: int, names: list[str]) -> dict[str, float]:
+    """Parser + step grouping + engine fed in 10,000-line chunks (no source): events per CPU
+    second and RSS after ``small`` and ``events`` events, to separate the core's memory from
+    the sources' (which read a whole file in one poll)."""
+    import psutil
+
+    from trainguard.monitor.daemon import Monitor
+    from trainguard.monitor.sources import Line
+
+    class _NoSource:
+        exhausted = True
+
+        def poll(self) -> list[Line]:
+            return []
+
+        def problems(self) -> list[str]:
+            return []
+
+    monitor = Monitor(_NoSource(), load_rules(builtin_pack_names()))  # type: ignore[arg-type]
+    proc = psutil.Process()
+    rss: dict[str, float] = {}
+    n, step, cpu = 0, 0, 0.0
+    while n < events:
+        chunk = []
+        while len(chunk) < 10_000:
+            step += 1
+            for name in names:
+                n += 1
+                chunk.append(Line("bench", n, f'{{"time":{step}.0,"step":{step},"name":"{name}",'
+                                              f'"value":1.0}}'.encode()))
+        start = time.process_time()
+        monitor.process(chunk)
+        cpu += time.process_time() - start
+        if n in (small, events):
+            rss[f"rss_mib_after_{n}"] = round(proc.memory_info().rss / 2**20, 1)
+    return {"events": n, "events_per_cpu_s": round(n / cpu), **rss}
+
+
+def _write_events(path: Path, events: int, names: list[str]) -> None:
+    """One metric per line, as a stdout parser or a per-metric logger writes them."""
+    now = 1.7e9
+    with open(path, "w", buffering=1 << 20) as handle:
+        step = 0
+        written = 0
+        while written < events:
+            step += 1
+            for name in names:
+                value = 1.0 + 0.01 * math.sin(step * 0.1 + len(name))
+                handle.write(f'{{"time":{now + step:.3f},"step":{step},"name":"{name}",'
+                             f'"value":{value:.6f}}}\n')
+                written += 1
+                if written == events:
+                    break
+
+
+def bench_cli(events: int, names: list[str], tmp: Path) -> dict[str, float]:
+    """CPU seconds, events per CPU second and peak RSS of ``trainguard monitor FILE --once``."""
+    path = tmp / f"events_{events}_{len(names)}.jsonl"
+    _write_events(path, events, names)
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "trainguard", "monitor", str(path), "--once",
+                             "--quiet", "--alerts", str(tmp / "alerts.jsonl")], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    path.unlink()
+    return {"events": events, "metric_names": len(names), "exit": proc.returncode,
+            "cpu_s": round(cpu, 2), "events_per_cpu_s": round(events / cpu),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=250_000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    names = ["loss", "grad_norm", "learning_rate", "entropy", "num_tokens",
+             "mean_token_accuracy", "epoch", "step_time", "kl", "reward"]
+    result = {
+        "engine": bench_engine(args.steps),
+        "engine_1_metric": bench_engine_one_metric(args.steps * 5),
+        "alias_bomb": bench_alias_bomb(tmp),
+        "monitor_core_in_process": bench_monitor_in_process(args.events, args.small, names),
+        "cli_10_metrics_per_step": bench_cli(args.events, names, tmp),
+        "cli_10_metrics_per_step_small": bench_cli(args.small, names, tmp),
+        "cli_1_metric_per_step": bench_cli(args.events, ["loss"], tmp),
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""FileTail and the file/directory sources on real files: the awkward cases one by one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from trainguard.monitor.checkpoint import AlertLedger, load_state
+from trainguard.monitor.alerts import Alert
+from trainguard.monitor.sources import DirectorySource, FileSource
+from trainguard.monitor.tail import FileTail
+from trainguard.monitor.watch import ChangeWatcher
+
+
+def _lines(tail: FileTail) -> list[bytes]:
+    return [data for _, data in tail.read_lines()]
+
+
+def test_partial_line_is_held_until_its_newline(tmp_path: Path):
+    """A line without its newline is not handed out; it is, whole, once the newline arrives."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"ste')
+    tail = FileTail(str(path))
+    assert [b'{"step": 1}'] == _lines(tail)
+    with open(path, "ab") as handle:
+        handle.write(b'p": 2}\n')
+    assert [b'{"step": 2}'] == _lines(tail)
+    tail.close()
+
+
+def test_partial_line_is_read_once_across_a_restart(tmp_path: Path):
+    """The checkpointed position stops before a partial line, so a restart reads it whole."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1}\n{"ste')
+    tail = FileTail(str(path))
+    assert [b'{"step": 1}'] == _lines(tail)
+    position = tail.position()
+    tail.close()
+    with open(path, "ab") as handle:
+        handle.write(b'p": 2}\n')
+    again = FileTail(str(path), position=position)
+    assert [(2, b'{"step": 2}')] == again.read_lines()
+    again.close()
+
+
+def test_copytruncate_nul_hole_is_dropped_and_counted(tmp_path: Path):
+    """A non-append writer after copytruncate leaves NULs; the next line still parses clean."""
+    path = tmp_path / "a.jsonl"
+    writer = open(path, "wb")  # noqa: SIM115 - plays a writer that keeps its offset
+    writer.write(b'{"step": 1}\n' * 3)
+    writer.flush()
+    tail = FileTail(str(path))
+    assert 3 == len(_lines(tail))
+    shutil.copyfile(path, tmp_path / "a.jsonl.1")
+    os.truncate(path, 0)
+    writer.write(b'{"step": 4}\n')  # lands at the old offset: a hole of NULs before it
+    writer.close()
+    assert [b'{"step": 4}'] == _lines(tail)
+    assert 1 == tail.stats.skips["nul_bytes"]
+    assert 1 == tail.stats.truncations
+    tail.close()
+
+
+def test_over_long_line_is_skipped_counted_and_memory_bounded(tmp_path: Path):
+    """A line over the bound is dropped (never buffered whole); the next line is read."""
+    path = tmp_path / "a.jsonl"
+    tail = FileTail(str(path), max_line_bytes=1000)
+    with open(path, "wb") as handle:
+        handle.write(b"x" * 5000)
+        handle.flush()
+        assert [] == _lines(tail)
+        assert len(tail._partial) <= 1000
+        handle.write(b"y" * 5000 + b'\n{"step": 2}\n')
+    assert [(2, b'{"step": 2}')] == tail.read_lines()
+    assert 1 == tail.stats.skips["line_too_long"]
+    assert (1, "line_too_long") == tail.stats.examples[0][:2]
+    tail.close()
+
+
+def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):
+    """Delete + recreate with the same name while stopped: the fingerprint differs, read from 0."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1, "run": "old"}\n' * 4)
+    tail = FileTail(str(path))
+    assert 4 == len(_lines(tail))
+    position = tail.position()
+    tail.close()
+    path.unlink()
+    path.write_bytes(b'{"step": 1, "run": "new"}\n' * 6)  # longer than the old offset
+    again = FileTail(str(path), position=position)
+    assert [b'{"step": 1, "run": "new"}'] * 6 == _lines(again)
+    assert 1 == again.stats.skips["replaced_while_down"]
+    again.close()
+
+
+def test_from_end_skips_what_is_already_there(tmp_path: Path):
+    """--from-end: only lines appended after the start are read."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1}\n')
+    source = FileSource(path, from_start=False)
+    assert [] == source.poll()
+    with open(path, "ab") as handle:
+        handle.write(b'{"step": 2}\n')
+    assert [b'{"step": 2}'] == [line.data for line in source.poll()]
+    source.close()
+
+
+def test_identical_first_lines_are_distinct_streams(run_dir: Path):
+    """64 rank files starting with the same line are 64 streams, none merged."""
+    for rank in range(64):
+        (run_dir / f"rank{rank}.jsonl").write_bytes(b'{"step": 0, "metrics": {"loss": 1}}\n')
+    source = DirectorySource(run_dir)
+    lines = source.poll()
+    assert 64 == len({line.stream for line in lines})
+    source.close()
+
+
+def test_directory_source_excludes_its_own_outputs_and_finds_nested_ranks(run_dir: Path):
+    """alerts, record and state files are not read back as events; rank folders are."""
+    (run_dir / "node1").mkdir()
+    (run_dir / "node1" / "rank3.jsonl").write_bytes(b'{"step": 1}\n')
+    (run_dir / "alerts.jsonl").write_bytes(b'{"step": 9}\n')
+    (run_dir / ".trainguard").mkdir()
+    (run_dir / ".trainguard" / "x.jsonl").write_bytes(b'{"step": 9}\n')
+    source = DirectorySource(run_dir, exclude=[str(run_dir / "alerts.jsonl")])
+    assert [str(run_dir / "node1" / "rank3.jsonl")] == [line.stream for line in source.poll()]
+    source.close()
+
+
+@pytest.mark.parametrize("mode", ["poll", "inotify"])
+def test_new_rank_file_is_picked_up(run_dir: Path, mode: str):
+    """A file that appears after the start is followed, with inotify and with polling."""
+    source = DirectorySource(run_dir, rescan_interval=3600.0 if mode == "inotify" else 0.0)
+    watcher = ChangeWatcher(source) if mode == "inotify" else None
+    assert [] == source.poll()
+    (run_dir / "rank5.jsonl").write_bytes(b'{"step": 1}\n')
+    got: list[bytes] = []
+    for _ in range(100):
+        got += [line.data for line in source.poll()]
+        if got or watcher is None:
+            break
+        watcher.wait(0.05)
+    assert [b'{"step": 1}'] == got
+    if watcher is not None:
+        watcher.close()
+    source.close()
+
+
+def test_vanished_directory_is_a_problem(run_dir: Path):
+    """A run directory removed under the monitor makes it say so (degraded), not go quiet."""
+    (run_dir / "rank0.jsonl").write_bytes(b'{"step": 1}\n')
+    source = DirectorySource(run_dir)
+    source.poll()
+    shutil.rmtree(run_dir)
+    source.poll()
+    assert ["vanished" in p for p in source.problems()] == [True]
+    source.close()
+
+
+def test_damaged_state_file_is_a_cold_start_with_a_warning(tmp_path: Path):
+    """An empty or garbled checkpoint never crashes the monitor."""
+    state = tmp_path / "state.json"
+    state.write_bytes(b"")
+    data, warning = load_state(state)
+    assert ({}, True) == (data, "starting cold" in (warning or ""))
+    assert ({}, None) == load_state(tmp_path / "missing.json")
+
+
+def test_ledger_suppresses_an_alert_raised_before_a_restart():
+    """A (rule, rank) already firing is not raised again; after it resolves it can fire again."""
+    def alert(step: int, state: str = "firing") -> Alert:
+        return Alert(None, "r", "high", "stop", "loss", 1.0, step, 0, "m", state=state)
+
+    ledger = AlertLedger()
+    assert ledger.admit(alert(5))
+    restored = AlertLedger(ledger.to_json())
+    assert [False, True, True] == [restored.admit(alert(5)), restored.admit(alert(9, "resolved")),
+                                   restored.admit(alert(12))]

@@ -1,0 +1,1 @@
+"""The monitor: sources, normalization, the rule engine, actions, the daemon loop, reports."""

@@ -1,0 +1,344 @@
+"""The monitor loop: sources -> parse -> normalize -> rules -> alerts -> actions.
+
+Everything impure is passed in (sources, sinks, stopper); the loop itself only moves records
+between them, counts what it skipped and where, and decides the verdict. A blind monitor is
+never healthy: a source it cannot read makes the verdict ``degraded``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from trainguard.events import ParseSkip, Record, parse_line, record_from_object
+from trainguard.events import _fast_loads  # the same decoder, for the fast path
+from trainguard.monitor.alerts import Alert, AlertSink
+from trainguard.monitor.actions import Stopper
+from trainguard.monitor.checkpoint import Checkpointer
+from trainguard.monitor.engine import Engine
+from trainguard.monitor.normalize import FieldMap
+from trainguard.monitor.record import Recorder
+from trainguard.monitor.sources import Line, Source
+from trainguard.rules.loader import CompiledRule
+from trainguard.rules.models import SEVERITY_ORDER
+
+__all__ = ["EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "LineParser", "Monitor", "SkipExample",
+           "Verdict"]
+
+EXIT_CLEAN = 0
+EXIT_DEGRADED = 1
+EXIT_ALERT = 2
+_HIGH = SEVERITY_ORDER["high"]
+MAX_SKIP_EXAMPLES = 5
+
+#: Turns one line into a record or a counted skip. The default reads canonical JSONL.
+LineParser = Callable[[Line], "Record | ParseSkip | None"]
+
+
+def json_line_parser(line: Line) -> Record | ParseSkip | None:
+    """The default parser: canonical JSONL in any accepted form; blank lines are ignored."""
+    data = line.data
+    if not data.strip():
+        return None
+    return parse_line(data)
+
+
+@dataclass(frozen=True, slots=True)
+class SkipExample:
+    """Where a line was skipped and why, for the user to go and look."""
+
+    stream: str
+    line: int
+    reason: str
+    detail: str
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The outcome of a monitoring session, and the exit code that says it to CI."""
+
+    exit_code: int
+    alerts: list[Alert]
+    problems: list[str]
+    events: int
+    records: int
+    skips: Counter[str]
+    skip_examples: list[SkipExample]
+
+    @property
+    def status(self) -> str:
+        """``alert``, ``degraded`` or ``clean``."""
+        return {EXIT_ALERT: "alert", EXIT_DEGRADED: "degraded"}.get(self.exit_code, "clean")
+
+
+@dataclass(slots=True)
+class _Counters:
+    events: int = 0
+    records: int = 0
+    skips: Counter[str] = field(default_factory=Counter)
+    examples: list[SkipExample] = field(default_factory=list)
+
+
+class Monitor:
+    """Moves lines from a source through the rules, and alerts to the sinks and the stopper."""
+
+    def __init__(
+        self,
+        source: Source,
+        rules: Sequence[CompiledRule],
+        *,
+        field_map: FieldMap | None = None,
+        sinks: Sequence[AlertSink] = (),
+        stopper: Stopper | None = None,
+        parser: LineParser = json_line_parser,
+        on_problem: Callable[[str], None] | None = None,
+        recorder: Recorder | None = None,
+        checkpointer: Checkpointer | None = None,
+        wait: Callable[[float], object] | None = None,
+        trainer_rules: Callable[[set[str]], bool] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.engine = Engine(rules)
+        #: Auto-selection: called with the keys seen so far until it returns True (it detected
+        #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
+        self._trainer_rules = trainer_rules
+        self._keys_seen: set[str] = set()
+        self._detect_budget = 50
+        self.field_map = field_map or FieldMap()
+        self.sinks = list(sinks)
+        self.stopper = stopper
+        self.parser = parser
+        self.alerts: list[Alert] = []
+        self.counters = _Counters()
+        self._pending: dict[tuple[str, int], Record] = {}
+        self._on_problem = on_problem
+        self._reported_problems: set[str] = set()
+        # Restart safety (see checkpoint.py): what is evaluated is recorded, duplicates of
+        # alerts raised before a restart are suppressed, and positions are saved at points
+        # where nothing read is still held back.
+        self.recorder = recorder
+        self.checkpointer = checkpointer
+        self.ledger = checkpointer.ledger if checkpointer is not None else None
+        self._wait = wait
+        #: Called once per loop turn (escalating a stop, watching for a hang).
+        self.on_tick = on_tick
+        #: The last step record of each rank, for stop follow-up and the postmortem.
+        self.last_records: dict[int, Record] = {}
+        #: When the last step record arrived (monotonic), and the longest gap seen between
+        #: polls that brought new steps after the first two (warm-up), for hang detection.
+        self.last_progress_at: float | None = None
+        self.max_step_interval: float | None = None
+        self._progress_polls = 0
+
+    # -- the per-line path -------------------------------------------------------------------
+
+    def process(self, lines: Sequence[Line]) -> None:
+        """Parse, normalize and evaluate ``lines``; route any alerts."""
+        parser = self.parser
+        # With the default JSON parser, decode here and take the one-metric-per-line form on a
+        # fast path that builds one Record per step, not per line. Results are the same as
+        # through ``parser``; only cheaper (the JSON decode dominates what is left).
+        fast = parser is json_line_parser
+        loads = _fast_loads
+        counters = self.counters
+        pending = self._pending
+        for line in lines:
+            if fast:
+                try:
+                    obj = loads(line.data)
+                except ValueError:  # bare NaN, blank line, garbage: the general parser says
+                    result = parser(line)
+                else:
+                    name = obj.get("name") if type(obj) is dict else None
+                    if type(name) is str and "metrics" not in obj:
+                        step, value, rank = obj.get("step"), obj.get("value"), obj.get("rank", 0)
+                        vt = type(value)
+                        if (type(step) is int and (vt is float or vt is int)
+                                and type(rank) is int):
+                            counters.events += 1
+                            key = (line.stream, rank)
+                            held = pending.get(key)
+                            if held is not None:
+                                if held.step == step:
+                                    held.metrics[name] = value if vt is float else float(value)
+                                    continue
+                                del pending[key]
+                                self._evaluate(held)
+                            t = obj.get("time")
+                            if t is not None and type(t) is not float and type(t) is not int:
+                                t = None
+                            kind = obj.get("kind", "train")
+                            pending[key] = Record(step, {name: float(value)}, t, rank,
+                                                  kind if type(kind) is str else "train", True)
+                            continue
+                    result = record_from_object(obj)
+            else:
+                result = parser(line)
+            if result is None:
+                continue
+            if type(result) is ParseSkip:
+                self._skip(line, result)
+                continue
+            record: Record = result  # type: ignore[assignment]
+            counters.events += len(record.metrics)
+            key = (line.stream, record.rank)
+            held = pending.get(key)
+            if held is not None:
+                if held.step == record.step:
+                    held.metrics.update(record.metrics)
+                    if record.partial:
+                        continue
+                    del pending[key]
+                    self._evaluate(held)
+                    continue
+                del pending[key]
+                self._evaluate(held)
+            if record.partial:
+                pending[key] = Record(record.step, dict(record.metrics), record.time,
+                                      record.rank, record.kind, True)
+            else:
+                self._evaluate(record)
+
+    def flush(self) -> None:
+        """Evaluate steps held while waiting for more of their one-metric lines."""
+        pending, self._pending = self._pending, {}
+        for record in pending.values():
+            self._evaluate(record)
+
+    def _skip(self, line: Line, skip: ParseSkip) -> None:
+        counters = self.counters
+        counters.skips[skip.reason] += 1
+        if len(counters.examples) < MAX_SKIP_EXAMPLES:
+            counters.examples.append(SkipExample(line.stream, line.number, skip.reason,
+                                                 skip.detail))
+
+    def _evaluate(self, record: Record) -> None:
+        self.counters.records += 1
+        self.last_records[record.rank] = record
+        metrics = self.field_map.apply(record.metrics)
+        if self.recorder is not None:
+            self.recorder.write(Record(record.step, metrics, record.time, record.rank,
+                                       record.kind))
+        if self._trainer_rules is not None:
+            self._detect(record.metrics.keys() | metrics.keys())
+        alerts = self.engine.evaluate(record.rank, record.step, metrics, record.time)
+        for alert in alerts:
+            self._route(alert)
+
+    def _detect(self, keys: set[str]) -> None:
+        """Offer the keys of the first records to the trainer-pack selector (bounded effort)."""
+        assert self._trainer_rules is not None
+        self._keys_seen |= keys
+        self._detect_budget -= 1
+        if self._trainer_rules(self._keys_seen) or self._detect_budget <= 0:
+            self._trainer_rules = None
+            self._keys_seen = set()
+
+    def _route(self, alert: Alert) -> None:
+        ledger = self.ledger
+        if ledger is not None and not ledger.admit(alert):
+            return  # raised before a restart: already delivered
+        if alert.state == "firing" and alert.action == "stop":
+            if ledger is not None and ledger.stop_sent(alert):
+                alert.delivery = "stop already sent"
+            elif self.stopper is None:
+                alert.delivery = "not stopped: observe-only (use --stop, --control or --pid)"
+            else:
+                delivered = self.stopper.stop(alert)
+                alert.delivery = delivered or "stop already sent"
+                if ledger is not None:
+                    ledger.note_stop(alert)
+        self.alerts.append(alert)
+        for sink in self.sinks:
+            sink.emit(alert)
+        if self.checkpointer is not None:
+            self.checkpointer.save_ledger()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Read and process whatever the source has now; return the number of lines."""
+        lines = self.source.poll()
+        if lines:
+            before = self.counters.records
+            self.process(lines)
+            self._checkpoint()
+            if self.counters.records != before:
+                self._progressed()
+        for problem in self.source.problems():
+            if problem not in self._reported_problems:
+                self._reported_problems.add(problem)
+                if self._on_problem is not None:
+                    self._on_problem(problem)
+        return len(lines)
+
+    def _progressed(self) -> None:
+        now = time.monotonic()
+        self._progress_polls += 1
+        if self.last_progress_at is not None and self._progress_polls > 2:
+            gap = now - self.last_progress_at
+            if self.max_step_interval is None or gap > self.max_step_interval:
+                self.max_step_interval = gap
+        self.last_progress_at = now
+
+    @property
+    def max_step(self) -> int | None:
+        """The highest step seen on any rank."""
+        return max((r.step for r in self.last_records.values()), default=None)
+
+    def run(self, *, once: bool = False, poll_interval: float = 0.05,
+            stop: threading.Event | None = None) -> Verdict:
+        """Follow the source until ``stop`` is set or it is exhausted; with ``once``, read what
+        is there and return. Idle steps held for more one-metric lines are evaluated once the
+        source has been quiet for a poll."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            n = self.poll_once()
+            if self.on_tick is not None:
+                self.on_tick()
+            if n:
+                continue
+            self.flush()
+            self._checkpoint()
+            if self.source.exhausted:
+                break
+            # A pipe is read to its end even with once: its lines are still on the way.
+            if once and not getattr(self.source, "streaming", False):
+                break
+            (self._wait or stop.wait)(poll_interval)
+        self.flush()
+        for alert in self.engine.finish():
+            self._route(alert)
+        self._checkpoint(force=True)
+        return self.verdict()
+
+    def _checkpoint(self, force: bool = False) -> None:
+        """Save positions when due and nothing read is held back; under a steady stream of
+        one-metric lines a step is always pending, so after ten intervals flush it anyway."""
+        cp = self.checkpointer
+        if cp is None:
+            return
+        if self._pending:
+            if not (force or cp.due(10.0)):
+                return
+            self.flush()
+        if force or cp.due():
+            cp.commit()
+
+    def verdict(self) -> Verdict:
+        """The exit code and what led to it."""
+        problems = self.source.problems()
+        restored = self.ledger.max_severity if self.ledger is not None else -1
+        if max(self.engine.max_severity, restored) >= _HIGH:
+            code = EXIT_ALERT
+        elif problems:
+            code = EXIT_DEGRADED
+        else:
+            code = EXIT_CLEAN
+        c = self.counters
+        return Verdict(code, list(self.alerts), problems, c.events, c.records, c.skips,
+                       list(c.examples))

@@ -1,0 +1,373 @@
+"""The rule engine: rules in, alerts out, pure.
+
+No files, clocks, signals or threads: the engine is a function of the records it is fed, so a
+recorded JSONL replayed through it gives the same alerts every time. Rules run once per step
+record (not once per metric event) and only when the step carries a metric they read (or, for
+conditions such as ``stale(N)``, on every record of the rank).
+
+Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
+gave a known result (a step without the metric is unknown: it neither fires nor resets):
+
+* ``warmup``: the first N known evaluations are ignored (the evaluator still sees them, so
+  rolling windows fill up).
+* ``for``: N consecutive true evaluations fire; one false evaluation resets the pending count.
+* ``keep_firing_for``: once firing, up to N false evaluations are tolerated (a true one resets
+  the count); the N+1st resolves. A metric flapping around its threshold therefore fires once
+  and stays firing instead of firing on every crossing.
+* ``cooldown``: after a resolve, the rule does not fire again before ``step > resolved + N``.
+* ``repeat_interval``: while firing, re-notify every N steps (0: notify once).
+* every firing episode ends with exactly one ``resolved`` alert.
+
+Scopes across ranks (``scope``):
+
+* ``rank`` (default): each rank has its own state and its own alerts.
+* ``any``: each rank is evaluated on its own; one alert fires when the first rank fires (it
+  names that rank) and resolves when no rank is firing any more.
+* ``all``: one alert, firing while every rank the engine has seen a record from is firing; it
+  names no rank. It cannot fire on the first step number seen, when the other ranks' records of
+  that step may not have arrived yet.
+* ``mean``: the condition is evaluated once per step on the mean, over the ranks that reported
+  that step, of each metric's value. A step is evaluated when every rank seen so far has
+  reported it, or when a later step arrives from any rank; a record of an older step than the
+  one pending is ignored by mean rules. :meth:`Engine.finish` evaluates the last pending step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainguard.monitor.alerts import Alert
+from trainguard.rules.dsl import EvalContext, Evaluator
+from trainguard.rules.loader import CompiledRule
+from trainguard.rules.models import SEVERITY_ORDER
+
+__all__ = ["Engine", "RuleState", "format_value", "MEAN_RANK"]
+
+#: The state key (and context rank) of a rule evaluated on the mean of the ranks.
+MEAN_RANK = -1
+_FIRING, _RESOLVED, _REPEAT = 1, 2, 3
+
+
+def format_value(value: float | None) -> str:
+    """A metric value as a person reads it: 4 significant digits, NaN/inf spelled out."""
+    if value is None:
+        return "n/a"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+@dataclass(slots=True)
+class RuleState:
+    """Life-cycle state of one rule for one rank (Prometheus style: pending, firing)."""
+
+    evaluator: Evaluator
+    context: EvalContext
+    evaluations: int = 0
+    consecutive: int = 0
+    firing: bool = False
+    false_while_firing: int = 0
+    quiet_until_step: int = -1
+    fired_at_step: int | None = None
+    notified_at_step: int = 0
+
+
+@dataclass(slots=True)
+class _Entry:
+    compiled: CompiledRule
+    scope: str
+    states: dict[int, RuleState] = field(default_factory=dict)
+    firing_ranks: set[int] = field(default_factory=set)
+    group_firing: bool = False
+
+
+@dataclass(slots=True)
+class _MeanStep:
+    """The records of one step being gathered for the ``mean`` scope."""
+
+    step: int = -1
+    time: float | None = None
+    ranks: set[int] = field(default_factory=set)
+    sums: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _applies(compiled: CompiledRule, trainer: str | None) -> bool:
+    trainers = compiled.rule.trainers
+    return trainer is None or "any" in trainers or trainer in trainers
+
+
+class Engine:
+    """Evaluates compiled rules over step records and yields alerts as they fire and resolve.
+
+    ``trainer``: the trainer kind (``dpo``, ``grpo``...). ``None`` applies every rule; once a
+    kind is known, a rule applies only if its ``trainers`` lists ``any`` or that kind.
+    """
+
+    def __init__(self, rules: Iterable[CompiledRule], trainer: str | None = None) -> None:
+        self._all: list[_Entry] = []
+        self.trainer = trainer
+        self.max_severity: int = -1
+        self.alerts_fired = 0
+        self._known_ranks: set[int] = set()
+        self._first_step: int | None = None
+        self._mean = _MeanStep()
+        self.add_rules(rules)
+
+    # -- configuration (not on the hot path) ----------------------------------------------------
+
+    def add_rules(self, rules: Iterable[CompiledRule]) -> None:
+        """Add rules; one with the id of a rule already here replaces it (with fresh state)."""
+        new = {r.rule.id: r for r in rules}
+        self._all = [e for e in self._all if e.compiled.rule.id not in new]
+        self._all.extend(_Entry(r, r.rule.scope) for r in new.values())
+        self._reindex()
+
+    def set_trainer(self, kind: str | None) -> None:
+        """Tell the engine which trainer it is watching; rules for other trainers stop applying."""
+        self.trainer = kind.lower() if kind else None
+        self._reindex()
+
+    def _reindex(self) -> None:
+        # Index: metric name -> entries reading it, so a step only touches rules it can feed.
+        self._entries = [e for e in self._all if _applies(e.compiled, self.trainer)]
+        self._by_metric: dict[str, list[_Entry]] = {}
+        self._always: list[_Entry] = []
+        self._mean_entries: list[_Entry] = []
+        for entry in self._entries:
+            if entry.scope == "mean":
+                self._mean_entries.append(entry)
+                continue
+            if entry.compiled.condition.always:
+                self._always.append(entry)
+                continue
+            for name in entry.compiled.condition.metrics:
+                self._by_metric.setdefault(name, []).append(entry)
+
+    @property
+    def rules(self) -> list[CompiledRule]:
+        """The rules this engine evaluates now (after trainer filtering)."""
+        return [e.compiled for e in self._entries]
+
+    # -- restart without re-notifying (T19) -----------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The alert state worth keeping across a daemon restart, as JSON-safe data.
+
+        Only the life cycle is kept (which rule is firing on which rank, since when, when it
+        last notified, cooldowns), not rolling windows: those refill from the next records. The
+        caller persists it (atomically) with its read offsets; the engine does no I/O.
+        """
+        rules: dict[str, Any] = {}
+        for entry in self._all:
+            states = {str(rank): [st.firing, st.fired_at_step, st.notified_at_step,
+                                  st.quiet_until_step, st.evaluations]
+                      for rank, st in entry.states.items()
+                      if st.firing or st.quiet_until_step >= 0}
+            if states or entry.group_firing:
+                rules[entry.compiled.rule.id] = {"states": states,
+                                                 "group_firing": entry.group_firing}
+        return {"version": 1, "rules": rules, "ranks": sorted(self._known_ranks),
+                "first_step": self._first_step}
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Resume from :meth:`snapshot`: a rule firing before the restart stays firing without
+        a second notification, and resolves exactly once. Unknown rules are ignored."""
+        if snapshot.get("version") != 1:
+            return
+        by_id = {e.compiled.rule.id: e for e in self._all}
+        for rule_id, saved in snapshot.get("rules", {}).items():
+            entry = by_id.get(rule_id)
+            if entry is None:
+                continue
+            for rank_text, values in saved.get("states", {}).items():
+                rank = int(rank_text)
+                firing, fired_at, notified_at, quiet_until, evaluations = values
+                evaluator, context = entry.compiled.condition.instantiate(rank)
+                entry.states[rank] = RuleState(
+                    evaluator, context, evaluations=evaluations, firing=bool(firing),
+                    quiet_until_step=quiet_until, fired_at_step=fired_at,
+                    notified_at_step=notified_at)
+                if firing:
+                    entry.firing_ranks.add(rank)
+            entry.group_firing = bool(saved.get("group_firing"))
+        self._known_ranks.update(snapshot.get("ranks", ()))
+        if self._first_step is None:
+            self._first_step = snapshot.get("first_step")
+
+    # -- the per-record path ------------------------------------------------------------------
+
+    def evaluate(self, rank: int, step: int, metrics: Mapping[str, float],
+                 time: float | None = None) -> list[Alert]:
+        """Feed one step record of one rank; return the alerts that fired or resolved."""
+        by_metric = self._by_metric
+        alerts: list[Alert] = []
+        if rank not in self._known_ranks:
+            self._known_ranks.add(rank)
+            if self._first_step is None:
+                self._first_step = step
+        if self._mean_entries:
+            self._gather_mean(rank, step, metrics, time, alerts)
+        touched: list[_Entry] = list(self._always)
+        if len(metrics) == 1 and not touched:  # one-metric events: no de-duplication needed
+            for name in metrics:
+                entries = by_metric.get(name)
+                if not entries:
+                    return alerts
+                touched = entries
+        else:
+            seen: set[int] = set()
+            for name in metrics:
+                entries = by_metric.get(name)
+                if entries:
+                    for entry in entries:
+                        if id(entry) not in seen:
+                            seen.add(id(entry))
+                            touched.append(entry)
+        for entry in touched:
+            self._step_entry(entry, rank, step, metrics, time, alerts)
+        return alerts
+
+    def finish(self) -> list[Alert]:
+        """End of input: evaluate the step still gathered for ``mean`` rules, if any."""
+        alerts: list[Alert] = []
+        if self._mean_entries and self._mean.ranks:
+            self._flush_mean(alerts)
+        return alerts
+
+    def _gather_mean(self, rank: int, step: int, metrics: Mapping[str, float],
+                     time: float | None, alerts: list[Alert]) -> None:
+        pending = self._mean
+        if step < pending.step:
+            return  # a late record of a step already evaluated
+        if step > pending.step:
+            if pending.ranks:
+                self._flush_mean(alerts)
+            pending = self._mean = _MeanStep(step, time)
+        sums, counts = pending.sums, pending.counts
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+        pending.ranks.add(rank)
+        if pending.time is None:
+            pending.time = time
+        if pending.ranks >= self._known_ranks:
+            self._flush_mean(alerts)
+            self._mean = _MeanStep(step + 1)  # the next records of this step are late ones
+
+    def _flush_mean(self, alerts: list[Alert]) -> None:
+        pending = self._mean
+        means = {k: v / pending.counts[k] for k, v in pending.sums.items()}
+        pending.ranks = set()
+        for entry in self._mean_entries:
+            cond = entry.compiled.condition
+            if cond.always or not cond.metrics.isdisjoint(means):
+                self._step_entry(entry, MEAN_RANK, pending.step, means, pending.time, alerts)
+
+    def _step_entry(self, entry: _Entry, rank: int, step: int, metrics: Mapping[str, float],
+                    time: float | None, alerts: list[Alert]) -> None:
+        state = entry.states.get(rank)
+        if state is None:
+            evaluator, context = entry.compiled.condition.instantiate(rank)
+            state = entry.states[rank] = RuleState(evaluator, context)
+        ctx = state.context
+        ctx.step = step
+        ctx.time = time
+        ctx.baseline = None
+        result = state.evaluator(metrics)
+        if result is None:
+            return  # unknown: neither fires nor resets a pending alert
+        if not result and not state.firing and entry.scope != "all":
+            state.evaluations += 1  # the common quiet case, inlined: _life_cycle would do this
+            state.consecutive = 0
+            return
+        change = self._life_cycle(entry, state, step, result)
+        scope = entry.scope
+        if not change and scope != "all":  # all: the group can complete without a change here
+            return
+        if scope == "rank" or scope == "mean":
+            alerts.append(self._alert(entry, state, rank if scope == "rank" else None, step,
+                                      metrics, time, change))
+            return
+        # any / all: one alert for the group, from the per-rank states
+        if change == _FIRING:
+            entry.firing_ranks.add(rank)
+        elif change == _RESOLVED:
+            entry.firing_ranks.discard(rank)
+        if scope == "any":
+            group = bool(entry.firing_ranks)
+        else:
+            group = (len(entry.firing_ranks) >= len(self._known_ranks)
+                     and step != self._first_step)
+        if change == _REPEAT and group:
+            alerts.append(self._alert(entry, state, None if scope == "all" else rank, step,
+                                      metrics, time, _REPEAT))
+        elif group != entry.group_firing:
+            entry.group_firing = group
+            alerts.append(self._alert(entry, state, rank if scope == "any" else None, step,
+                                      metrics, time, _FIRING if group else _RESOLVED))
+
+    @staticmethod
+    def _life_cycle(entry: _Entry, state: RuleState, step: int, result: float) -> int:
+        """Advance one rank's state by one known result; return the transition (0: none)."""
+        rule = entry.compiled.rule
+        state.evaluations += 1
+        if state.evaluations <= rule.warmup:
+            return 0
+        if result:  # NaN counts as true: a NaN comparison result is itself a finding
+            state.false_while_firing = 0
+            if state.firing:
+                interval = rule.repeat_interval
+                if interval and step - state.notified_at_step >= interval:
+                    state.notified_at_step = step
+                    return _REPEAT
+                return 0
+            state.consecutive += 1
+            if state.consecutive < rule.for_ or step <= state.quiet_until_step:
+                return 0
+            state.firing = True
+            state.fired_at_step = state.notified_at_step = step
+            return _FIRING
+        state.consecutive = 0
+        if not state.firing:
+            return 0
+        state.false_while_firing += 1
+        if state.false_while_firing <= rule.keep_firing_for:
+            return 0
+        state.firing = False
+        state.false_while_firing = 0
+        state.quiet_until_step = step + rule.cooldown
+        return _RESOLVED
+
+    def _alert(self, entry: _Entry, state: RuleState, rank: int | None, step: int,
+               metrics: Mapping[str, float], time: float | None, change: int) -> Alert:
+        rule = entry.compiled.rule
+        value = metrics.get(rule.metric)
+        fields = {
+            "rule": rule.id, "metric": rule.metric, "value": format_value(value),
+            "step": step, "rank": "all" if rank is None else rank,
+            "baseline": format_value(state.context.baseline),
+        }
+        try:
+            message = rule.message.format(**fields)
+            recommendation = rule.recommendation.format(**fields)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            message, recommendation = rule.message, rule.recommendation
+        if change == _RESOLVED:
+            message = f"resolved: {rule.id} ({rule.metric}={format_value(value)} at step {step})"
+        elif change == _REPEAT:
+            message = f"still firing since step {state.fired_at_step}: {message}"
+        else:
+            self.alerts_fired += 1
+            self.max_severity = max(self.max_severity, SEVERITY_ORDER[rule.severity.value])
+        return Alert(
+            time=time, rule=rule.id, severity=rule.severity.value, action=rule.action.value,
+            metric=rule.metric, value=value, step=step, rank=rank, message=message,
+            recommendation=recommendation, reference=rule.reference,
+            state="resolved" if change == _RESOLVED else "firing",
+        )

@@ -1,0 +1,366 @@
+"""Assembling a monitoring session from user options: the library behind ``trainguard monitor``.
+
+The CLI only parses arguments into :class:`MonitorOptions` and calls :func:`run_monitor`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainguard.control import CONTROL_FILENAME
+from trainguard.exceptions import ConfigError, TrainguardError
+from trainguard.monitor.actions import (
+    SENT_LOG_FILENAME,
+    ControlFileStopper,
+    SentLog,
+    Stopper,
+    StopPlan,
+    read_run_id,
+    stale_control_file,
+)
+from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
+from trainguard.monitor.console import ConsoleSink
+from trainguard.monitor.daemon import Monitor, Verdict
+from trainguard.monitor.normalize import load_field_map
+from trainguard.monitor.postmortem import write_postmortem
+from trainguard.monitor.process import ProcessTarget, parse_signal
+from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
+from trainguard.monitor.record import Recorder
+from trainguard.monitor.report import build_report, summary_lines, write_report
+from trainguard.monitor.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.watch import start_watcher
+from trainguard.rules.inline import parse_inline_rule
+from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
+
+__all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES"]
+
+DEFAULT_RULES = ("common",)
+ALERTS_FILENAME = "alerts.jsonl"
+#: Names the source when ``trainguard monitor`` is given none.
+METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
+
+
+@dataclass(slots=True)
+class MonitorOptions:
+    """Everything ``trainguard monitor`` can be told."""
+
+    source: str
+    rules: list[str] = field(default_factory=list)
+    alerts: str | None = None
+    control: str | None = None
+    stop: bool = False
+    once: bool = False
+    field_maps: list[str] = field(default_factory=list)
+    poll_interval: float = 0.05
+    quiet: bool = False
+    # -- ingest (sources and delivery guarantees) --
+    #: Start a file that already exists at its end instead of its start.
+    from_end: bool = False
+    #: Force polling (network filesystems); otherwise inotify wakes the loop.
+    poll: bool = False
+    #: Copy stdin lines to stdout; None = when stdout is a terminal.
+    tee: bool | None = None
+    #: Checkpoint file; default RUN_DIR/.trainguard/state.json for a run directory.
+    state: str | None = None
+    #: Append every evaluated event, normalized, here (exactly once across restarts).
+    record: str | None = None
+    #: Write a JSON report of reads, skips, problems and alerts here at the end.
+    report: str | None = None
+    #: Seconds between full rescans when inotify is used (catches dropped kernel events).
+    rescan_interval: float = 1.0
+    #: ``ID.FIELD=VALUE`` settings applied to loaded rules (``--set-rule``).
+    set_rules: list[str] = field(default_factory=list)
+    #: Inline rules (``--alert "[trainer:] COND [for N] -> SEVERITY[/stop]: MESSAGE"``).
+    inline_alerts: list[str] = field(default_factory=list)
+    #: Signal this process (pinned by identity) on a stop rule; see monitor/process.py.
+    pid: int | None = None
+    signal: str = "SIGTERM"
+    kill_after: float | None = None
+
+
+def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
+    """Run one monitoring session and return its verdict.
+
+    Raises :class:`~trainguard.exceptions.ConfigError` or
+    :class:`~trainguard.exceptions.SourceError` for what the user must fix before it can start.
+    """
+    rules = load_rules(options.rules or DEFAULT_RULES)
+    rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
+    auto = not options.rules
+    rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
+    field_map = load_field_map(options.field_maps)
+    if not options.source:
+        options.source = os.environ.get(METRICS_PATH_ENV) or "-"
+    source_path = Path(options.source)
+    run_dir = source_path if options.source != "-" and source_path.is_dir() else None
+
+    alerts_path = options.alerts
+    if alerts_path is None and run_dir is not None:
+        alerts_path = str(run_dir / ALERTS_FILENAME)
+    control_path = options.control
+    if control_path is None and options.stop:
+        if run_dir is None:
+            raise ConfigError("--stop needs a run directory as SOURCE (or give --control PATH)")
+        control_path = str(run_dir / CONTROL_FILENAME)
+
+    state_path = options.state
+    if state_path is None and run_dir is not None:
+        state_path = str(run_dir / STATE_DIRNAME / "state.json")
+    saved, state_warning = load_state(state_path) if state_path else ({}, None)
+    exclude = [p for p in (alerts_path, control_path, options.record, options.report,
+                           state_path) if p]
+    tee = options.tee if options.tee is not None else sys.stdout.isatty()
+    source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
+                         positions=saved.get("positions") or None,
+                         tee=sys.stdout.buffer if tee else None,
+                         rescan_interval=options.rescan_interval)
+    recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
+                if options.record else None)
+    ledger = AlertLedger(saved.get("alerts"))
+    checkpointer = (Checkpointer(state_path, source, ledger, recorder)
+                    if state_path else None)
+    watcher = None if options.poll or options.once else start_watcher(source)
+    console = ConsoleSink()
+    sinks: list[AlertSink] = [] if options.quiet else [console]
+    jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
+    if jsonl is not None:
+        sinks.insert(0, jsonl)
+    stopper: Stopper | None = None
+    control_stopper = None
+    if control_path:
+        control_stopper = ControlFileStopper(control_path,
+                                             run_dir=run_dir or Path(control_path).parent)
+    stopper = control_stopper
+    stop_watch = _StopWatch.start(options, control_stopper, run_dir, console, sinks)
+    if stop_watch is not None:
+        stopper = stop_watch.plan
+
+    def report_problem(problem: str) -> None:
+        console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+
+    def say(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    if state_warning:
+        console.line(f"trainguard: {state_warning}", style="yellow")
+    monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
+                      on_problem=report_problem, recorder=recorder, checkpointer=checkpointer,
+                      wait=watcher.wait if watcher is not None else None,
+                      trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
+                      if auto else None)
+    poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
+    mode = "reading" if options.once else "following"
+    packs = ", ".join(options.rules or DEFAULT_RULES) + (
+        " + the detected trainer's pack" if auto else "")
+    say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
+        + (f"; stops via {control_path}" if control_path else "")
+        + (f"; signals pid {options.pid}" if options.pid else "")
+        + ("" if control_path or options.pid else "; observe-only"))
+    stale_watch = _StaleControlWatch(control_path or (run_dir / CONTROL_FILENAME if run_dir
+                                                     else None), run_dir, console, sinks)
+    stop_event = stop_event or threading.Event()
+    monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event)
+    restore = _install_signal_handlers(stop_event,
+                                       watcher.wake if watcher is not None else None)
+    try:
+        verdict = monitor.run(once=options.once, poll_interval=poll_interval,
+                              stop=stop_event)
+    finally:
+        restore()
+        if watcher is not None:
+            watcher.close()
+        streams = source.stats()
+        if stop_watch is not None:
+            stop_watch.finish(monitor)
+        source.close()
+        if jsonl is not None:
+            jsonl.close()
+        if recorder is not None:
+            recorder.close()
+    if options.report:
+        write_report(options.report, build_report(options.source, streams, verdict,
+                                                  suppressed_alerts=ledger.suppressed))
+    if not options.quiet:
+        _print_summary(console, verdict)
+        for text in summary_lines(streams):
+            console.line(text, style="dim")
+    return verdict
+
+
+def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,
+                      say: Callable[[str], None]) -> bool:
+    """Auto-selection: once the keys tell the trainer, add its pack; True when done."""
+    from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
+
+    kind = detect_trainer(keys)
+    if kind is None:
+        return False
+    pack = DEFAULT_PACKS.get(kind)
+    added: list[CompiledRule] = []
+    if pack is not None:
+        try:
+            added = load_pack(pack)
+        except TrainguardError as exc:  # a broken built-in pack must not blind the monitor
+            say(f"trainguard: detected trainer {kind}; cannot load pack {pack}: {exc}")
+            return True
+        added = apply_overrides(added, options.set_rules, missing_ok=True)
+    monitor.engine.add_rules(added)
+    monitor.engine.set_trainer(kind)
+    say(f"trainguard: detected trainer {kind}; added pack {pack} ({len(added)} rules)"
+        if pack else f"trainguard: detected trainer {kind}; no pack for it, common only")
+    return True
+
+
+def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-untyped-def]
+                             wake: Callable[[], None] | None = None):
+    """SIGINT and SIGTERM end the follow loop cleanly, with a verdict and a summary."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        stop_event.set()
+        if wake is not None:
+            wake()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return restore
+
+
+def _print_summary(console: ConsoleSink, verdict: Verdict) -> None:
+    firing = [a for a in verdict.alerts if a.state == "firing"]
+    skipped = sum(verdict.skips.values())
+    console.line(
+        f"trainguard: {verdict.status}: {verdict.events} events in {verdict.records} steps, "
+        f"{len(firing)} alerts, {skipped} lines skipped",
+        style="bold" if verdict.exit_code else "bold green",
+    )
+    for reason, count in verdict.skips.most_common():
+        console.line(f"  skipped {count} x {reason}", style="yellow")
+    for ex in verdict.skip_examples:
+        console.line(f"    {ex.stream}:{ex.line}: {ex.reason} {ex.detail}", style="dim")
+    for problem in verdict.problems:
+        console.line(f"  DEGRADED: {problem}", style="bold yellow")
+
+
+class _StaleControlWatch:
+    """Reports, once, a control file left by another run (the trainer ignores it)."""
+
+    def __init__(self, control_path: str | Path | None, run_dir: Path | None,
+                 console: ConsoleSink, sinks: list[AlertSink]) -> None:
+        self.control_path, self.run_dir = control_path, run_dir
+        self.console, self.sinks = console, sinks
+        self.done = control_path is None or run_dir is None
+
+    def tick(self) -> None:
+        if self.done:
+            return
+        assert self.run_dir is not None and self.control_path is not None
+        run_id = read_run_id(self.run_dir)
+        if run_id is None:
+            return
+        self.done = True
+        message = stale_control_file(self.control_path, run_id)
+        if message:
+            alert = Alert(time=time.time(), rule="trainguard.stale_control_file",
+                          severity="info", action="warn", metric="", value=None, step=0,
+                          rank=None, message=message)
+            for sink in self.sinks:
+                sink.emit(alert)
+
+
+class _StopWatch:
+    """The stop plan (control file and/or ``--pid``), and with ``--pid`` the postmortem when
+    the process exits."""
+
+    def __init__(self, target: ProcessTarget | None, run_dir: Path | None) -> None:
+        self.target, self.run_dir = target, run_dir
+        self.exited_seen = 0
+        self.monitor: Monitor | None = None
+        self.plan: StopPlan
+
+    @classmethod
+    def start(cls, options: MonitorOptions, control: ControlFileStopper | None,
+              run_dir: Path | None, console: ConsoleSink,
+              sinks: list[AlertSink]) -> _StopWatch | None:
+        if options.pid is None and control is None:
+            return None
+        sig = parse_signal(options.signal)
+        sent_log = SentLog(run_dir / SENT_LOG_FILENAME if run_dir else None)
+        target = None
+        if options.pid is not None:
+            target = ProcessTarget.capture(options.pid, expected_create_time=(
+                _recorded_create_time(sent_log, options.pid)))
+            if run_dir is not None:
+                sent_log.add(f"target:pid={target.pid}", {"create_time": target.create_time})
+        watch = cls(target, run_dir)
+
+        def emit(alert: Alert) -> None:
+            if watch.monitor is not None:
+                watch.monitor.alerts.append(alert)
+            for sink in sinks:
+                sink.emit(alert)
+
+        watch.plan = StopPlan(
+            control=control, target=target, sig=sig, kill_after=options.kill_after,
+            sent_log=sent_log, emit=emit, grace=watch.grace,
+            progress=lambda: watch.monitor.max_step if watch.monitor is not None else None)
+        return watch
+
+    def grace(self) -> float:
+        """A step or two of the observed pace, at least a second."""
+        interval = self.monitor.max_step_interval if self.monitor is not None else None
+        return min(max(2.0 * (interval or 0.0), 1.0), 60.0)
+
+    def tick(self, monitor: Monitor, stop_event: threading.Event) -> None:
+        self.monitor = monitor
+        self.plan.tick()
+        if self.target is not None and not self.target.alive():
+            # One more poll after the exit is seen, so lines written just before it count.
+            self.exited_seen += 1
+            if self.exited_seen >= 2:
+                stop_event.set()
+
+    def finish(self, monitor: Monitor) -> None:
+        exited = self.target is not None and not self.target.alive()
+        self.plan.finish(exited=exited)
+        if self.target is None:
+            return
+        self.target.close()
+        if self.run_dir is None or not exited:
+            return
+        record = self.plan.record
+        write_postmortem(self.run_dir, status="stopped" if record else "exited", returncode=None,
+                         last_records=monitor.last_records, alerts=monitor.alerts,
+                         stop=record.to_json() if record else None,
+                         extra={"pid": self.target.pid, "run_dir": str(self.run_dir),
+                                "run_id": read_run_id(self.run_dir)})
+
+
+def _recorded_create_time(sent_log: SentLog, pid: int) -> float | None:
+    """A restarted monitor given the same PID checks it is still the same process."""
+    entry = sent_log.get(f"target:pid={pid}")
+    value = entry.get("create_time") if entry else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _ticks(stale: _StaleControlWatch, stop_watch: _StopWatch | None, monitor: Monitor,
+           stop_event: threading.Event) -> Callable[[], None]:
+    def tick() -> None:
+        stale.tick()
+        if stop_watch is not None:
+            stop_watch.tick(monitor, stop_event)
+    return tick

@@ -1,0 +1,301 @@
+"""Sources: where the monitor's lines come from (a file, a run directory, stdin).
+
+Every source has one small contract, :class:`Source`: ``poll()`` returns the complete lines that
+arrived since the last call, each with the stream it belongs to and its line number. A source
+never raises for bad input; one it cannot read says so in ``problems`` so the monitor reports
+itself degraded instead of healthy.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from trainguard.exceptions import SourceError
+from trainguard.monitor.tail import FileTail, TailStats
+
+__all__ = ["DirectorySource", "FileSource", "Line", "Source", "StdinSource", "open_source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One complete line and where it came from."""
+
+    stream: str
+    number: int
+    data: bytes
+
+
+class Source(Protocol):
+    """Yields complete lines; reports what it cannot read instead of raising."""
+
+    name: str
+
+    def poll(self) -> list[Line]:
+        """Lines that arrived since the last call."""
+
+    def problems(self) -> list[str]:
+        """Why parts of this source cannot be read right now (empty when all is well)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when no more lines can ever arrive (a closed pipe); files never are."""
+
+    def stats(self) -> dict[str, TailStats]:
+        """Per-stream counters."""
+
+    def close(self) -> None:
+        """Release files and threads."""
+
+
+class FileSource:
+    """One file followed like ``tail -F``."""
+
+    def __init__(self, path: str | os.PathLike[str], *, from_start: bool = True,
+                 positions: dict[str, dict[str, Any]] | None = None) -> None:
+        self.name = str(path)
+        pos = (positions or {}).get(self.name)
+        self._tail = FileTail(self.name, from_start=from_start or pos is not None, position=pos)
+
+    def poll(self) -> list[Line]:
+        """New complete lines of the file."""
+        name = self.name
+        return [Line(name, n, data) for n, data in self._tail.read_lines()]
+
+    def problems(self) -> list[str]:
+        """A missing or unreadable file is a problem: the monitor cannot see the run."""
+        if self._tail.error:
+            return [f"{self.name}: {self._tail.error}"]
+        if not os.path.exists(self.name):
+            return [f"{self.name}: no such file (waiting for it to appear)"]
+        return []
+
+    @property
+    def exhausted(self) -> bool:
+        """Files can always grow."""
+        return False
+
+    def stats(self) -> dict[str, TailStats]:
+        """Counters of the one file."""
+        return {self.name: self._tail.stats}
+
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """Checkpointable position of the file (see :meth:`FileTail.position`)."""
+        return {self.name: self._tail.position()}
+
+    def watch_dirs(self) -> list[tuple[str, bool]]:
+        """``(directory, recursive)`` pairs whose changes should wake the monitor."""
+        return [(os.path.dirname(os.path.abspath(self.name)), False)]
+
+    def notify(self, path: str) -> None:
+        """A change was seen under a watched directory (one file: nothing to narrow down)."""
+
+    def close(self) -> None:
+        """Close the file."""
+        self._tail.close()
+
+
+#: The monitor's own state lives here inside a run directory; never read as events.
+STATE_DIRNAME = ".trainguard"
+
+
+class DirectorySource:
+    """Every ``*.jsonl`` under a run directory, one stream per file, new files picked up.
+
+    Streams are keyed by path, so two rank files with identical first lines stay two streams.
+    With a watcher attached (:meth:`notify` called on changes) a poll reads only the files that
+    changed, and every ``rescan_interval`` seconds it rescans the tree and reads every file, to
+    catch what an overflowing kernel queue dropped. Without one, every poll is a full scan.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, exclude: Iterable[str] = (),
+                 positions: dict[str, dict[str, Any]] | None = None,
+                 rescan_interval: float = 1.0) -> None:
+        self.root = Path(root)
+        self.name = str(root)
+        self._exclude = {os.path.abspath(p) for p in exclude}
+        self._state_dir = os.path.abspath(self.root / STATE_DIRNAME)
+        self._positions = dict(positions or {})
+        self._tails: dict[str, FileTail] = {}
+        self._error: str | None = None
+        self._dirty: set[str] = set()
+        self._dirty_lock = threading.Lock()
+        self._watched = False
+        self._rescan_interval = rescan_interval
+        self._last_full = float("-inf")  # the first poll reads everything already there
+        self._scan()
+
+    def _excluded(self, path: str) -> bool:
+        absolute = os.path.abspath(path)
+        return absolute in self._exclude or absolute.startswith(self._state_dir + os.sep)
+
+    def _scan(self) -> None:
+        if not self.root.is_dir():
+            self._error = f"{self.root}: not a directory (vanished?)"
+            return
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            self._error = f"{self.root}: permission denied"
+            return
+        try:
+            found = sorted(str(p) for p in self.root.rglob("*.jsonl") if p.is_file())
+            self._error = None
+        except OSError as exc:
+            self._error = f"{self.root}: {exc.strerror or exc}"
+            return
+        for path in found:
+            if path not in self._tails and not self._excluded(path):
+                self._tails[path] = FileTail(path, from_start=True,
+                                             position=self._positions.pop(path, None))
+
+    def poll(self) -> list[Line]:
+        """New lines of the changed files (every file on a full pass), and any new file."""
+        now = time.monotonic()
+        full = not self._watched or now - self._last_full >= self._rescan_interval
+        if full:
+            self._last_full = now
+            with self._dirty_lock:
+                self._dirty = set()
+            self._scan()
+            tails = self._tails.items()
+        else:
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+            if any(p not in self._tails and p.endswith(".jsonl") for p in dirty):
+                self._scan()
+            tails = [(p, t) for p, t in self._tails.items() if p in dirty]  # type: ignore[assignment]
+        out: list[Line] = []
+        for path, tail in tails:
+            out.extend(Line(path, n, data) for n, data in tail.read_lines())
+        return out
+
+    def problems(self) -> list[str]:
+        """An unreadable or vanished directory, or files that cannot be read."""
+        found = [self._error] if self._error else []
+        found += [f"{p}: {t.error}" for p, t in self._tails.items() if t.error]
+        return found
+
+    @property
+    def exhausted(self) -> bool:
+        """A directory can always get new files."""
+        return False
+
+    def stats(self) -> dict[str, TailStats]:
+        """Counters per file."""
+        return {p: t.stats for p, t in self._tails.items()}
+
+    def positions(self) -> dict[str, dict[str, Any]]:
+        """Checkpointable position of every file (and of files not yet seen again)."""
+        return {**self._positions, **{p: t.position() for p, t in self._tails.items()}}
+
+    def watch_dirs(self) -> list[tuple[str, bool]]:
+        """The run directory, recursively: one kernel watch per directory, not per file."""
+        return [(str(self.root), True)]
+
+    def notify(self, path: str) -> None:
+        """Called by a watcher thread: ``path`` changed; the next poll reads it. The first call
+        (``path`` may be empty) tells the source that a watcher is attached."""
+        self._watched = True
+        if path:
+            with self._dirty_lock:
+                self._dirty.add(path)
+
+    def close(self) -> None:
+        """Close every file."""
+        for tail in self._tails.values():
+            tail.close()
+
+
+class StdinSource:
+    """Lines from a pipe, read by a background thread so the monitor loop never blocks."""
+
+    name = "<stdin>"
+    #: Lines are still arriving until the pipe closes, even in ``--once`` mode.
+    streaming = True
+
+    def __init__(self, stream: BinaryIO | None = None, *, tee: BinaryIO | None = None) -> None:
+        self._stream = stream if stream is not None else sys.stdin.buffer
+        self._tee = tee
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._done = False
+        self._number = 0
+        self._stats = TailStats()
+        self._thread = threading.Thread(target=self._pump, name="trainguard-stdin", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            for raw in self._stream:
+                if self._tee is not None:
+                    try:
+                        self._tee.write(raw)
+                        self._tee.flush()
+                    except (OSError, ValueError):
+                        self._tee = None  # the reader of our stdout went away; keep monitoring
+                self._queue.put(raw)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._queue.put(None)
+
+    def poll(self) -> list[Line]:
+        """Lines read since the last call."""
+        out: list[Line] = []
+        while True:
+            try:
+                raw = self._queue.get_nowait()
+            except queue.Empty:
+                return out
+            if raw is None:
+                self._done = True
+                return out
+            self._number += 1
+            data = raw.rstrip(b"\n")
+            if data.endswith(b"\r"):
+                data = data[:-1]
+            self._stats.lines += 1
+            out.append(Line(self.name, self._number, data))
+
+    def problems(self) -> list[str]:
+        """A pipe has no problems the monitor can see."""
+        return []
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the pipe closed and every line was handed out."""
+        return self._done
+
+    def stats(self) -> dict[str, TailStats]:
+        """Counters of the pipe."""
+        return {self.name: self._stats}
+
+    def close(self) -> None:
+        """The reader thread is a daemon and ends with the pipe."""
+
+
+def open_source(spec: str, *, exclude: Iterable[str] = (), from_start: bool = True,
+                positions: dict[str, dict[str, Any]] | None = None,
+                tee: BinaryIO | None = None, rescan_interval: float = 1.0) -> Source:
+    """Open ``spec``: ``-`` for stdin, a directory for a run directory, else a file.
+
+    ``positions`` (from a checkpoint) resume each file where the last session stopped;
+    ``tee`` receives every stdin line unchanged.
+    """
+    if spec == "-":
+        return StdinSource(tee=tee)
+    path = Path(spec)
+    if path.is_dir():
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise SourceError(f"{spec}: permission denied: the monitor cannot read this run "
+                              "directory (check its mode and owner)")
+        return DirectorySource(path, exclude=exclude, positions=positions,
+                               rescan_interval=rescan_interval)
+    if path.exists() and not os.access(path, os.R_OK):
+        raise SourceError(f"{spec}: permission denied: the monitor cannot read this file")
+    return FileSource(path, from_start=from_start, positions=positions)

@@ -1,0 +1,240 @@
+"""Following one file like ``tail -F``: complete lines only, across truncation and rotation.
+
+A line is handed out only once its newline has arrived, so a partial last line is never parsed
+early; the checkpointed position (:meth:`FileTail.position`) stops before it, so after a restart
+it is read again from its start and handed out exactly once. A shrinking file (truncation,
+copytruncate) restarts from offset 0; a new inode at the path (rename rotation, delete and
+recreate) is followed after the old file is drained. A file is recognised by its *fingerprint*:
+device, inode and a hash of its first bytes, so a file deleted and recreated while the monitor
+was down (the kernel may hand out the same inode again) is read from its start, not from a stale
+offset. NUL bytes (the hole a copytruncate leaves before a non-append writer's next line) are
+dropped and counted; over-long lines are skipped and counted, and memory stays bounded by
+``max_line_bytes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FileTail", "TailStats", "MAX_LINE_BYTES", "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
+
+MAX_LINE_BYTES = 1 << 20
+#: How many leading bytes identify a file's content (with its device and inode).
+FINGERPRINT_BYTES = 256
+#: Skips reported with their line number, per file; the rest are only counted.
+MAX_EXAMPLES = 5
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class TailStats:
+    """What one followed file yielded and what it skipped, by reason (first few located)."""
+
+    lines: int = 0
+    skips: Counter[str] = field(default_factory=Counter)
+    rotations: int = 0
+    truncations: int = 0
+    #: ``(line_number, reason, detail)`` for the first :data:`MAX_EXAMPLES` skips.
+    examples: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def skip(self, line: int, reason: str, detail: str = "") -> None:
+        """Count one skip, remembering where the first few were."""
+        self.skips[reason] += 1
+        if len(self.examples) < MAX_EXAMPLES:
+            self.examples.append((line, reason, detail))
+
+
+def _head_hash(fd: int, length: int) -> str:
+    return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
+
+
+class FileTail:
+    """Follow one path; :meth:`read_lines` returns the complete lines appended since last call."""
+
+    def __init__(self, path: str, *, from_start: bool = True,
+                 max_line_bytes: int = MAX_LINE_BYTES,
+                 position: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self.stats = TailStats()
+        self.line_no = 0  # number of the last complete line handed out (1-based numbering)
+        self.error: str | None = None
+        self._fd: int | None = None
+        self._ino: tuple[int, int] | None = None
+        self._offset = 0
+        self._size = -1  # size seen at the last drain: a change triggers the content check
+        self._fp_len = 0
+        self._fp_hash = ""
+        self._partial = b""
+        self._discarding = False  # inside an over-long line, dropping bytes until its newline
+        if self._open(seek_end=not from_start) and position is not None:
+            self._restore(position)
+
+    # -- identity and checkpoints ----------------------------------------------------------
+
+    def _open(self, seek_end: bool = False) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.error = None
+            return False
+        except OSError as exc:
+            self.error = f"{exc.strerror}"
+            return False
+        st = os.fstat(fd)
+        self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        self._offset = st.st_size if seek_end else 0
+        self._size = -1
+        self._partial, self._discarding = b"", False
+        self.line_no = 0
+        self._fp_len, self._fp_hash = 0, ""
+        self._refresh_fingerprint(st.st_size)
+        self.error = None
+        return True
+
+    def _refresh_fingerprint(self, size: int) -> None:
+        """Hash up to FINGERPRINT_BYTES of the head; grows with the file until it is full."""
+        if self._fd is not None and self._fp_len < FINGERPRINT_BYTES and size > self._fp_len:
+            self._fp_len = min(size, FINGERPRINT_BYTES)
+            self._fp_hash = _head_hash(self._fd, self._fp_len)
+
+    def _same_content(self, size: int) -> bool:
+        """False when the bytes we fingerprinted are no longer what the file starts with."""
+        if self._fd is None or not self._fp_len:
+            return True
+        if size < self._fp_len:
+            return False
+        return _head_hash(self._fd, self._fp_len) == self._fp_hash
+
+    def position(self) -> dict[str, Any]:
+        """Where a restart should resume: the end of the last complete line handed out."""
+        dev, ino = self._ino or (0, 0)
+        offset = self._offset if self._discarding else self._offset - len(self._partial)
+        return {"offset": offset, "line": self.line_no, "dev": dev, "ino": ino,
+                "fp_len": self._fp_len, "fp_hash": self._fp_hash,
+                "discarding": self._discarding}
+
+    def _restore(self, pos: dict[str, Any]) -> None:
+        """Resume at a checkpointed position if the file there is still the same file."""
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        try:
+            offset, line = int(pos["offset"]), int(pos["line"])
+            same_inode = (int(pos["dev"]), int(pos["ino"])) == self._ino
+            fp_len, fp_hash = int(pos["fp_len"]), str(pos["fp_hash"])
+        except (KeyError, TypeError, ValueError):
+            self.stats.skip(0, "bad_checkpoint_entry")
+            return
+        same = (same_inode and size >= offset and size >= fp_len
+                and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
+        if not same:
+            # Replaced, truncated or rewritten while we were down: read the new file whole.
+            self.stats.truncations += 1
+            self.stats.skip(0, "replaced_while_down", f"checkpoint offset {offset}")
+            return
+        self._offset, self.line_no = offset, line
+        self._discarding = bool(pos.get("discarding", False))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def read_lines(self) -> list[tuple[int, bytes]]:
+        """``(line_number, line)`` for complete lines appended since the last call."""
+        out: list[tuple[int, bytes]] = []
+        if self._fd is None and not self._open():
+            return out
+        self._drain(out)
+        # Rotation: a different file now lives at the path. The old one is drained above.
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) != self._ino:
+                self.stats.rotations += 1
+                self._flush_partial_on_rotation()
+                self.close()
+                if self._open():
+                    self._drain(out)
+            elif self.error:
+                self.error = None
+        except FileNotFoundError:
+            pass  # deleted: keep the old descriptor until a new file appears
+        except OSError as exc:
+            self.error = exc.strerror
+        return out
+
+    def _flush_partial_on_rotation(self) -> None:
+        if self._partial:
+            self.stats.skip(self.line_no + 1, "partial_line_at_rotation",
+                            f"{len(self._partial)} bytes without a newline")
+            self._partial = b""
+
+    def _restart_from_zero(self, reason: str) -> None:
+        self.stats.truncations += 1
+        if self._partial:
+            self.stats.skip(self.line_no + 1, "truncated_partial_line")
+        self.stats.skip(self.line_no + 1, reason, f"at offset {self._offset}")
+        self._offset, self._partial, self._discarding = 0, b"", False
+        self.line_no = 0
+        self._fp_len, self._fp_hash = 0, ""
+
+    def _drain(self, out: list[tuple[int, bytes]]) -> None:
+        fd = self._fd
+        assert fd is not None
+        size = os.fstat(fd).st_size
+        if size != self._size:
+            if size < self._offset:  # truncated (copytruncate): start over
+                self._restart_from_zero("truncated")
+            elif not self._same_content(size):  # truncated and regrown past our offset
+                self._restart_from_zero("rewritten")
+            self._size = size
+            self._refresh_fingerprint(size)
+        while self._offset < size:
+            chunk = os.pread(fd, min(_READ_CHUNK, size - self._offset), self._offset)
+            if not chunk:
+                break
+            self._offset += len(chunk)
+            self._split(chunk, out)
+
+    def _split(self, chunk: bytes, out: list[tuple[int, bytes]]) -> None:
+        if b"\x00" in chunk:
+            # The hole copytruncate leaves before a non-append writer's next write.
+            self.stats.skip(self.line_no + 1, "nul_bytes", f"{chunk.count(0)} NUL bytes dropped")
+            chunk = chunk.replace(b"\x00", b"")
+        start = 0
+        stats = self.stats
+        limit = self.max_line_bytes
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                rest = chunk[start:]
+                if self._discarding:
+                    return
+                if len(self._partial) + len(rest) > limit:
+                    stats.skip(self.line_no + 1, "line_too_long", f"over {limit} bytes")
+                    self._partial, self._discarding = b"", True
+                    return
+                self._partial += rest
+                return
+            piece = chunk[start:nl]
+            start = nl + 1
+            self.line_no += 1
+            if self._discarding:
+                self._discarding = False
+                continue
+            if self._partial:
+                piece, self._partial = self._partial + piece, b""
+            if len(piece) > limit:
+                stats.skip(self.line_no, "line_too_long", f"{len(piece)} bytes")
+                continue
+            if piece.endswith(b"\r"):
+                piece = piece[:-1]
+            stats.lines += 1
+            out.append((self.line_no, piece))

@@ -1,0 +1,1 @@
+"""Presets as YAML data: field maps (``fields/``) and stdout regexes (``stdout/``)."""

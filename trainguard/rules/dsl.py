@@ -1,0 +1,596 @@
+"""The condition language: a small grammar of our own, compiled once to closures.
+
+Never ``eval``, never Python's ``ast`` on user text. A condition is an expression over metric
+names (after normalization)::
+
+    loss > 10                      grad_norm > 5 * mean(grad_norm, 50)
+    nonfinite                      (shorthand: the rule's own ``metric`` is the operand)
+    > 0.69 and < 0.70              (likewise: a comparison with no left side)
+    spike(3x)                      the metric is over 3x its rolling mean
+    `rewards/chosen` - `rewards/rejected` < 0.01
+    rewards/chosen - rewards/rejected < 0.01   (a '/' directly between letters joins a name)
+
+Grammar (precedence low to high)::
+
+    expr    := and ('or' and)*
+    and     := not ('and' not)*
+    not     := 'not' not | compare
+    compare := CMP sum | sum (CMP sum)?
+    sum     := term (('+' | '-') term)*
+    term    := unary (('*' | '/') unary)*
+    unary   := '-' unary | atom
+    atom    := NUMBER ['%' | 'x'] | NAME ['(' args ')'] | '`' name '`' | '(' expr ')'
+    args    := arg (',' arg)*        arg := expr | NAME '=' expr
+
+Evaluation is three-valued: a metric absent from a step makes the result unknown (``None``),
+which neither fires nor resets a pending alert. Functions are registered in
+:data:`FUNCTIONS`; each compiles its arguments once and returns a closure that keeps its own
+rolling state, updated incrementally.
+
+The step and the record time are not metrics: each evaluator instance has an
+:class:`EvalContext` that the engine updates before every call (two attribute stores). A
+function's ``make()`` reads it with :func:`current_context` and keeps it in its closure; a
+function that compares against a baseline (a rolling mean, a reference value) writes it to
+``ctx.baseline`` so the alert message can say ``{baseline}``. ``stale(N)`` is the built-in user of
+both: it must run on steps that do *not* carry its metric, so its node sets ``always=True``.
+
+Safety: the tokenizer knows numbers, names, backquoted names and operators, nothing else; there
+are no strings, no indexing, no attribute access (a dot only joins a metric name, which is looked
+up as a dict key), and names that look like Python internals (``__class__``) or keywords
+(``lambda``, ``import``) are refused at load time with the column.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from trainguard.exceptions import RuleSyntaxError
+
+__all__ = ["Call", "Compiled", "Condition", "EvalContext", "Evaluator", "FUNCTIONS", "Node",
+           "compile_condition", "current_context", "function"]
+
+#: An instantiated condition: the metrics of one step in, a number / truth value or None out.
+Evaluator = Callable[[Mapping[str, float]], float | None]
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<number>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)
+  | (?P<quoted>`[^`]+`)
+  | (?P<name>[A-Za-z_][\w.]*(?:/[A-Za-z_][\w.]*)*)
+  | (?P<op><=|>=|==|!=|<|>|\+|-|\*|/|\(|\)|,|%|=)
+    """,
+    re.VERBOSE,
+)
+_KEYWORDS = frozenset({"and", "or", "not"})
+_CMP = {"<", "<=", ">", ">=", "==", "!="}
+#: Python words that have no meaning here; refusing them gives a clear message for payloads
+#: such as ``lambda: ...`` or ``(x for x in ...)`` instead of treating them as metric names.
+_REFUSED_WORDS = frozenset(keyword.kwlist) - _KEYWORDS - {"True", "False", "None"} | {
+    "eval", "exec", "compile", "getattr", "setattr", "globals", "locals", "vars", "open",
+    "__import__", "breakpoint", "input"}
+
+
+class EvalContext:
+    """What an evaluator knows besides the metrics: updated by the engine before each call.
+
+    ``step`` and ``time`` (record time in seconds, or ``None``) describe the record being
+    evaluated; ``rank`` is the rank the evaluator belongs to (``-1`` for a cross-rank scope).
+    ``baseline`` is written by functions that compare against one (the rolling mean of a
+    spike), and reset to ``None`` by the engine before each call.
+    """
+
+    __slots__ = ("step", "time", "rank", "baseline")
+
+    def __init__(self, rank: int = 0) -> None:
+        self.step = 0
+        self.time: float | None = None
+        self.rank = rank
+        self.baseline: float | None = None
+
+
+_BUILDING: list[EvalContext] = []
+
+
+def current_context() -> EvalContext:
+    """The context of the evaluator being built; call it inside a node's ``make()``."""
+    if not _BUILDING:  # made outside Condition.instantiate(): a private, never-updated one
+        return EvalContext()
+    return _BUILDING[-1]
+
+
+def _check_name(name: str, text: str, col: int, rule: str | None) -> None:
+    """Refuse names that only make sense as an escape attempt (dunders, Python keywords)."""
+    parts = name.replace("/", ".").split(".")
+    for part in parts:
+        if part.startswith("__") or part.endswith("__") or part in _REFUSED_WORDS:
+            raise RuleSyntaxError(
+                f"{name!r} is not allowed: names are metric keys; Python names, keywords and "
+                "attributes have no meaning in a condition", text=text, column=col, rule=rule)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tok:
+    kind: str
+    text: str
+    col: int  # 1-based
+
+
+def _tokenize(text: str, rule: str | None) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise RuleSyntaxError(f"unexpected character {text[pos]!r}", text=text, column=pos + 1,
+                                  rule=rule)
+        kind = m.lastgroup or ""
+        if kind != "ws":
+            value = m.group()
+            if kind == "quoted":
+                kind, value = "name", value[1:-1]
+                _check_name(value, text, pos + 1, rule)
+            elif kind == "name" and value in _KEYWORDS:
+                kind = value
+            elif kind == "name":
+                _check_name(value, text, pos + 1, rule)
+            tokens.append(_Tok(kind, value, pos + 1))
+        pos = m.end()
+    tokens.append(_Tok("end", "", len(text) + 1))
+    return tokens
+
+
+# -- compiled nodes ---------------------------------------------------------------------------
+# A node is a factory: calling ``make()`` returns a fresh evaluator with its own state, so the
+# same compiled rule can be instantiated once per rank without sharing rolling windows.
+
+
+@dataclass(slots=True)
+class Node:
+    """A compiled sub-expression: ``make()`` builds an evaluator with fresh state."""
+
+    make: Callable[[], Evaluator]
+    metrics: frozenset[str]
+    #: A constant's value, so functions can read literal arguments at compile time.
+    constant: float | None = None
+    #: ``True`` for a percentage literal (``50%``), ``"x"`` suffix sets ``ratio``.
+    percent: bool = False
+    #: A literal's unit: ``"x"`` (``3x``), ``"s"`` (``30s``, seconds) or ``None``.
+    unit: str | None = None
+    #: Evaluate on every step record, even one without this node's metrics (``stale``).
+    always: bool = False
+
+
+def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
+    return Node(lambda: (lambda m: value), frozenset(), constant=value, percent=percent,
+                unit=unit)
+
+
+def _metric(name: str) -> Node:
+    return Node(lambda: (lambda m: m.get(name)), frozenset({name}))
+
+
+def _binary(op: str, left: Node, right: Node) -> Node:
+    fn: Callable[[float, float], float | None]
+    if op == "+":
+        fn = lambda a, b: a + b  # noqa: E731
+    elif op == "-":
+        fn = lambda a, b: a - b  # noqa: E731
+    elif op == "*":
+        fn = lambda a, b: a * b  # noqa: E731
+    elif op == "/":
+        fn = lambda a, b: a / b if b != 0 else (math.nan if a == 0 else math.copysign(math.inf, a) * math.copysign(1, b))  # noqa: E731,E501
+    elif op == "<":
+        fn = lambda a, b: 1.0 if a < b else 0.0  # noqa: E731
+    elif op == "<=":
+        fn = lambda a, b: 1.0 if a <= b else 0.0  # noqa: E731
+    elif op == ">":
+        fn = lambda a, b: 1.0 if a > b else 0.0  # noqa: E731
+    elif op == ">=":
+        fn = lambda a, b: 1.0 if a >= b else 0.0  # noqa: E731
+    elif op == "==":
+        fn = lambda a, b: 1.0 if a == b else 0.0  # noqa: E731
+    else:
+        fn = lambda a, b: 1.0 if a != b else 0.0  # noqa: E731
+
+    def make() -> Evaluator:
+        lf, rf = left.make(), right.make()
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a = lf(m)
+            b = rf(m)
+            if a is None or b is None:
+                return None
+            return fn(a, b)
+        return evaluate
+    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+
+
+def _logical(op: str, left: Node, right: Node) -> Node:
+    def make() -> Evaluator:
+        lf, rf = left.make(), right.make()
+        if op == "and":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = lf(m), rf(m)  # both sides run: stateful windows must see every step
+                if a is not None and not a or b is not None and not b:
+                    return 0.0
+                if a is None or b is None:
+                    return None
+                return 1.0
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = lf(m), rf(m)
+                if a or b:  # NaN counts as true, as in Python
+                    return 1.0 if (a is not None and a) or (b is not None and b) else 0.0
+                if a is None or b is None:
+                    return None
+                return 0.0
+        return evaluate
+    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+
+
+def _negate(inner: Node, arithmetic: bool) -> Node:
+    def make() -> Evaluator:
+        f = inner.make()
+        if arithmetic:
+            return lambda m: None if (v := f(m)) is None else -v
+        return lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)
+    return Node(make, inner.metrics,
+                constant=-inner.constant if arithmetic and inner.constant is not None else None,
+                always=inner.always)
+
+
+# -- functions -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """A parsed function call handed to a function's compiler."""
+
+    name: str
+    args: list[Node]
+    kwargs: dict[str, Node]
+    implicit: Node | None  # the rule's own metric, for shorthand calls such as ``spike(3x)``
+    text: str
+    col: int
+    rule: str | None
+
+    def error(self, message: str) -> RuleSyntaxError:
+        return RuleSyntaxError(f"{self.name}(): {message}", text=self.text, column=self.col,
+                               rule=self.rule)
+
+    def operand(self, arity_with_operand: int) -> tuple[Node, list[Node]]:
+        """Split the positional arguments into (metric operand, the rest).
+
+        With fewer positional arguments than ``arity_with_operand`` the rule's own metric is the
+        operand, so ``spike(3x)`` means ``spike(loss, 3x)`` in a rule whose metric is ``loss``.
+        """
+        if len(self.args) >= arity_with_operand or (self.args and self.args[0].constant is None):
+            return self.args[0], self.args[1:]
+        if self.implicit is None:
+            raise self.error("name the metric: this rule has no 'metric' to default to")
+        return self.implicit, list(self.args)
+
+    def constant(self, node: Node | None, what: str, default: float | None = None) -> float:
+        if node is None:
+            if default is None:
+                raise self.error(f"missing {what}")
+            return default
+        if node.constant is None:
+            raise self.error(f"{what} must be a number")
+        return node.constant
+
+
+Compiler = Callable[[Call], Node]
+FUNCTIONS: dict[str, Compiler] = {}
+
+
+def function(name: str) -> Callable[[Compiler], Compiler]:
+    """Register a condition-language function compiler under ``name``."""
+    def register(compiler: Compiler) -> Compiler:
+        FUNCTIONS[name] = compiler
+        return compiler
+    return register
+
+
+@function("nonfinite")
+def _nonfinite(call: Call) -> Node:
+    operand, rest = call.operand(1)
+    if rest:
+        raise call.error("takes one metric")
+
+    def make() -> Evaluator:
+        f = operand.make()
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            v = f(m)
+            if v is None:
+                return None
+            return 0.0 if math.isfinite(v) else 1.0
+        return evaluate
+    return Node(make, operand.metrics)
+
+
+@function("spike")
+def _spike(call: Call) -> Node:
+    """``spike(metric, 3x, window=100, min_count=10)``: value >= factor x rolling mean of the
+    previous finite values (llm-foundry's KillLossSpike uses 2x over 100 steps)."""
+    operand, rest = call.operand(2)
+    factor = call.constant(rest[0] if rest else None, "factor (e.g. 3x)", 3.0)
+    window = int(call.constant(call.kwargs.get("window"), "window", 100))
+    min_count = int(call.constant(call.kwargs.get("min_count"), "min_count", 10))
+    if window < 1 or min_count < 1:
+        raise call.error("window and min_count must be at least 1")
+
+    def make() -> Evaluator:
+        from collections import deque
+        f = operand.make()
+        ctx = current_context()
+        values: deque[float] = deque(maxlen=window)
+        total = 0.0
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            nonlocal total
+            v = f(m)
+            if v is None or not math.isfinite(v):
+                return None  # non-finite values are nonfinite()'s finding, not a spike's
+            fired = None
+            if len(values) >= min_count:
+                mean = total / len(values)
+                ctx.baseline = mean
+                fired = 1.0 if mean > 0 and v >= factor * mean else 0.0
+            if len(values) == window:
+                total -= values[0]
+            values.append(v)
+            total += v
+            return fired
+        return evaluate
+    return Node(make, operand.metrics)
+
+
+@function("stale")
+def _stale(call: Call) -> Node:
+    """``stale(N)`` / ``stale(metric, N)``: no new value of the metric for N steps;
+    ``stale(30s)`` or ``stale(30 s)``: for 30 seconds of record time.
+
+    Unknown until the metric has been seen once (a metric a trainer never logs is not stale), and
+    unknown in seconds mode for records without a time. It runs on every step record of its rank,
+    since the steps it is about are the ones that lack its metric.
+    """
+    operand, rest = call.operand(2)
+    if len(rest) != 1:
+        raise call.error("takes a count of steps (stale(20)) or seconds (stale(30s))")
+    limit_node = rest[0]
+    limit = call.constant(limit_node, "N (steps, or seconds with 's')")
+    if limit <= 0:
+        raise call.error("N must be positive")
+    if limit_node.unit not in (None, "s"):
+        raise call.error("N is a number of steps (stale(20)) or seconds (stale(30s))")
+    seconds = limit_node.unit == "s"
+
+    def make() -> Evaluator:
+        f = operand.make()
+        ctx = current_context()
+        last: float | None = None
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            nonlocal last
+            now = ctx.time if seconds else ctx.step
+            if now is None:
+                return None
+            if f(m) is not None:
+                last = now
+                return 0.0
+            if last is None:
+                return None
+            ctx.baseline = last
+            return 1.0 if now - last >= limit else 0.0
+        return evaluate
+    return Node(make, operand.metrics, always=True)
+
+
+# -- parser ----------------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, text: str, implicit: str | None, rule: str | None) -> None:
+        self.text, self.rule = text, rule
+        self.tokens = _tokenize(text, rule)
+        self.i = 0
+        self.implicit = _metric(implicit) if implicit else None
+
+    def error(self, message: str, tok: _Tok | None = None) -> RuleSyntaxError:
+        tok = tok or self.tokens[self.i]
+        return RuleSyntaxError(message, text=self.text, column=tok.col, rule=self.rule)
+
+    @property
+    def tok(self) -> _Tok:
+        return self.tokens[self.i]
+
+    def take(self, text: str | None = None, kind: str | None = None) -> _Tok | None:
+        tok = self.tokens[self.i]
+        if (text is not None and tok.text == text and tok.kind in ("op", text)) or (
+            kind is not None and tok.kind == kind
+        ):
+            self.i += 1
+            return tok
+        return None
+
+    def parse(self) -> Node:
+        if self.tok.kind == "end":
+            raise self.error("empty condition")
+        node = self.expr()
+        if self.tok.kind != "end":
+            raise self.error(f"unexpected {self.tok.text!r}")
+        return node
+
+    def expr(self) -> Node:
+        node = self.conj()
+        while self.take("or"):
+            node = _logical("or", node, self.conj())
+        return node
+
+    def conj(self) -> Node:
+        node = self.neg()
+        while self.take("and"):
+            node = _logical("and", node, self.neg())
+        return node
+
+    def neg(self) -> Node:
+        if self.take("not"):
+            return _negate(self.neg(), arithmetic=False)
+        return self.compare()
+
+    def compare(self) -> Node:
+        if self.tok.kind == "op" and self.tok.text in _CMP:
+            op_tok = self.tok
+            self.i += 1
+            if self.implicit is None:
+                raise self.error("a comparison needs a left side: this rule has no 'metric'",
+                                 op_tok)
+            return _binary(op_tok.text, self.implicit, self.sum())
+        left = self.sum()
+        if self.tok.kind == "op" and self.tok.text in _CMP:
+            op = self.tok.text
+            self.i += 1
+            return _binary(op, left, self.sum())
+        return left
+
+    def sum(self) -> Node:
+        node = self.term()
+        while self.tok.kind == "op" and self.tok.text in ("+", "-"):
+            op = self.tok.text
+            self.i += 1
+            node = _fold(op, node, self.term())
+        return node
+
+    def term(self) -> Node:
+        node = self.unary()
+        while self.tok.kind == "op" and self.tok.text in ("*", "/"):
+            op = self.tok.text
+            self.i += 1
+            node = _fold(op, node, self.unary())
+        return node
+
+    def unary(self) -> Node:
+        if self.take("-"):
+            return _negate(self.unary(), arithmetic=True)
+        return self.atom()
+
+    def atom(self) -> Node:
+        tok = self.tok
+        if tok.kind == "number":
+            self.i += 1
+            value = float(tok.text)
+            if self.take("%"):
+                return _const(value / 100.0, percent=True)
+            nxt = self.tok
+            if nxt.kind == "name" and nxt.text == "x" and nxt.col == tok.col + len(tok.text):
+                self.i += 1  # "3x": a ratio literal
+                return _const(value, unit="x")
+            if nxt.kind == "name" and nxt.text == "s":
+                self.i += 1  # "30s" or "30 s": seconds (two atoms in a row mean nothing else)
+                return _const(value, unit="s")
+            return _const(value)
+        if tok.kind == "name":
+            self.i += 1
+            if self.take("("):
+                return self.call(tok)
+            if tok.text in FUNCTIONS:
+                return self.call(tok, bare=True)
+            if tok.text in ("inf", "nan"):
+                return _const(math.inf if tok.text == "inf" else math.nan)
+            return _metric(tok.text)
+        if self.take("("):
+            node = self.expr()
+            if not self.take(")"):
+                raise self.error("expected ')'")
+            return node
+        if tok.kind == "end":
+            raise self.error("unexpected end of condition")
+        raise self.error(f"unexpected {tok.text!r}")
+
+    def call(self, name_tok: _Tok, bare: bool = False) -> Node:
+        compiler = FUNCTIONS.get(name_tok.text)
+        if compiler is None:
+            known = ", ".join(sorted(FUNCTIONS))
+            raise self.error(f"unknown function {name_tok.text!r} (known: {known})", name_tok)
+        args: list[Node] = []
+        kwargs: dict[str, Node] = {}
+        if not bare and not self.take(")"):
+            while True:
+                if (self.tok.kind == "name" and self.tokens[self.i + 1].text == "="
+                        and self.tokens[self.i + 1].kind == "op"):
+                    key = self.tok.text
+                    self.i += 2
+                    kwargs[key] = self.expr()
+                else:
+                    if kwargs:
+                        raise self.error("positional argument after keyword argument")
+                    args.append(self.expr())
+                if self.take(")"):
+                    break
+                if not self.take(","):
+                    raise self.error("expected ',' or ')'")
+        call = Call(name_tok.text, args, kwargs, self.implicit, self.text, name_tok.col, self.rule)
+        return compiler(call)
+
+
+def _fold(op: str, left: Node, right: Node) -> Node:
+    """Arithmetic, folding constants so ``2 * 50%`` is still a literal argument."""
+    if left.constant is not None and right.constant is not None:
+        a, b = left.constant, right.constant
+        value = {"+": a + b, "-": a - b, "*": a * b}.get(op)
+        if value is None:
+            value = a / b if b else math.nan
+        return _const(value)
+    return _binary(op, left, right)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A compiled condition: which metrics it reads, and a factory of evaluators."""
+
+    text: str
+    metrics: frozenset[str]
+    _node: Node = field(repr=False)
+
+    @property
+    def always(self) -> bool:
+        """Whether to evaluate on every step record, not only those carrying its metrics."""
+        return self._node.always
+
+    def new_evaluator(self) -> Evaluator:
+        """A fresh evaluator, with its own rolling state (one per rank or scope)."""
+        return self.instantiate()[0]
+
+    def instantiate(self, rank: int = 0) -> tuple[Evaluator, EvalContext]:
+        """A fresh evaluator and the context the caller updates before each call."""
+        ctx = EvalContext(rank)
+        _BUILDING.append(ctx)
+        try:
+            return self._node.make(), ctx
+        finally:
+            _BUILDING.pop()
+
+
+Compiled = Condition
+
+
+def compile_condition(text: str, metric: str | None = None, rule: str | None = None) -> Condition:
+    """Parse and compile ``text``; ``metric`` is the operand of shorthand forms.
+
+    Raises :class:`~trainguard.exceptions.RuleSyntaxError` pointing at the column.
+    """
+    node = _Parser(text, metric, rule).parse()
+    metrics = node.metrics if node.metrics or metric is None else frozenset({metric})
+    return Condition(text, metrics, node)
+
+
+
+# Register the window and baseline functions (mean, std, slope, drop, range...).
+from trainguard.rules import functions as _functions  # noqa: E402,F401

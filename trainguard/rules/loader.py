@@ -1,0 +1,306 @@
+"""Loading rule packs by name or from YAML files, safely, with located error messages."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from trainguard.exceptions import ConfigError, RuleSyntaxError, UnknownPackError
+from trainguard.rules.dsl import Condition, compile_condition
+from trainguard.rules.models import Rule, RulePack
+
+__all__ = ["CompiledRule", "apply_overrides", "builtin_pack_names", "compile_rule", "load_pack",
+           "load_rules", "load_yaml", "parse_pack"]
+
+MAX_YAML_BYTES = 1 << 20
+#: Nodes counted with aliases expanded: a rule file has a few thousand; an alias bomb reaches
+#: this within milliseconds and is refused before anything walks the expanded tree.
+MAX_YAML_NODES = 100_000
+_SAFE_TAGS = frozenset(
+    "tag:yaml.org,2002:" + t
+    for t in ("str", "int", "float", "bool", "null", "map", "seq", "omap", "timestamp"))
+
+
+class CompiledRule:
+    """A validated :class:`Rule` with its condition compiled; what the engine runs."""
+
+    __slots__ = ("rule", "condition", "source")
+
+    def __init__(self, rule: Rule, condition: Condition, source: str) -> None:
+        self.rule = rule
+        self.condition = condition
+        self.source = source
+
+
+def builtin_pack_names() -> list[str]:
+    """Names of the rule packs shipped with trainguard."""
+    root = resources.files("trainguard.rules") / "packs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _children(node: Any) -> list[Any]:
+    value = node.value
+    if not isinstance(value, list):
+        return []
+    out: list[Any] = []
+    for item in value:
+        out.extend(item if isinstance(item, tuple) else (item,))
+    return out
+
+
+def _check_nodes(root: Any, path: str, limit: int) -> None:
+    """Refuse object-building tags, and documents over ``limit`` nodes once aliases are expanded.
+
+    An alias is the same node object reached twice, so the expanded size is computed once per
+    distinct node (memoized, iterative post-order): a 30-level billion-laughs document costs a
+    few hundred steps, not 10^30, and is refused before anything walks the expanded tree.
+    """
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if key in sizes:
+            continue
+        children = _children(node)
+        if not done:
+            if key in open_nodes:
+                raise ConfigError("a YAML alias refers to itself (a recursive document)",
+                                  path=path, line=node.start_mark.line + 1)
+            open_nodes.add(key)
+            tag = str(getattr(node.tag, "value", node.tag))
+            if tag not in _SAFE_TAGS:
+                raise ConfigError(f"YAML tag {tag!r} is not allowed: rule files are plain data "
+                                  "(mappings, lists, strings, numbers, booleans)", path=path,
+                                  line=node.start_mark.line + 1)
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        size = 1 + sum(sizes.get(id(c), 0) for c in children)
+        if size > limit:
+            raise ConfigError(f"more than {limit} YAML nodes once aliases are expanded "
+                              "(an alias bomb?); refusing to load", path=path,
+                              line=node.start_mark.line + 1)
+        sizes[key] = size
+        open_nodes.discard(key)
+
+
+def load_yaml(text: str, path: str) -> Any:
+    """Parse YAML safely (plain data tags only), size- and node-capped, keeping line numbers."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"file is larger than {MAX_YAML_BYTES} bytes", path=path)
+    # The round-trip loader keeps line numbers for messages; it never builds Python objects,
+    # and the tag check below refuses documents that ask for them instead of keeping them.
+    yaml = YAML(typ="rt")
+    try:
+        root = yaml.compose(io.StringIO(text))
+        if root is None:
+            return None
+        _check_nodes(root, path, MAX_YAML_NODES)
+        return YAML(typ="rt").load(io.StringIO(text))
+    except RecursionError as exc:
+        raise ConfigError("YAML nested too deeply", path=path) from exc
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
+
+
+def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
+    """Best-effort source line of the pydantic error location ``loc`` in ruamel data."""
+    node, line = data, None
+    for key in loc:
+        if isinstance(node, CommentedMap) and key in node:
+            try:
+                line = node.lc.key(key)[0] + 1
+            except (KeyError, TypeError, AttributeError):
+                pass
+            node = node[key]
+        elif isinstance(node, CommentedSeq) and isinstance(key, int) and key < len(node):
+            try:
+                line = node.lc.item(key)[0] + 1
+            except (KeyError, TypeError, AttributeError):
+                pass
+            node = node[key]
+        else:
+            break
+    return line
+
+
+def _rule_ids(data: Any, loc: tuple[Any, ...]) -> str:
+    try:
+        if loc[0] == "rules" and isinstance(loc[1], int):
+            return f"rule {data['rules'][loc[1]].get('id', '#' + str(loc[1]))}: "
+    except (IndexError, KeyError, TypeError, AttributeError):
+        pass
+    return ""
+
+
+_RULE_FIELDS = sorted(a or n for n, f in Rule.model_fields.items() for a in [f.alias])
+_PACK_FIELDS = sorted(RulePack.model_fields)
+_TEXT_FIELDS = frozenset({"metric", "condition", "message", "recommendation", "reference"})
+
+
+def _explain(error: Any) -> str:
+    """A pydantic error as a person reads it, naming what would be valid."""
+    kind, loc = error["type"], error["loc"]
+    if kind == "extra_forbidden":
+        valid = _RULE_FIELDS if len(loc) > 1 else _PACK_FIELDS
+        return f"unknown field {loc[-1]!r}; valid fields: {', '.join(valid)}"
+    if kind == "missing":
+        return "missing required field"
+    got = error.get("input")
+    got_text = f" (got {got!r})" if isinstance(got, str | int | float | bool) else ""
+    if kind == "enum":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"must be one of {expected}{got_text}"
+    if kind == "literal_error":
+        return f"must be one of {error.get('ctx', {}).get('expected', '')}{got_text}"
+    msg = str(error["msg"]).removeprefix("Value error, ")
+    return msg + got_text
+
+
+def _validation_error(exc: ValidationError, data: Any, data_for_model: Any,
+                      path: str) -> ConfigError:
+    """All of a pack's mistakes in one error, each with its line and field."""
+    lines: list[str] = []
+    first: tuple[int | None, str] | None = None
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        line = _line_of(data, loc if not isinstance(data, list) else loc[1:])
+        field = ".".join(str(p) for p in loc)
+        text = f"{_rule_ids(data_for_model, loc)}{_explain(error)}"
+        if first is None:
+            first = (line, field)
+            lines.append(text)
+        else:
+            lines.append(f"{path}:{line or '?'}: {field}: {text}")
+    assert first is not None
+    return ConfigError("\n".join(lines), path=path, line=first[0], field=first[1])
+
+
+def parse_pack(text: str, path: str) -> list[CompiledRule]:
+    """Validate and compile the rules of one YAML document (a pack, or a bare rule list)."""
+    data = load_yaml(text, path)
+    if isinstance(data, list):
+        data_for_model: Any = {"pack": Path(path).stem, "rules": data}
+    else:
+        data_for_model = data
+    if not isinstance(data_for_model, dict):
+        raise ConfigError("expected a mapping with 'rules:' (or a list of rules)", path=path)
+    data_for_model.setdefault("pack", Path(path).stem)
+    try:
+        pack = RulePack.model_validate(dict(data_for_model))
+    except ValidationError as exc:
+        raise _validation_error(exc, data, data_for_model, path) from exc
+    compiled: list[CompiledRule] = []
+    seq = data.get("rules") if isinstance(data, dict) else data
+    seen: dict[str, int | None] = {}
+    for index, rule in enumerate(pack.rules):
+        line = None
+        if isinstance(seq, CommentedSeq):
+            try:
+                line = seq.lc.item(index)[0] + 1
+            except (KeyError, TypeError, AttributeError):
+                line = None
+        if rule.id in seen:
+            raise ConfigError(f"duplicate rule id {rule.id!r} (first at line {seen[rule.id]})",
+                              path=path, line=line, field=f"rules.{index}.id")
+        seen[rule.id] = line
+        cond_line = line
+        try:
+            cond_line = seq[index].lc.key("condition")[0] + 1  # type: ignore[index]
+        except (KeyError, TypeError, AttributeError, IndexError):
+            pass
+        compiled.append(compile_rule(rule, path, cond_line, line))
+    return compiled
+
+
+def compile_rule(rule: Rule, path: str = "<rule>", cond_line: int | None = None,
+                 line: int | None = None) -> CompiledRule:
+    """Compile one validated rule's condition; syntax errors carry the path and line."""
+    try:
+        condition = compile_condition(rule.condition, rule.metric, rule.id)
+    except RuleSyntaxError as exc:
+        raise RuleSyntaxError(exc.reason, text=exc.text, column=exc.column, rule=rule.id,
+                              path=path, line=cond_line) from exc
+    return CompiledRule(rule, condition, f"{path}:{line}" if line else path)
+
+
+def load_pack(name_or_path: str) -> list[CompiledRule]:
+    """Load a built-in pack by name, or a YAML rule file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise ConfigError("rule file not found", path=str(path)) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read rule file: {exc}", path=str(path)) from exc
+        return parse_pack(text, str(path))
+    names = builtin_pack_names()
+    if name_or_path not in names:
+        raise UnknownPackError(
+            f"unknown rule pack {name_or_path!r}; built-in packs: {', '.join(names)} "
+            "(or give the path of a YAML rule file)"
+        )
+    resource = resources.files("trainguard.rules") / "packs" / f"{name_or_path}.yaml"
+    return parse_pack(resource.read_text(encoding="utf-8"), f"<pack {name_or_path}>")
+
+
+def load_rules(specs: Iterable[str]) -> list[CompiledRule]:
+    """Load several packs or files; a later rule with the same id replaces an earlier one."""
+    by_id: dict[str, CompiledRule] = {}
+    for spec in specs:
+        for compiled in load_pack(spec):
+            by_id[compiled.rule.id] = compiled
+    return [r for r in by_id.values() if r.rule.enabled]
+
+
+def apply_overrides(rules: list[CompiledRule], overrides: Iterable[str],
+                    missing_ok: bool = False) -> list[CompiledRule]:
+    """Apply ``ID.FIELD=VALUE`` settings (``--set-rule``), validated through the rule model.
+
+    VALUE is read as a YAML scalar or flow value (``5``, ``high``, ``[dpo, grpo]``, ``false``).
+    An unknown rule id lists the ids loaded (or, with ``missing_ok``, is skipped: the rule may
+    come with a pack added later); an unknown field lists the valid fields.
+    """
+    by_id = {r.rule.id: r for r in rules}
+    for spec in overrides:
+        target, sep, raw = spec.partition("=")
+        rule_id, dot, name = target.strip().rpartition(".")
+        if not sep or not dot or not rule_id or not name:
+            raise ConfigError(f"--set-rule {spec!r}: expected ID.FIELD=VALUE, "
+                              "e.g. common.loss_spike.for=10")
+        if name not in _RULE_FIELDS or name == "id":
+            raise ConfigError(f"--set-rule {spec!r}: unknown field {name!r}; valid fields: "
+                              + ", ".join(f for f in _RULE_FIELDS if f != "id"))
+        compiled = by_id.get(rule_id)
+        if compiled is None and missing_ok:
+            continue
+        if compiled is None:
+            raise ConfigError(f"--set-rule {spec!r}: no loaded rule has id {rule_id!r}; loaded: "
+                              + ", ".join(sorted(by_id)))
+        value: Any = raw.strip()
+        if name not in _TEXT_FIELDS:  # numbers, booleans, lists: read as a YAML flow value
+            value = load_yaml(f"v: {raw}" if raw.strip() else "v: ''", "--set-rule")["v"]
+        data = compiled.rule.model_dump(by_alias=True)
+        data[name] = value
+        try:
+            rule = Rule.model_validate(data)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            raise ConfigError(f"--set-rule {spec!r}: {_explain(error)}",
+                              field=".".join(str(p) for p in error["loc"])) from exc
+        by_id[rule_id] = compile_rule(rule, f"--set-rule {spec}")
+    return [r for r in by_id.values() if r.rule.enabled]
