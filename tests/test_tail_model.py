@@ -21,7 +21,10 @@ from trainguard.monitor.sources import DirectorySource
 from trainguard.monitor.watch import ChangeWatcher
 
 # No shrinking: a failure prints its steps anyway, and shrinking file I/O takes minutes.
-_SETTINGS = settings(max_examples=25, stateful_step_count=15, deadline=None,
+# TG_MODEL_EXAMPLES / TG_MODEL_STEPS raise the effort for a soak run (e.g. 2000 x 30).
+_SETTINGS = settings(max_examples=int(os.environ.get("TG_MODEL_EXAMPLES", "25")),
+                     stateful_step_count=int(os.environ.get("TG_MODEL_STEPS", "15")),
+                     deadline=None,
                      suppress_health_check=list(HealthCheck),
                      phases=[Phase.explicit, Phase.reuse, Phase.generate])
 

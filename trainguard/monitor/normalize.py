@@ -1,7 +1,19 @@
 """Normalization: renaming a framework's metric keys to the names rules are written against.
 
-Field maps are YAML data in ``trainguard/presets/fields/NAME.yaml`` (``fields: {source: target}``);
-``--field-map a=b`` adds single renames. Keys without a mapping pass through unchanged.
+Field maps are YAML data in ``trainguard/presets/fields/NAME.yaml``, validated at load time by
+:class:`FieldMapFile`::
+
+    description: verl PPO/GRPO keys            # optional, shown by nothing but people
+    fields:                                     # renames: the source key disappears
+      actor/kl_loss: kl
+    aliases:                                    # copies: the source key stays as well
+      actor/grad_norm: grad_norm
+
+``aliases`` exist because some framework keys are read by rules under their own name *and*
+stand for a canonical one (verl's ``actor/grad_norm`` feeds ``ppo_strict``'s actor/critic
+balance rule and ``common``'s ``grad_norm`` rules). ``--field-map a=b`` adds single renames;
+``--field-map FILE`` reads a file of the same shape. Keys without a mapping pass through
+unchanged.
 """
 
 from __future__ import annotations
@@ -9,36 +21,64 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from trainguard.exceptions import ConfigError, UnknownPackError
 
-__all__ = ["FieldMap", "builtin_field_maps", "load_field_map"]
+__all__ = ["FieldMap", "FieldMapFile", "builtin_field_maps", "load_field_map", "parse_field_map"]
 
 
 class FieldMap:
-    """A key renaming applied to every record's metrics before the rules see them."""
+    """A key renaming (and aliasing) applied to every record's metrics before the rules see them.
 
-    __slots__ = ("mapping",)
+    The map is compiled once: :meth:`apply` first checks whether any key of the record is
+    touched at all (the common case for an unmapped framework is "no"), so the per-record cost
+    of an unneeded map is one set lookup per key and no new dict.
+    """
 
-    def __init__(self, mapping: Mapping[str, str] | None = None) -> None:
+    __slots__ = ("mapping", "aliases", "_touched")
+
+    def __init__(self, mapping: Mapping[str, str] | None = None,
+                 aliases: Mapping[str, str] | None = None) -> None:
         self.mapping: dict[str, str] = dict(mapping or {})
+        self.aliases: dict[str, str] = dict(aliases or {})
+        self._touched = frozenset(self.mapping) | frozenset(self.aliases)
 
     def apply(self, metrics: dict[str, float]) -> dict[str, float]:
         """Return ``metrics`` with keys renamed; the same dict when nothing needs renaming."""
-        mapping = self.mapping
-        if not mapping:
+        touched = self._touched
+        if not touched or touched.isdisjoint(metrics):
             return metrics
-        for key in metrics:
-            if key in mapping:
-                break
-        else:
-            return metrics
-        get = mapping.get
-        return {get(k, k): v for k, v in metrics.items()}
+        get = self.mapping.get
+        out = {get(k, k): v for k, v in metrics.items()}
+        for source, target in self.aliases.items():
+            if source in metrics and target not in out:  # a key logged natively wins
+                out[target] = metrics[source]
+        return out
 
     def merged(self, other: FieldMap) -> FieldMap:
-        """A map applying ``other``'s renames over this one's."""
-        return FieldMap({**self.mapping, **other.mapping})
+        """A map applying ``other``'s renames and aliases over this one's."""
+        return FieldMap({**self.mapping, **other.mapping}, {**self.aliases, **other.aliases})
+
+    def __repr__(self) -> str:
+        return f"FieldMap({self.mapping!r}, aliases={self.aliases!r})"
+
+
+_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+class FieldMapFile(BaseModel):
+    """The schema of a field-map YAML file (a preset or a user's ``--field-map FILE``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    description: str = ""
+    #: source key -> canonical key; the source key is replaced.
+    fields: dict[_Name, _Name] = {}
+    #: source key -> canonical key; the source key is kept and the canonical one added.
+    aliases: dict[_Name, _Name] = {}
 
 
 def builtin_field_maps() -> list[str]:
@@ -47,17 +87,50 @@ def builtin_field_maps() -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
-def _parse(text: str, origin: str) -> FieldMap:
-    from trainguard.rules.loader import load_yaml
+def _explain(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return f"unknown key; expected one of {', '.join(sorted(FieldMapFile.model_fields))}"
+    if error["type"] == "dict_type":
+        return "expected a mapping of source key -> canonical key"
+    got = error.get("input")
+    got_text = f" (got {got!r})" if isinstance(got, str | int | float | bool) else ""
+    return str(error["msg"]).removeprefix("Value error, ") + got_text
+
+
+def parse_field_map(text: str, origin: str) -> FieldMap:
+    """Validate one field-map document; every mistake is reported with its line and field."""
+    from trainguard.rules.loader import _line_of, load_yaml
 
     data = load_yaml(text, origin)
-    fields = data.get("fields") if isinstance(data, dict) else None
-    if not isinstance(fields, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
-    ):
-        raise ConfigError("expected 'fields:' mapping source key -> canonical key (strings)",
-                          path=origin, field="fields")
-    return FieldMap({str(k): str(v) for k, v in fields.items()})
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping with 'fields:' (source key -> canonical key)",
+                          path=origin)
+    try:
+        model = FieldMapFile.model_validate(
+            {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()})
+    except ValidationError as exc:
+        messages: list[str] = []
+        first: tuple[int | None, str] | None = None
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            # A bad value is located at its key; a bad key (a number) at the enclosing map.
+            loc = loc[:2] if loc and loc[0] in ("fields", "aliases") else loc
+            line, field = _line_of(data, loc), ".".join(str(p) for p in loc)
+            if first is None:
+                first = (line, field)
+                messages.append(_explain(error))
+            else:
+                messages.append(f"{origin}:{line or '?'}: {field}: {_explain(error)}")
+        assert first is not None
+        raise ConfigError("\n".join(messages), path=origin, line=first[0],
+                          field=first[1]) from exc
+    for section in ("fields", "aliases"):
+        for source, target in getattr(model, section).items():
+            if source == target:
+                raise ConfigError(f"{source!r} is mapped to itself; remove the entry",
+                                  path=origin, line=_line_of(data, (section, source)),
+                                  field=f"{section}.{source}")
+    return FieldMap(model.fields, model.aliases)
 
 
 def load_field_map(specs: Iterable[str]) -> FieldMap:
@@ -66,8 +139,9 @@ def load_field_map(specs: Iterable[str]) -> FieldMap:
     for spec in specs:
         if "=" in spec and not Path(spec).exists():
             source, _, target = spec.partition("=")
-            if not source or not target:
-                raise ConfigError(f"--field-map {spec!r}: expected SOURCE=TARGET")
+            if not source.strip() or not target.strip():
+                raise ConfigError(f"--field-map {spec!r}: expected SOURCE=TARGET "
+                                  "(e.g. --field-map actor/kl_loss=kl)")
             result = result.merged(FieldMap({source.strip(): target.strip()}))
             continue
         path = Path(spec)
@@ -76,11 +150,15 @@ def load_field_map(specs: Iterable[str]) -> FieldMap:
                 text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ConfigError(f"cannot read field map: {exc.strerror}", path=spec) from exc
-            result = result.merged(_parse(text, spec))
+            except UnicodeDecodeError as exc:
+                raise ConfigError("field map is not UTF-8 text", path=spec) from exc
+            result = result.merged(parse_field_map(text, spec))
             continue
         names = builtin_field_maps()
         if spec not in names:
-            raise UnknownPackError(f"unknown field-map preset {spec!r}; built-in: {', '.join(names)}")
+            raise UnknownPackError(f"unknown field-map preset {spec!r}; built-in: "
+                                   f"{', '.join(names)}; or give a YAML file or SOURCE=TARGET")
         resource = resources.files("trainguard.presets") / "fields" / f"{spec}.yaml"
-        result = result.merged(_parse(resource.read_text(encoding="utf-8"), f"<preset {spec}>"))
+        result = result.merged(parse_field_map(resource.read_text(encoding="utf-8"),
+                                               f"<preset {spec}>"))
     return result

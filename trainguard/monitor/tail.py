@@ -5,11 +5,16 @@ early; the checkpointed position (:meth:`FileTail.position`) stops before it, so
 it is read again from its start and handed out exactly once. A shrinking file (truncation,
 copytruncate) restarts from offset 0; a new inode at the path (rename rotation, delete and
 recreate) is followed after the old file is drained. A file is recognised by its *fingerprint*:
-device, inode and a hash of its first bytes, so a file deleted and recreated while the monitor
-was down (the kernel may hand out the same inode again) is read from its start, not from a stale
-offset. NUL bytes (the hole a copytruncate leaves before a non-append writer's next line) are
-dropped and counted; over-long lines are skipped and counted, and memory stays bounded by
-``max_line_bytes``.
+device, inode and its first bytes (checkpointed as a hash), as Filebeat does, so a file deleted
+and recreated while the monitor was down (the kernel may hand out the same inode again) is read
+from its start, not from a stale offset. The head is compared on every read, not only when the
+size changed: a file truncated and rewritten to exactly the size we last saw (two polls apart,
+or within one mtime tick) looks unchanged to ``stat`` and differs only in its content. Polling
+cannot see one case: a rewrite to at least our offset whose first :data:`FINGERPRINT_BYTES`
+are byte-identical to the old ones (no reader that does not keep the whole file can; ``tail -F``
+and Filebeat miss it too). NUL bytes (the hole a copytruncate leaves before a non-append
+writer's next line) are dropped and counted; over-long lines are skipped and counted, and
+memory stays bounded by ``max_line_bytes``.
 """
 
 from __future__ import annotations
@@ -66,9 +71,7 @@ class FileTail:
         self._fd: int | None = None
         self._ino: tuple[int, int] | None = None
         self._offset = 0
-        self._size = -1  # size seen at the last drain: a change triggers the content check
-        self._fp_len = 0
-        self._fp_hash = ""
+        self._head = b""  # the first bytes of the file (up to FINGERPRINT_BYTES), as last read
         self._partial = b""
         self._discarding = False  # inside an over-long line, dropping bytes until its newline
         if self._open(seek_end=not from_start) and position is not None:
@@ -88,34 +91,35 @@ class FileTail:
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
         self._offset = st.st_size if seek_end else 0
-        self._size = -1
         self._partial, self._discarding = b"", False
         self.line_no = 0
-        self._fp_len, self._fp_hash = 0, ""
+        self._head = b""
         self._refresh_fingerprint(st.st_size)
         self.error = None
         return True
 
     def _refresh_fingerprint(self, size: int) -> None:
-        """Hash up to FINGERPRINT_BYTES of the head; grows with the file until it is full."""
-        if self._fd is not None and self._fp_len < FINGERPRINT_BYTES and size > self._fp_len:
-            self._fp_len = min(size, FINGERPRINT_BYTES)
-            self._fp_hash = _head_hash(self._fd, self._fp_len)
+        """Remember up to FINGERPRINT_BYTES of the head; grows with the file until it is full."""
+        if self._fd is not None and len(self._head) < FINGERPRINT_BYTES and size > len(self._head):
+            self._head = os.pread(self._fd, min(size, FINGERPRINT_BYTES), 0)
 
     def _same_content(self, size: int) -> bool:
         """False when the bytes we fingerprinted are no longer what the file starts with."""
-        if self._fd is None or not self._fp_len:
+        head = self._head
+        if self._fd is None or not head:
             return True
-        if size < self._fp_len:
+        if size < len(head):
             return False
-        return _head_hash(self._fd, self._fp_len) == self._fp_hash
+        return os.pread(self._fd, len(head), 0) == head
 
     def position(self) -> dict[str, Any]:
         """Where a restart should resume: the end of the last complete line handed out."""
         dev, ino = self._ino or (0, 0)
         offset = self._offset if self._discarding else self._offset - len(self._partial)
+        head = self._head
         return {"offset": offset, "line": self.line_no, "dev": dev, "ino": ino,
-                "fp_len": self._fp_len, "fp_hash": self._fp_hash,
+                "fp_len": len(head),
+                "fp_hash": hashlib.blake2b(head, digest_size=8).hexdigest() if head else "",
                 "discarding": self._discarding}
 
     def _restore(self, pos: dict[str, Any]) -> None:
@@ -183,19 +187,19 @@ class FileTail:
         self.stats.skip(self.line_no + 1, reason, f"at offset {self._offset}")
         self._offset, self._partial, self._discarding = 0, b"", False
         self.line_no = 0
-        self._fp_len, self._fp_hash = 0, ""
+        self._head = b""
 
     def _drain(self, out: list[tuple[int, bytes]]) -> None:
         fd = self._fd
         assert fd is not None
         size = os.fstat(fd).st_size
-        if size != self._size:
-            if size < self._offset:  # truncated (copytruncate): start over
-                self._restart_from_zero("truncated")
-            elif not self._same_content(size):  # truncated and regrown past our offset
-                self._restart_from_zero("rewritten")
-            self._size = size
-            self._refresh_fingerprint(size)
+        if size < self._offset:  # truncated (copytruncate): start over
+            self._restart_from_zero("truncated")
+        elif not self._same_content(size):
+            # Truncated and rewritten, past our offset or to the very size we last saw (which
+            # the size alone cannot tell from "unchanged"): the head is no longer ours.
+            self._restart_from_zero("rewritten")
+        self._refresh_fingerprint(size)
         while self._offset < size:
             chunk = os.pread(fd, min(_READ_CHUNK, size - self._offset), self._offset)
             if not chunk:
