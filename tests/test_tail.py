@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainguard.monitor.checkpoint import AlertLedger, load_state
 from trainguard.monitor.alerts import Alert
+from trainguard.monitor.checkpoint import AlertLedger, load_state
 from trainguard.monitor.sources import DirectorySource, FileSource
 from trainguard.monitor.tail import FileTail
 from trainguard.monitor.watch import ChangeWatcher
@@ -44,6 +44,24 @@ def test_partial_line_is_read_once_across_a_restart(tmp_path: Path):
     again = FileTail(str(path), position=position)
     assert [(2, b'{"step": 2}')] == again.read_lines()
     again.close()
+
+
+def test_truncate_and_rewrite_to_the_same_size_is_read_again(tmp_path: Path):
+    """Truncated and rewritten to the size last seen, between two reads: the new lines come.
+
+    Found by the model test: ``stat`` shows the same size (and, within one tick, the same
+    mtime); only the head of the file tells the new content from the old.
+    """
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 2}\n{"step": 3}\n')
+    tail = FileTail(str(path))
+    assert [b'{"step": 2}', b'{"step": 3}'] == _lines(tail)
+    with open(path, "r+b") as handle:  # one open: truncate, then the same number of bytes
+        handle.truncate(0)
+        handle.write(b'{"step": 5}\n{"step": 6}\n')
+    assert ([(1, b'{"step": 5}'), (2, b'{"step": 6}')], 1) == (tail.read_lines(),
+                                                              tail.stats.skips["rewritten"])
+    tail.close()
 
 
 def test_copytruncate_nul_hole_is_dropped_and_counted(tmp_path: Path):
