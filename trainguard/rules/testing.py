@@ -143,10 +143,10 @@ def _records(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]]
         for rank, (step, metrics, time) in sorted(pending.items()):
             yield rank, step, metrics, time
         return
-    for rec in source:
-        metrics = {k: float(v) for k, v in rec.get("metrics", {}).items()
+    for obj in source:
+        metrics = {k: float(v) for k, v in obj.get("metrics", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        yield int(rec.get("rank", 0)), int(rec["step"]), metrics, rec.get("time")
+        yield int(obj.get("rank", 0)), int(obj["step"]), metrics, obj.get("time")
 
 
 def _rule_specs(data: Mapping[str, Any], path: Path) -> list[str]:
