@@ -236,8 +236,8 @@ class Monitor:
 
     def _evaluate_cross_rank(self) -> None:
         """Scores of the steps now complete on every rank (see ranks.py), once per batch."""
-        for rank, step, derived, time in self.stragglers.scores():
-            for alert in self.engine.evaluate(rank, step, derived, time):
+        for rank, step, derived, at in self.stragglers.scores():
+            for alert in self.engine.evaluate(rank, step, derived, at):
                 self._route(alert)
 
     def _detect(self, keys: set[str]) -> None:
