@@ -13,10 +13,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trainguard.events import ParseSkip, Record, parse_line, record_from_object
-from trainguard.events import _fast_loads  # the same decoder, for the fast path
-from trainguard.monitor.alerts import Alert, AlertSink
+from trainguard.events import (
+    ParseSkip,
+    Record,
+    _fast_loads,  # the same decoder, for the fast path
+    parse_line,
+    record_from_object,
+)
 from trainguard.monitor.actions import Stopper
+from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
 from trainguard.monitor.engine import Engine
 from trainguard.monitor.normalize import FieldMap
