@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,16 @@ def test_over_long_line_is_skipped_counted_and_memory_bounded(tmp_path: Path):
     tail.close()
 
 
+def test_crlf_and_an_over_long_line_in_one_chunk_keep_their_line_numbers(tmp_path: Path):
+    """CRLF endings are stripped; an over-long line among short ones is skipped, numbered."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1}\r\n' + b"z" * 50 + b'\n{"step": 3}\n')
+    tail = FileTail(str(path), max_line_bytes=20)
+    assert ([(1, b'{"step": 1}'), (3, b'{"step": 3}')], [(2, "line_too_long", "50 bytes")]) == (
+        tail.read_lines(), tail.stats.examples)
+    tail.close()
+
+
 def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):
     """Delete + recreate with the same name while stopped: the fingerprint differs, read from 0."""
     path = tmp_path / "a.jsonl"
@@ -164,6 +175,38 @@ def test_new_rank_file_is_picked_up(run_dir: Path, mode: str):
     assert [b'{"step": 1}'] == got
     if watcher is not None:
         watcher.close()
+    source.close()
+
+
+def test_watched_rescan_reads_an_append_no_event_reported(run_dir: Path):
+    """Under a watcher, the rescan still reads a file whose change event was lost."""
+    path = run_dir / "rank0.jsonl"
+    path.write_bytes(b'{"step": 1}\n')
+    source = DirectorySource(run_dir, rescan_interval=0.0)
+    source.notify("")  # a watcher is attached, but this change is never reported
+    assert [b'{"step": 1}'] == [line.data for line in source.poll()]
+    assert [] == source.poll()
+    with open(path, "ab") as handle:
+        handle.write(b'{"step": 2}\n')
+    assert [b'{"step": 2}'] == [line.data for line in source.poll()]
+    source.close()
+
+
+def test_rescan_lists_a_settled_folder_again_once_it_changes(run_dir: Path):
+    """A folder listing is reused while its mtime holds, and redone when a file is added."""
+    rank_dir = run_dir / "node0"
+    rank_dir.mkdir()
+    (rank_dir / "rank0.jsonl").write_bytes(b'{"step": 1}\n')
+    past = time.time() - 60
+    for folder in (rank_dir, run_dir):  # settled: older than the coarse-clock margin
+        os.utime(folder, (past, past))
+    source = DirectorySource(run_dir, rescan_interval=0.0)
+    assert [b'{"step": 1}'] == [line.data for line in source.poll()]
+    assert str(rank_dir) in source._listings
+    (rank_dir / "rank1.jsonl").write_bytes(b'{"step": 7}\n')
+    os.utime(rank_dir, (past + 1, past + 1))  # the kernel moved the mtime; not yet settled
+    assert [(str(rank_dir / "rank1.jsonl"), b'{"step": 7}')] == [
+        (line.stream, line.data) for line in source.poll()]
     source.close()
 
 

@@ -127,7 +127,7 @@ def encode_record(record: Record) -> bytes:
     return (json.dumps(obj, allow_nan=False, separators=(",", ":")) + "\n").encode()
 
 
-def _loads(line: bytes) -> Any:
+def _loads(line: bytes | str) -> Any:
     try:
         return _fast_loads(line)
     except _FastDecodeError:

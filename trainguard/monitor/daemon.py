@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from trainguard.events import (
     ParseSkip,
@@ -153,6 +154,13 @@ class Monitor:
         loads = _fast_loads
         counters = self.counters
         pending = self._pending
+        # The step being gathered for the stream and rank of the previous line: consecutive
+        # one-metric lines of one step then skip the (stream, rank) key and dict lookup. Reset
+        # whenever the general path below may have evaluated or replaced a pending record.
+        cur: Record | None = None
+        cur_stream: str | None = None
+        cur_rank = 0
+        events = 0
         for line in lines:
             if fast:
                 try:
@@ -160,18 +168,27 @@ class Monitor:
                 except ValueError:  # bare NaN, blank line, garbage: the general parser says
                     result = parser(line)
                 else:
-                    name = obj.get("name") if type(obj) is dict else None
-                    if type(name) is str and "metrics" not in obj:
-                        step, value, rank = obj.get("step"), obj.get("value"), obj.get("rank", 0)
+                    if type(obj) is dict and "metrics" not in obj:
+                        name = obj.get("name")
+                        value: Any = obj.get("value")
+                        step, rank = obj.get("step"), obj.get("rank", 0)
                         vt = type(value)
-                        if (type(step) is int and (vt is float or vt is int)
-                                and type(rank) is int):
-                            counters.events += 1
-                            key = (line.stream, rank)
+                        if (type(name) is str and type(step) is int
+                                and (vt is float or vt is int) and type(rank) is int):
+                            events += 1
+                            if vt is int:
+                                value = float(value)
+                            stream = line.stream
+                            if (cur is not None and cur.step == step and cur_rank == rank
+                                    and cur_stream is stream):
+                                cur.metrics[name] = value
+                                continue
+                            key = (stream, rank)
                             held = pending.get(key)
                             if held is not None:
                                 if held.step == step:
-                                    held.metrics[name] = value if vt is float else float(value)
+                                    held.metrics[name] = value
+                                    cur, cur_stream, cur_rank = held, stream, rank
                                     continue
                                 del pending[key]
                                 self._evaluate(held)
@@ -179,8 +196,10 @@ class Monitor:
                             if t is not None and type(t) is not float and type(t) is not int:
                                 t = None
                             kind = obj.get("kind", "train")
-                            pending[key] = Record(step, {name: float(value)}, t, rank,
-                                                  kind if type(kind) is str else "train", True)
+                            cur = pending[key] = Record(
+                                step, {name: value}, t, rank,
+                                kind if type(kind) is str else "train", True)
+                            cur_stream, cur_rank = stream, rank
                             continue
                     result = record_from_object(obj)
             else:
@@ -190,6 +209,7 @@ class Monitor:
             if type(result) is ParseSkip:
                 self._skip(line, result)
                 continue
+            cur = None
             record: Record = result  # type: ignore[assignment]
             counters.events += len(record.metrics)
             key = (line.stream, record.rank)
@@ -209,6 +229,7 @@ class Monitor:
                                       record.rank, record.kind, True)
             else:
                 self._evaluate(record)
+        counters.events += events
         self._evaluate_cross_rank()
 
     def flush(self) -> None:

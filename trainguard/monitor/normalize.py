@@ -51,6 +51,8 @@ class FieldMap:
         touched = self._touched
         if not touched or touched.isdisjoint(metrics):
             return metrics
+        # One comprehension is as fast as anything tried (a cached per-layout plan with
+        # dict(zip(...)) measured the same): building the new dict is the cost.
         get = self.mapping.get
         out = {get(k, k): v for k, v in metrics.items()}
         for source, target in self.aliases.items():

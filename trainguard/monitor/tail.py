@@ -72,6 +72,8 @@ class FileTail:
         self._ino: tuple[int, int] | None = None
         self._offset = 0
         self._head = b""  # the first bytes of the file (up to FINGERPRINT_BYTES), as last read
+        self._head_hash: tuple[bytes, str] = (b"", "")
+        self._seen: tuple[int, int] | None = None  # (size, mtime_ns) at the last full read
         self._partial = b""
         self._discarding = False  # inside an over-long line, dropping bytes until its newline
         if self._open(seek_end=not from_start) and position is not None:
@@ -90,6 +92,7 @@ class FileTail:
             return False
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
+        self._seen = None
         self._offset = st.st_size if seek_end else 0
         self._partial, self._discarding = b"", False
         self.line_no = 0
@@ -117,9 +120,11 @@ class FileTail:
         dev, ino = self._ino or (0, 0)
         offset = self._offset if self._discarding else self._offset - len(self._partial)
         head = self._head
+        if self._head_hash[0] is not head:  # hashed once per head, not once per checkpoint
+            self._head_hash = (head, hashlib.blake2b(head, digest_size=8).hexdigest()
+                               if head else "")
         return {"offset": offset, "line": self.line_no, "dev": dev, "ino": ino,
-                "fp_len": len(head),
-                "fp_hash": hashlib.blake2b(head, digest_size=8).hexdigest() if head else "",
+                "fp_len": len(head), "fp_hash": self._head_hash[1],
                 "discarding": self._discarding}
 
     def _restore(self, pos: dict[str, Any]) -> None:
@@ -151,8 +156,13 @@ class FileTail:
             os.close(self._fd)
             self._fd = None
 
-    def read_lines(self) -> list[tuple[int, bytes]]:
-        """``(line_number, line)`` for complete lines appended since the last call."""
+    def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
+        """``(line_number, line)`` for complete lines appended since the last call.
+
+        ``quick``: return nothing at once when ``stat`` shows the file exactly as the last
+        read left it (inode, size, mtime), skipping the head comparison. For a rescan under
+        inotify, which reports every real change; never for polling.
+        """
         out: list[tuple[int, bytes]] = []
         if self._fd is None and not self._open():
             return out
@@ -168,8 +178,13 @@ class FileTail:
         if st is not None and (st.st_dev, st.st_ino) == self._ino:
             if self.error:
                 self.error = None
+            seen = (st.st_size, st.st_mtime_ns)
+            if quick and seen == self._seen:
+                return out
             self._drain(out, st.st_size)
+            self._seen = seen
             return out
+        self._seen = None
         self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
         if st is not None:
             # Rotation: a different file now lives at the path. The old one is drained above.
@@ -234,7 +249,7 @@ class FileTail:
             self.line_no = first - 1 + count
             # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
             if b"\r" not in chunk and (not count or max(map(len, pieces)) <= limit):
-                out.extend(zip(range(first, first + count), pieces))
+                out.extend(zip(range(first, first + count), pieces, strict=True))
                 stats.lines += count
             else:
                 for number, piece in enumerate(pieces, first):
