@@ -154,6 +154,8 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
     if type(rank) is not int:
         rank = 0
     kind = obj.get("kind", "train")
+    if type(kind) is not str:
+        kind = "train"  # a malformed kind must not become a record's kind (the fast path agrees)
     metrics = obj.get("metrics")
     if metrics is not None:
         if type(metrics) is not dict:

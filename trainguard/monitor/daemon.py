@@ -157,7 +157,8 @@ class Monitor:
         # The step being gathered for the stream and rank of the previous line: consecutive
         # one-metric lines of one step then skip the (stream, rank) key and dict lookup. Reset
         # whenever the general path below may have evaluated or replaced a pending record.
-        cur: Record | None = None
+        cur_metrics: dict[str, float] = {}
+        cur_step: int | None = None  # None: nothing gathered (no step equals it)
         cur_stream: str | None = None
         cur_rank = 0
         events = 0
@@ -179,16 +180,16 @@ class Monitor:
                             if vt is int:
                                 value = float(value)
                             stream = line.stream
-                            if (cur is not None and cur.step == step and cur_rank == rank
-                                    and cur_stream is stream):
-                                cur.metrics[name] = value
+                            if step == cur_step and stream is cur_stream and rank == cur_rank:
+                                cur_metrics[name] = value
                                 continue
                             key = (stream, rank)
                             held = pending.get(key)
                             if held is not None:
                                 if held.step == step:
                                     held.metrics[name] = value
-                                    cur, cur_stream, cur_rank = held, stream, rank
+                                    cur_metrics, cur_step = held.metrics, step
+                                    cur_stream, cur_rank = stream, rank
                                     continue
                                 del pending[key]
                                 self._evaluate(held)
@@ -196,10 +197,10 @@ class Monitor:
                             if t is not None and type(t) is not float and type(t) is not int:
                                 t = None
                             kind = obj.get("kind", "train")
-                            cur = pending[key] = Record(
-                                step, {name: value}, t, rank,
-                                kind if type(kind) is str else "train", True)
-                            cur_stream, cur_rank = stream, rank
+                            cur_metrics = {name: value}
+                            pending[key] = Record(step, cur_metrics, t, rank,
+                                                  kind if type(kind) is str else "train", True)
+                            cur_step, cur_stream, cur_rank = step, stream, rank
                             continue
                     result = record_from_object(obj)
             else:
@@ -209,7 +210,7 @@ class Monitor:
             if type(result) is ParseSkip:
                 self._skip(line, result)
                 continue
-            cur = None
+            cur_step = None
             record: Record = result  # type: ignore[assignment]
             counters.events += len(record.metrics)
             key = (line.stream, record.rank)
