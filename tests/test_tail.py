@@ -109,6 +109,18 @@ def test_crlf_and_an_over_long_line_in_one_chunk_keep_their_line_numbers(tmp_pat
     tail.close()
 
 
+def test_crlf_split_across_two_reads_is_still_stripped(tmp_path: Path):
+    """A CR read with the partial line and its LF read later: the line comes without the CR."""
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"step": 1}\r')
+    tail = FileTail(str(path))
+    assert [] == tail.read_lines()
+    with open(path, "ab") as handle:
+        handle.write(b'\n{"step": 2}\n')
+    assert [(1, b'{"step": 1}'), (2, b'{"step": 2}')] == tail.read_lines()
+    tail.close()
+
+
 def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):
     """Delete + recreate with the same name while stopped: the fingerprint differs, read from 0."""
     path = tmp_path / "a.jsonl"

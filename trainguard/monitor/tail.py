@@ -248,7 +248,9 @@ class FileTail:
             count = len(pieces)
             self.line_no = first - 1 + count
             # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
-            if b"\r" not in chunk and (not count or max(map(len, pieces)) <= limit):
+            # (The first piece may end in a CR that came with the last chunk's partial line.)
+            if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
+                    and (not count or max(map(len, pieces)) <= limit)):
                 out.extend(zip(range(first, first + count), pieces, strict=True))
                 stats.lines += count
             else:
