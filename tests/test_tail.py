@@ -204,6 +204,20 @@ def test_watched_rescan_reads_an_append_no_event_reported(run_dir: Path):
     source.close()
 
 
+def test_big_backlog_is_read_in_bounded_polls_without_waiting_for_events(run_dir: Path):
+    """A 3 MB backlog comes in several polls (bounded batches), each next one without an event."""
+    line = b'{"step": 1, "metrics": {"loss": 1.5}}'
+    count = 3 * (1 << 20) // (len(line) + 1)
+    (run_dir / "rank0.jsonl").write_bytes((line + b"\n") * count)
+    source = DirectorySource(run_dir, rescan_interval=3600.0)
+    source.notify("")  # watched: after the first pass only reported (or unfinished) files
+    sizes = []
+    while batch := source.poll():
+        sizes.append(len(batch))
+    assert (count, True) == (sum(sizes), len(sizes) >= 3)
+    source.close()
+
+
 def test_rescan_lists_a_settled_folder_again_once_it_changes(run_dir: Path):
     """A folder listing is reused while its mtime holds, and redone when a file is added."""
     rank_dir = run_dir / "node0"

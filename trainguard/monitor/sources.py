@@ -14,27 +14,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from trainguard.exceptions import SourceError
-from trainguard.monitor.tail import FileTail, TailStats
+from trainguard.monitor.tail import FileTail, Line, TailStats
 
 __all__ = ["DirectorySource", "FileSource", "Line", "Source", "StdinSource", "open_source"]
-
-
-@dataclass(slots=True)
-class Line:
-    """One complete line and where it came from (treat as read-only).
-
-    Not ``frozen``: a frozen dataclass sets each field through ``object.__setattr__``, which
-    makes the one object built per input line about three times as expensive.
-    """
-
-    stream: str
-    number: int
-    data: bytes
 
 
 class Source(Protocol):
@@ -70,8 +56,7 @@ class FileSource:
 
     def poll(self) -> list[Line]:
         """New complete lines of the file."""
-        name = self.name
-        return [Line(name, n, data) for n, data in self._tail.read_lines()]
+        return self._tail.read()
 
     def problems(self) -> list[str]:
         """A missing or unreadable file is a problem: the monitor cannot see the run."""
@@ -222,14 +207,23 @@ class DirectorySource:
             watched = self._watched
             for path, tail in self._tails.items():
                 quick = watched and path not in dirty
-                out.extend(Line(path, n, data) for n, data in tail.read_lines(quick=quick))
+                out += tail.read(quick)
+            self._keep_behind_dirty()
             return out
         if any(p not in self._tails and p.endswith(".jsonl") for p in dirty):
             self._scan()
         for path, tail in self._tails.items():  # in the tails' order, as a full pass reads
             if path in dirty:
-                out.extend(Line(path, n, data) for n, data in tail.read_lines())
+                out += tail.read()
+        self._keep_behind_dirty()
         return out
+
+    def _keep_behind_dirty(self) -> None:
+        """A file read only in part this poll is read on by the next, event or not."""
+        behind = [p for p, t in self._tails.items() if t.behind]
+        if behind:
+            with self._dirty_lock:
+                self._dirty.update(behind)
 
     def problems(self) -> list[str]:
         """An unreadable or vanished directory, or files that cannot be read."""
