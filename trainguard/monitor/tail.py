@@ -206,7 +206,7 @@ class FileTail:
             if quick and seen == self._seen:
                 return out
             self._drain(out, st.st_size)
-            self._seen = seen
+            self._seen = None if self.behind else seen  # "unchanged" must mean "all read"
             return out
         self._seen = None
         self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
