@@ -26,15 +26,16 @@ from trainguard.monitor.actions import (
     stale_control_file,
 )
 from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
+from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.console import ConsoleSink
 from trainguard.monitor.daemon import Monitor, Verdict
 from trainguard.monitor.normalize import load_field_map
 from trainguard.monitor.postmortem import write_postmortem
 from trainguard.monitor.process import ProcessTarget, parse_signal
-from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.record import Recorder
 from trainguard.monitor.report import build_report, summary_lines, write_report
 from trainguard.monitor.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.stdout import make_line_parser
 from trainguard.monitor.watch import start_watcher
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
@@ -83,6 +84,14 @@ class MonitorOptions:
     pid: int | None = None
     signal: str = "SIGTERM"
     kill_after: float | None = None
+    # -- plain trainer stdout (monitor/stdout.py) --
+    #: A stdout preset name (trl, verl, openrlhf, kv) or a re2 pattern with a ``step`` group;
+    #: None: stdin auto-detects, files and run directories read canonical JSONL.
+    regex: str | None = None
+    #: The trainer's ``logging_steps``: the n-th printed TRL log is step n x this.
+    logging_steps: int = 1
+    #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
+    steps_per_epoch: int | None = None
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -98,6 +107,10 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     field_map = load_field_map(options.field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
+    # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
+    stdout_auto = options.regex is not None or options.source == "-"
+    parser = make_line_parser(options.regex, auto=stdout_auto, logging_steps=options.logging_steps,
+                              steps_per_epoch=options.steps_per_epoch)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
@@ -152,7 +165,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     if state_warning:
         console.line(f"trainguard: {state_warning}", style="yellow")
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
-                      on_problem=report_problem, recorder=recorder, checkpointer=checkpointer,
+                      parser=parser, on_problem=report_problem, recorder=recorder,
+                      checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
                       if auto else None)
