@@ -96,7 +96,7 @@ def monitor(
         "--set-rule", help="Change one field of a loaded rule: ID.FIELD=VALUE, e.g. "
         "common.loss_spike.for=10; repeatable.")] = [],  # noqa: B006
     alert: Annotated[list[str], typer.Option(
-        "--alert", help="An inline rule: '[TRAINER:] CONDITION [for N] -> SEVERITY[/stop]: "
+        "--alert", help="An inline rule: '\\[TRAINER:] CONDITION \\[for N] -> SEVERITY\\[/stop]: "
         "MESSAGE', e.g. 'grpo: kl > 0.5 for 3 -> high: KL blew up'; repeatable.")] = [],  # noqa: B006
     pid: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--pid", help="Trainer process to signal on a stop rule (enables stopping); its "
