@@ -295,8 +295,8 @@ def run_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
                                         help="Only the command's own output.")] = False,
     alert: Annotated[list[str], typer.Option(
-        "--alert", help="An inline rule, as for monitor: '[TRAINER:] CONDITION [for N] -> "
-        "SEVERITY[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
+        "--alert", help="An inline rule, as for monitor: '\\[TRAINER:] CONDITION \\[for N] -> "
+        "SEVERITY\\[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
 ) -> None:
