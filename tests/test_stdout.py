@@ -112,7 +112,7 @@ def test_a_printed_dict_without_epoch_is_prose_not_a_log():
 def test_a_malformed_log_dict_is_a_counted_skip():
     """A dict cut short is a skip with a reason, not prose and not an exception."""
     result, = _parse([b"{'loss': '0.5', 'epoch': '0.5'"])
-    assert ParseSkip == type(result) and "bad_log_dict" == result.reason  # type: ignore[union-attr]
+    assert isinstance(result, ParseSkip) and "bad_log_dict" == result.reason
 
 
 def test_nested_and_long_string_values_are_skipped_over():

@@ -41,7 +41,7 @@ from typing import Any, Final, Literal
 import re2
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from trainguard.events import ParseSkip, Record, decode_value, infer_kind, parse_line
+from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.daemon import LineParser, json_line_parser
 from trainguard.monitor.sources import Line
@@ -137,8 +137,17 @@ def load_stdout_preset(name: str) -> StdoutPreset:
 
 # -- matchers: one compiled preset or user pattern ------------------------------------------------
 
-#: What a matcher found on one segment: (printed step or None, metrics).
-_Found = tuple[int | None, dict[str, float]]
+#: What a matcher found on one segment: (printed step or None, metrics, kind).
+_Found = tuple[int | None, dict[str, float], str]
+
+
+def _kind(metrics: dict[str, float], text: str) -> str:
+    """train, eval (``eval_*`` keys) or summary (``train_runtime``), as the callback says."""
+    if "train_runtime" in metrics:
+        return "summary"
+    if "eval_" in text and any(key.startswith("eval_") for key in metrics):
+        return "eval"
+    return "train"
 
 
 def _int_step(raw: str) -> int | None:
@@ -204,7 +213,7 @@ class _PresetMatcher:
                     return ParseSkip("bad_step", raw_step[:40])
         if not metrics:
             return None
-        return step, metrics
+        return step, metrics, _kind(metrics, text)
 
 
 class _UserPattern:
@@ -252,7 +261,7 @@ class _UserPattern:
             if value is None:
                 return ParseSkip("bad_value", f"{name}={raw!r}"[:60])
             metrics[name] = value
-        return (step, metrics) if metrics else None
+        return (step, metrics, _kind(metrics, text)) if metrics else None
 
 
 _Matcher = _PresetMatcher | _UserPattern
@@ -320,16 +329,15 @@ class StdoutParser:
                 if type(found) is ParseSkip:
                     out.append(found)
                 else:
-                    step, metrics = found  # type: ignore[misc]
-                    out.append(self._record(stream, step, metrics, matcher.counted))
+                    step, metrics, kind = found  # type: ignore[misc]
+                    out.append(self._record(stream, step, metrics, kind, matcher.counted))
                 break
         if not out and json_skip is not None:
             return [json_skip]
         return out
 
-    def _record(self, stream: str, step: int | None, metrics: dict[str, float],
+    def _record(self, stream: str, step: int | None, metrics: dict[str, float], kind: str,
                 counted: bool) -> Record:
-        kind = infer_kind(metrics)
         progress = self._progress.get(stream)
         if progress is None:
             progress = self._progress[stream] = _Progress()

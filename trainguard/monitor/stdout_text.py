@@ -34,6 +34,14 @@ _ITEM: Final = re.compile(
     r"""\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*:\s*"""
     r"""(?:'([^'\\]*)'|"([^"\\]*)"|([^\s,'"()\[\]{}]+(?:\([^()]*\))?))"""
     r"""\s*([,}])""")
+#: A whole flat dict (no nested values), checked in one pass so that the common case is read by
+#: ``findall`` in C instead of item by item; anything else goes through the item scanner.
+_ITEM_TEXT: Final = (r"""\s*(?:'[^'\\]*'|"[^"\\]*")\s*:\s*"""
+                     r"""(?:'[^'\\]*'|"[^"\\]*"|[^\s,'"()\[\]{}]+(?:\([^()]*\))?)\s*""")
+_FLAT_DICT: Final = re.compile(r"\{(?:" + _ITEM_TEXT + r"(?:," + _ITEM_TEXT + r")*)?\}")
+_FLAT_ITEM: Final = re.compile(
+    r"""(?:'([^'\\]*)'|"([^"\\]*)")\s*:\s*"""
+    r"""(?:'([^'\\]*)'|"([^"\\]*)"|([^\s,'"()\[\]{}]+(?:\([^()]*\))?))""")
 _KEY: Final = re.compile(r"""\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*:\s*""")
 _END: Final = re.compile(r"\s*([,}])")
 _EMPTY: Final = re.compile(r"\s*\}")
@@ -57,6 +65,10 @@ def decode_token(token: str, quoted: bool = False) -> float | None:
     ``np.float64(0.5)`` or ``tensor(0.5, device='cuda:0')`` are numbers; ``None``, booleans and
     other strings are not.
     """
+    try:
+        return float(token)  # the common case: '0.6931', 1e-05, nan, inf
+    except ValueError:
+        pass
     if quoted:
         return decode_value(token)
     if token in _NOT_METRICS:
@@ -94,6 +106,28 @@ def scan_log_dict(text: str, start: int) -> tuple[dict[str, float], set[str]] | 
     Returns ``(metrics, keys)``: the numeric values, and every key seen (numbers or not), or
     ``None`` when the text is not a well-formed flat dict repr.
     """
+    flat = _FLAT_DICT.match(text, start)
+    if flat is not None:
+        metrics: dict[str, float] = {}
+        keys: set[str] = set()
+        for key, dkey, sq, dq, bare in _FLAT_ITEM.findall(text, start, flat.end()):
+            # findall gives "" for a group that did not take part: tell '' from absent by
+            # which alternative matched (a bare token is never empty).
+            key = key or dkey
+            keys.add(key)
+            raw = bare or sq or dq
+            try:
+                metrics[key] = float(raw)  # inlined: the common case, a number
+            except ValueError:
+                value = decode_token(raw, quoted=not bare)
+                if value is not None:
+                    metrics[key] = value
+        return metrics, keys
+    return _scan_items(text, start)
+
+
+def _scan_items(text: str, start: int) -> tuple[dict[str, float], set[str]] | None:
+    """Item by item, skipping nested values; ``None`` when the text is not a dict repr."""
     pos = start + 1
     metrics: dict[str, float] = {}
     keys: set[str] = set()
@@ -110,7 +144,7 @@ def scan_log_dict(text: str, start: int) -> tuple[dict[str, float], set[str]] | 
             if bare is not None:
                 value = decode_token(bare)
             else:
-                value = decode_value(sq if sq is not None else dq)
+                value = decode_token(sq if sq is not None else dq, quoted=True)
             if value is not None:
                 metrics[key] = value
             pos = m.end()
