@@ -218,6 +218,15 @@ def test_every_shipped_preset_and_alias_loads():
         load_stdout_preset("nope")
 
 
+def test_public_api_is_pinned():
+    """The names the stdout modules export."""
+    from trainguard.monitor import convert, stdout, stdout_text
+    assert (["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
+             "load_stdout_preset", "make_line_parser"],
+            ["decode_token", "scan_log_dict", "segments"], ["ConvertResult", "convert"]) == (
+        sorted(stdout.__all__), sorted(stdout_text.__all__), sorted(convert.__all__))
+
+
 def test_a_preset_missing_its_pair_pattern_is_refused():
     """A pairs preset needs a pair pattern; the model says which field is wrong."""
     with pytest.raises(ValueError, match="needs a 'pair' pattern"):

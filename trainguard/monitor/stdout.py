@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 import re2
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -378,9 +378,3 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
                         steps_per_epoch=steps_per_epoch)
 
-
-def describe_presets() -> list[dict[str, Any]]:
-    """Name, aliases and description of each built-in preset (for help and docs)."""
-    seen: dict[str, StdoutPreset] = {p.name: p for p in builtin_stdout_presets().values()}
-    return [{"name": p.name, "aliases": p.aliases, "description": p.description}
-            for p in seen.values()]
