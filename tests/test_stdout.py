@@ -15,9 +15,11 @@ import termios
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.conftest import ROOT, run_cli
-from trainguard.events import ParseSkip, Record, parse_line
+from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.daemon import json_line_parser
 from trainguard.monitor.sources import Line
@@ -28,6 +30,7 @@ from trainguard.monitor.stdout import (
     load_stdout_preset,
     make_line_parser,
 )
+from trainguard.monitor.stdout_text import scan_log_dict
 
 DATA = Path(__file__).resolve().parent / "data"
 TRAINER = Path(__file__).resolve().parent / "trl_stdout_trainer.py"
@@ -120,6 +123,34 @@ def test_nested_and_long_string_values_are_skipped_over():
     line = (b"{'loss': '0.5', 'l': [1, {'a': 2}], 'note': '[String too long to display]', "
             b"'d': {'x': (1, 2)}, \"it's\": '3', 'epoch': '1'}")
     assert [(1, "train", {"loss": 0.5, "it's": 3.0, "epoch": 1.0})] == _records([line])
+
+
+_TEXT = st.text(max_size=12)
+#: Metric names are printable and need no escape in a repr (escapes are kept as printed); a
+#: value may hold anything.
+_KEYS = st.text(min_size=1, max_size=12).filter(
+    lambda k: k.isprintable() and "\\" not in k and not ("'" in k and '"' in k))
+_VALUES = st.one_of(st.floats(), st.integers(), st.none(), st.booleans(), _TEXT,
+                    st.floats().map(lambda v: f"{v:.4g}"), st.lists(st.integers(), max_size=3))
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=8))
+def test_every_number_of_any_printed_flat_dict_is_read(logs: dict[str, object]):
+    """str(dict) of any keys and values (floats, 4-digit strings, None, booleans, strings with
+    separators or braces, lists): exactly the numbers come back, keyed as printed."""
+    expected = {}
+    for key, value in logs.items():
+        if isinstance(value, str):  # read as printed: escapes stay escapes
+            number = decode_value(repr(value)[1:-1])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        else:
+            number = None
+        if number is not None:
+            expected[key] = repr(number)
+    scanned = scan_log_dict(str(logs), 0)
+    assert scanned is not None
+    assert (expected, set(logs)) == ({k: repr(v) for k, v in scanned[0].items()}, scanned[1])
 
 
 # -- verl, openrlhf, kv ---------------------------------------------------------------------------

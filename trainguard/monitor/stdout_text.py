@@ -27,14 +27,17 @@ __all__ = ["decode_token", "scan_log_dict", "segments"]
 #: CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes.
 _ANSI: Final = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 
+#: A quoted string of a repr, backslash escapes allowed (kept as printed).
+_Q1: Final = r"'((?:[^'\\]|\\.)*)'"
+_Q2: Final = r'"((?:[^"\\]|\\.)*)"'
 #: One ``key: value`` item of a printed dict followed by ``,`` or the closing ``}``. Keys are
 #: quoted (Python uses double quotes for a key holding a single quote); a value is a quoted
 #: string or a bare token, possibly a call such as ``np.float64(0.5)`` or ``tensor(0.5)``.
 _ITEM: Final = re.compile(
-    r"""\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*:\s*"""
-    r"""(?:'([^'\\]*)'|"([^"\\]*)"|([^\s,'"()\[\]{}]+(?:\([^()]*\))?))"""
+    rf"""\s*(?:{_Q1}|{_Q2})\s*:\s*"""
+    rf"""(?:{_Q1}|{_Q2}|([^\s,'"()\[\]{{}}]+(?:\([^()]*\))?))"""
     r"""\s*([,}])""")
-_KEY: Final = re.compile(r"""\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*:\s*""")
+_KEY: Final = re.compile(rf"""\s*(?:{_Q1}|{_Q2})\s*:\s*""")
 _END: Final = re.compile(r"\s*([,}])")
 _EMPTY: Final = re.compile(r"\s*\}")
 _OPEN: Final = {"[": "]", "{": "}", "(": ")"}
@@ -78,10 +81,11 @@ def _skip_nested(text: str, pos: int) -> int:
     while i < n:
         c = text[i]
         if c == "'" or c == '"':
-            close = text.find(c, i + 1)
-            if close < 0:
+            i += 1
+            while i < n and text[i] != c:
+                i += 2 if text[i] == "\\" else 1
+            if i >= n:
                 return -1
-            i = close
         elif c in _OPEN:
             stack.append(_OPEN[c])
         elif c == stack[-1]:
