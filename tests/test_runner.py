@@ -198,3 +198,21 @@ def test_a_trl_trainer_without_callback_is_stopped_from_its_printed_logs(tmp_pat
     fired = [a for a in _alerts(run_dir) if a.get("state") == "firing"]
     assert ["inline.1"] == [a["rule"] for a in fired]
     assert b"{'loss': " in result.stdout  # the trainer's output passed through
+
+
+def test_printed_logs_are_not_read_again_once_the_trainer_writes_its_own_events(tmp_path: Path):
+    """A trainer with events of its own (the TRL callback) also prints its logs: the printed
+    copies are not evaluated, so a step never counts twice (here they would say NaN)."""
+    run_dir = tmp_path / "run"
+    script = ("import time\n"
+              "from trainguard import EventWriter\n"
+              "with EventWriter() as w:\n"
+              "    for step in (1, 2, 3):\n"
+              "        w.log_metrics(step, {'loss': 1.0})\n"
+              "        time.sleep(0.3)\n"
+              "        print({'loss': 'nan', 'epoch': str(step / 10)}, flush=True)\n")
+    result = run_cli("run", "-q", "--run-dir", str(run_dir), "--", sys.executable, "-c", script)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    post = _post(run_dir)
+    assert (post["last_step"], post["last_metrics"], post["alerts"]) == (
+        {"0": 3}, {"0": {"loss": 1.0}}, [])
