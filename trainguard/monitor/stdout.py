@@ -299,7 +299,13 @@ class StdoutParser:
 
     def __call__(self, line: Line) -> Record | ParseSkip | None:
         """The last record of the line, or a skip, or ``None`` for prose."""
-        results = self.parse_all(line.stream, line.data)
+        data = line.data
+        if self.json_lines and data[:1] == b"{" and data[1:2] != b"'":
+            # Canonical JSON on stdin is the common case: no list, no second look.
+            parsed = parse_line(data)
+            if type(parsed) is Record:
+                return parsed
+        results = self.parse_all(line.stream, data)
         if not results:
             return None
         if len(results) == 1:
