@@ -397,3 +397,14 @@ def test_monitor_with_a_bad_pattern_exits_one_with_a_clear_message():
     result = run_cli("monitor", "-", "--regex", r"(?P<step>\d+) (?P<loss>\S+) \1", input=b"")
     err = result.stderr.decode()
     assert 1 == result.returncode and "re2 cannot compile" in err and "Traceback" not in err
+
+
+def test_monitor_file_with_regex_trl_derives_steps_from_logging_steps(tmp_path: Path):
+    """`monitor FILE --regex trl --logging-steps 10 --once`: the third printed log is step 30."""
+    log = tmp_path / "train.log"
+    log.write_bytes(b"{'loss': '1', 'epoch': '0.1'}\r\n{'loss': '1', 'epoch': '0.2'}\r\n"
+                    b"\r 30%|###   | 3/10\r{'loss': 'nan', 'epoch': '0.3'}\r\n")
+    result = run_cli("monitor", str(log), "--once", "--regex", "trl", "--logging-steps", "10")
+    err = result.stderr.decode()
+    assert 2 == result.returncode, err
+    assert "loss is NaN at step 30" in err.replace("\n", " ")
