@@ -5,6 +5,10 @@
 Calls :meth:`NvmlSource.sample` back to back (NVML queries plus encoding the JSONL lines) and
 prints the median and 90th percentile per sample and per GPU, as JSON. Without NVML (no NVIDIA
 driver, as on CI) it prints why it skipped and exits 0.
+
+Measured on 2 x H200 (driver 580.159.04, 300 samples): 51.4 us median per sample of both GPUs
+(25.7 us per GPU), 64.3 us at the 90th percentile: at the default 5 s interval, about 0.001%
+of one core.
 """
 
 from __future__ import annotations

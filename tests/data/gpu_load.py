@@ -1,7 +1,11 @@
 """How ``tests/data/gpu_*.jsonl`` were recorded: a GPU load with an idle stall and full memory.
 
-    trainguard monitor RUN_DIR --gpu --gpu-interval 0.5 --record REC.jsonl &   # then:
-    python tests/data/gpu_load.py --run-dir RUN_DIR
+    trainguard monitor RUN_DIR --gpu --gpu-interval 0.5 --poll --record REC.jsonl &   # then:
+    python tests/data/gpu_load.py --run-dir RUN_DIR        # and SIGTERM the monitor 4 s later
+
+``gpu_h200_load.jsonl`` is that REC.jsonl from a 2 x H200 machine (GPU 1 stayed idle); the
+``gpu_ddp_h200_*`` folders are the rank files of ``examples/ddp_straggler.py --steps 300`` on
+the same machine, healthy and with ``--slow-rank 1 --slow-factor 3``.
 
 Steps of bf16 matrix products on GPU 0 for ``--busy`` seconds (logged through EventWriter), then
 a stall of ``--stall`` seconds with the GPU idle and the process alive (as a hung data loader or
