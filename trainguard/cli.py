@@ -98,6 +98,11 @@ def monitor(
     alert: Annotated[list[str], typer.Option(
         "--alert", help="An inline rule: '\\[TRAINER:] CONDITION \\[for N] -> SEVERITY\\[/stop]: "
         "MESSAGE', e.g. 'grpo: kl > 0.5 for 3 -> high: KL blew up'; repeatable.")] = [],  # noqa: B006
+    gpu: Annotated[bool, typer.Option(
+        "--gpu", help="Also sample this host's GPUs through NVML (utilization, memory, "
+        "temperature, throttling, ECC); adds the gpu pack when no --rules.")] = False,
+    gpu_interval: Annotated[float, typer.Option(
+        "--gpu-interval", help="Seconds between GPU samples.")] = 5.0,
     pid: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--pid", help="Trainer process to signal on a stop rule (enables stopping); its "
         "identity is pinned at start and checked before every signal.")] = None,
@@ -130,6 +135,7 @@ def monitor(
                              stop=stop, once=once, field_maps=list(field_map),
                              poll_interval=poll_interval, quiet=quiet, from_end=from_end,
                              poll=poll, tee=tee, state=state, record=record, report=report,
+                             gpu=gpu, gpu_interval=gpu_interval,
                              set_rules=list(set_rule), inline_alerts=list(alert))
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps

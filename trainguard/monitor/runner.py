@@ -42,6 +42,7 @@ from trainguard.monitor.actions import (
     stale_control_file,
 )
 from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
+from trainguard.monitor.composite import CompositeSource
 from trainguard.monitor.console import ConsoleSink
 from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
 from trainguard.monitor.normalize import load_field_map
@@ -220,13 +221,14 @@ class OutputSource:
         """The reader ends with the pipe."""
 
 
-class _RunSource:
+class _RunSource(CompositeSource):
     """The output and the run directory as one source; counts the trainer's own event lines."""
 
-    name = "trainguard run"
     streaming = True
 
     def __init__(self, output: OutputSource, directory: DirectorySource) -> None:
+        super().__init__(directory, output)
+        self.name = "trainguard run"
         self.output = output
         self.directory = directory
         self.event_lines = 0
@@ -236,18 +238,9 @@ class _RunSource:
         self.event_lines += len(own)
         return self.output.poll() + own
 
-    def problems(self) -> list[str]:
-        return self.directory.problems()
-
     @property
     def exhausted(self) -> bool:
         return False  # the runner decides when the run is over
-
-    def stats(self) -> dict[str, TailStats]:
-        return {**self.output.stats(), **self.directory.stats()}
-
-    def close(self) -> None:
-        self.directory.close()
 
 
 def _default_run_dir() -> Path:

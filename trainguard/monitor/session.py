@@ -80,6 +80,10 @@ class MonitorOptions:
     set_rules: list[str] = field(default_factory=list)
     #: Inline rules (``--alert "[trainer:] COND [for N] -> SEVERITY[/stop]: MESSAGE"``).
     inline_alerts: list[str] = field(default_factory=list)
+    #: Sample the local GPUs through NVML every ``gpu_interval`` s (monitor/gpu.py); adds the
+    #: ``gpu`` pack when no ``rules`` are given.
+    gpu: bool = False
+    gpu_interval: float = 5.0
     #: Signal this process (pinned by identity) on a stop rule; see monitor/process.py.
     pid: int | None = None
     signal: str = "SIGTERM"
@@ -100,7 +104,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     Raises :class:`~trainguard.exceptions.ConfigError` or
     :class:`~trainguard.exceptions.SourceError` for what the user must fix before it can start.
     """
-    rules = load_rules(options.rules or DEFAULT_RULES)
+    default_rules = DEFAULT_RULES + (("gpu",) if options.gpu else ())
+    rules = load_rules(options.rules or default_rules)
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
@@ -134,6 +139,12 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                          positions=saved.get("positions") or None,
                          tee=sys.stdout.buffer if tee else None,
                          rescan_interval=options.rescan_interval)
+    if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
+        from trainguard.monitor.composite import CompositeSource
+        from trainguard.monitor.gpu import NvmlSource
+
+        source = CompositeSource(source, NvmlSource(options.gpu_interval,
+                                                    step=lambda: monitor.max_step or 0))
     recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
@@ -172,7 +183,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       if auto else None)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
-    packs = ", ".join(options.rules or DEFAULT_RULES) + (
+    packs = ", ".join(options.rules or default_rules) + (
         " + the detected trainer's pack" if auto else "")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")
