@@ -27,7 +27,7 @@ def test_version_prints_the_version():
     assert (0, True) == (result.returncode, result.stdout.decode().startswith("trainguard "))
 
 
-COMMANDS = [[], ["monitor"], ["run"], ["rules"], ["rules", "list"],
+COMMANDS = [[], ["monitor"], ["run"], ["convert"], ["rules"], ["rules", "list"],
             ["rules", "show"], ["rules", "explain"], ["rules", "validate"], ["rules", "test"]]
 
 

@@ -25,6 +25,7 @@ from trainguard.monitor.actions import Stopper
 from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
 from trainguard.monitor.engine import Engine
+from trainguard.monitor.gpu import GPU_KIND
 from trainguard.monitor.normalize import FieldMap
 from trainguard.monitor.ranks import StragglerScores
 from trainguard.monitor.record import Recorder
@@ -248,18 +249,24 @@ class Monitor:
                                                  skip.detail))
 
     def _evaluate(self, record: Record) -> None:
-        self.counters.records += 1
-        self.last_records[record.rank] = record
+        # A GPU sample (monitor/gpu.py) is evaluated by the rules but is no training step: it
+        # must not count as progress, feed trainer detection or straggler scores, or stand as
+        # a rank's last step.
+        step_record = record.kind != GPU_KIND
+        if step_record:
+            self.counters.records += 1
+            self.last_records[record.rank] = record
         metrics = self.field_map.apply(record.metrics)
         if self.recorder is not None:
             self.recorder.write(Record(record.step, metrics, record.time, record.rank,
                                        record.kind))
-        if self._trainer_rules is not None:
+        if self._trainer_rules is not None and step_record:
             self._detect(record.metrics.keys() | metrics.keys())
         alerts = self.engine.evaluate(record.rank, record.step, metrics, record.time)
         for alert in alerts:
             self._route(alert)
-        self.stragglers.observe(record.rank, record.step, metrics, record.time)
+        if step_record:
+            self.stragglers.observe(record.rank, record.step, metrics, record.time)
 
     def _evaluate_cross_rank(self) -> None:
         """Scores of the steps now complete on every rank (see ranks.py), once per batch."""
