@@ -37,7 +37,7 @@ class ChangeWatcher:
         self._wake = threading.Event()
         wake, notify = self._wake, source.notify
 
-        class _Handler(FileSystemEventHandler):  # type: ignore[misc]
+        class _Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
                 # O(1) per event: the watchdog queue is unbounded, so never do I/O here.
                 if event.event_type in ("opened", "closed_no_write"):
@@ -78,6 +78,6 @@ def start_watcher(source: object) -> ChangeWatcher | None:
     if not hasattr(source, "watch_dirs") or not hasattr(source, "notify"):
         return None
     try:
-        return ChangeWatcher(source)  # type: ignore[arg-type]
+        return ChangeWatcher(source)
     except (OSError, ImportError):
         return None  # no inotify (another OS, watch limit reached): polling still works
