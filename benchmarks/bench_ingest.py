@@ -227,7 +227,7 @@ def _idle(files: int, seconds: float) -> dict[str, Any]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         ps = psutil.Process(proc.pid)
-        time.sleep(3.0)  # start-up: imports, first scan, the watcher
+        time.sleep(5.0)  # start-up: imports, first scan, the watcher (slow on a busy machine)
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         cpu0, t0 = ps.cpu_times(), time.monotonic()
         time.sleep(seconds)
