@@ -4,13 +4,16 @@
 
 Three figures, each through the monitor's real code:
 
-1. **Throughput**, in CPU time (``time.process_time``) on one core: metric events per CPU second
-   for one-metric-per-line events and step-per-line events (30 metrics a step, verl-style keys
-   renamed by the ``verl`` field map), through (a) ``orjson.loads`` alone, the floor;
-   (b) ``events.parse_line`` + ``FieldMap.apply`` per line; (c) ``Monitor.process`` (the
-   daemon's parser, step grouping and normalization; no rules, so rule cost stays in
-   ``bench_engine``); (d) the same from a file on disk through ``DirectorySource`` (tailing,
-   line splitting, then (c)). Target: >= 1,000,000 one-metric events/s.
+1. **Throughput**, in CPU time (``time.process_time``) on one core, best of several runs: metric
+   events per CPU second for one-metric-per-line events and step-per-line events (30 metrics a
+   step, verl-style keys renamed by the ``verl`` field map), through
+   ``orjson_only`` (``orjson.loads`` per line, the floor); ``parse_line+field_map``
+   (``events.parse_line`` + ``FieldMap.apply`` per line, the generic path);
+   ``daemon_parser+field_map`` (``Monitor.process``: the daemon's parser and step grouping, with
+   ``FieldMap.apply`` per step and no engine: parse and normalization); ``monitor_process_no_rules``
+   (the same plus the engine's dispatch and cross-rank bookkeeping with no rules; rule cost is
+   ``bench_engine``'s); ``file_to_monitor`` (from a file on disk: ``DirectorySource`` tailing and
+   line splitting, then the monitor). Target: >= 1,000,000 one-metric events/s.
 2. **Latency** with inotify: a writer *process* appends timestamped step events (one line each,
    flushed) to a run directory; the library ``Monitor`` with a recorder, run exactly as
    ``trainguard monitor RUN_DIR --record OUT`` runs it (``DirectorySource`` + inotify watcher,
