@@ -294,7 +294,7 @@ class PackRow:
 
     @property
     def median_delay(self) -> float | None:
-        """Median steps from onset to the (last needed) alert, over caught scenarios."""
+        """Median steps from onset to the pack's first alert, over caught scenarios."""
         return statistics.median(self.delays) if self.delays else None
 
 
@@ -304,8 +304,9 @@ def rule_packs(packs: Iterable[str]) -> dict[str, str]:
 
 
 def pack_rows(results: Sequence[tuple[Scenario, Outcome]]) -> list[PackRow]:
-    """Per pack: broken scenarios caught of those expected, high/critical alerts its rules
-    raised on healthy runs, and the steps from each caught scenario's onset to its alert."""
+    """Per pack: broken scenarios caught (every rule named for the pack fired) of those
+    expected, high/critical alerts its rules raised on healthy runs, and the steps from each
+    caught scenario's onset to the first of those alerts."""
     packs = sorted({p for s, o in results for p in packs_for(o.kind or s.trainer)})
     owner = rule_packs(packs)
     rows = {p: PackRow(p) for p in packs}
@@ -325,5 +326,5 @@ def pack_rows(results: Sequence[tuple[Scenario, Outcome]]) -> list[PackRow]:
                 continue
             row.caught += 1
             if onset is not None:
-                row.delays.append(max(s for s in steps if s is not None) - onset)
+                row.delays.append(min(s for s in steps if s is not None) - onset)
     return [rows[p] for p in sorted(rows)]
