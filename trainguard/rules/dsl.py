@@ -81,16 +81,18 @@ class EvalContext:
     ``step`` and ``time`` (record time in seconds, or ``None``) describe the record being
     evaluated; ``rank`` is the rank the evaluator belongs to (``-1`` for a cross-rank scope).
     ``baseline`` is written by functions that compare against one (the rolling mean of a
-    spike), and reset to ``None`` by the engine before each call.
+    spike), and reset to ``None`` by the engine before each call. ``used`` says whether any
+    function of the evaluator asked for the context; the engine skips updating one nobody reads.
     """
 
-    __slots__ = ("step", "time", "rank", "baseline")
+    __slots__ = ("step", "time", "rank", "baseline", "used")
 
     def __init__(self, rank: int = 0) -> None:
         self.step = 0
         self.time: float | None = None
         self.rank = rank
         self.baseline: float | None = None
+        self.used = False
 
 
 _BUILDING: list[EvalContext] = []
@@ -100,7 +102,9 @@ def current_context() -> EvalContext:
     """The context of the evaluator being built; call it inside a node's ``make()``."""
     if not _BUILDING:  # made outside Condition.instantiate(): a private, never-updated one
         return EvalContext()
-    return _BUILDING[-1]
+    ctx = _BUILDING[-1]
+    ctx.used = True
+    return ctx
 
 
 def _check_name(name: str, text: str, col: int, rule: str | None) -> None:
@@ -163,6 +167,9 @@ class Node:
     unit: str | None = None
     #: Evaluate on every step record, even one without this node's metrics (``stale``).
     always: bool = False
+    #: The metric's key when the node is a bare metric, so a parent can read it inline
+    #: (``m.get(name)``) instead of calling the child's evaluator: one call less per step.
+    name: str | None = None
 
 
 def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
@@ -171,7 +178,41 @@ def _const(value: float, percent: bool = False, unit: str | None = None) -> Node
 
 
 def _metric(name: str) -> Node:
-    return Node(lambda: (lambda m: m.get(name)), frozenset({name}))
+    return Node(lambda: (lambda m: m.get(name)), frozenset({name}), name=name)
+
+
+def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
+    """``x OP constant``, the most common condition, as one closure: the comparison inline and,
+    when ``x`` is a bare metric, its read too. The same results as :func:`_binary`'s generic
+    path (NaN compares false)."""
+    def make() -> Evaluator:
+        lf, name = left.make(), left.name
+        if op == "<":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a < c else 0.0)
+        elif op == "<=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a <= c else 0.0)
+        elif op == ">":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a > c else 0.0)
+        elif op == ">=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a >= c else 0.0)
+        elif op == "==":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a == c else 0.0)
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a != c else 0.0)
+        return evaluate
+    return make
 
 
 def _binary(op: str, left: Node, right: Node) -> Node:
@@ -197,8 +238,18 @@ def _binary(op: str, left: Node, right: Node) -> Node:
     else:
         fn = lambda a, b: 1.0 if a != b else 0.0  # noqa: E731
 
+    metrics, always = left.metrics | right.metrics, left.always or right.always
+    const = right.constant
+    if const is not None and op in _CMP:
+        return Node(_compare_constant(op, left, const), metrics, always=always)
+
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
+        if const is not None:  # a literal right side: no call to read it
+            def evaluate_const(m: Mapping[str, float]) -> float | None:
+                a = lf(m)
+                return None if a is None else fn(a, const)
+            return evaluate_const
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             a = lf(m)
@@ -207,7 +258,7 @@ def _binary(op: str, left: Node, right: Node) -> Node:
                 return None
             return fn(a, b)
         return evaluate
-    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+    return Node(make, metrics, always=always)
 
 
 def _logical(op: str, left: Node, right: Node) -> Node:
@@ -305,12 +356,13 @@ def _nonfinite(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite  # read inline: no call per step
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = f(m)
+            v = m.get(name) if name is not None else f(m)
             if v is None:
                 return None
-            return 0.0 if math.isfinite(v) else 1.0
+            return 0.0 if isfinite(v) else 1.0
         return evaluate
     return Node(make, operand.metrics)
 
@@ -329,14 +381,15 @@ def _spike(call: Call) -> Node:
     def make() -> Evaluator:
         from collections import deque
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         ctx = current_context()
         values: deque[float] = deque(maxlen=window)
         total = 0.0
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal total
-            v = f(m)
-            if v is None or not math.isfinite(v):
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None  # non-finite values are nonfinite()'s finding, not a spike's
             fired = None
             if len(values) >= min_count:

@@ -114,13 +114,6 @@ class _Moments:
         return math.sqrt(max(self.squares / n - m * m, 0.0))
 
 
-def _finite(f: Evaluator, m: Mapping[str, float]) -> float | None:
-    v = f(m)
-    if v is None or not math.isfinite(v):
-        return None
-    return v
-
-
 @function("mean")
 def _mean(call: Call) -> Node:
     """``mean(m, N)``: the mean of the last N finite values (``previous=1``: before this one)."""
@@ -128,10 +121,11 @@ def _mean(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite  # read inline: no call
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if previous:
                 result = mom.mean() if len(mom.values) >= min_count else None
@@ -150,10 +144,11 @@ def _std(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if previous:
                 result = mom.std() if len(mom.values) >= min_count else None
@@ -170,14 +165,15 @@ def _extreme(call: Call, smallest: bool) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         # Monotonic deque of (index, value): the front is the window's extreme.
         mono: deque[tuple[int, float]] = deque()
         index = 0
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal index
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if mono and mono[0][0] < index - window:
                 mono.popleft()
@@ -220,6 +216,7 @@ def _slope(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         values: deque[float] = deque()
         sy = 0.0   # sum of y
         sxy = 0.0  # sum of x*y with x = 0..n-1 (oldest first)
@@ -227,8 +224,8 @@ def _slope(call: Call) -> Node:
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal sy, sxy, updates
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if len(values) == window:
                 old = values.popleft()
@@ -258,10 +255,11 @@ def _zscore(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             result = None
             if len(mom.values) >= min_count:
@@ -328,13 +326,14 @@ def _relative(call: Call, direction: float) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         mom = _Moments(n)
         fixed: float | None = None
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal fixed
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if rolling:
                 base = mom.mean() if len(mom.values) >= n else None
@@ -379,10 +378,11 @@ def _range(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             return 0.0 if low <= v <= high else 1.0
         return evaluate
