@@ -74,7 +74,7 @@ def _window_args(call: Call, what: str = "window N",
 class _Moments:
     """Running sum and sum of squares over a sliding window (shifted for stability)."""
 
-    __slots__ = ("values", "window", "total", "squares", "shift", "updates")
+    __slots__ = ("values", "window", "total", "squares", "shift", "updates", "every")
 
     def __init__(self, window: int) -> None:
         self.values: deque[float] = deque()
@@ -83,6 +83,7 @@ class _Moments:
         self.squares = 0.0
         self.shift: float | None = None  # first value seen: keeps sums of squares small
         self.updates = 0
+        self.every = min(window, _REBUILD_EVERY)
 
     def push(self, v: float) -> None:
         if self.shift is None:
@@ -98,7 +99,7 @@ class _Moments:
         self.updates += 1
         # Re-centre on the window's mean once per window turnover (amortised O(1)): keeps the
         # sum of squares free of cancellation after the level of the metric moves.
-        if self.updates % min(self.window, _REBUILD_EVERY) == 0:
+        if self.updates % self.every == 0:
             self.shift = sum(self.values) / len(self.values)
             ds = [x - self.shift for x in self.values]
             self.total = sum(ds)
