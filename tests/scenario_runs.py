@@ -100,10 +100,19 @@ def train(tmp: Path, build: Builder) -> Outcome:
     common = dict(output_dir=str(tmp / "out"), use_cpu=True, report_to=[], save_strategy="no",
                   logging_steps=1, disable_tqdm=True, seed=0)
     stdout_path = tmp / "stdout.txt"
-    with EventWriter(run_dir, rank=0, world_size=1) as writer, \
-            open(stdout_path, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
-        trainer = build(_capture_callback(writer, records), common)
-        trainer.train()
+    import torch
+
+    # One thread: the tiny model gains nothing from more, and on a loaded CI machine idle
+    # OpenMP workers spin and burn CPU for nothing.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with EventWriter(run_dir, rank=0, world_size=1) as writer, \
+                open(stdout_path, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+            trainer = build(_capture_callback(writer, records), common)
+            trainer.train()
+    finally:
+        torch.set_num_threads(threads)
     kind = detect_trainer(records[0][1]) if records else None
     events = sorted(run_dir.glob("events.rank*.jsonl"))
     if len(events) != 1:
