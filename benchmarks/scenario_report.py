@@ -6,8 +6,9 @@ to the alert.
     python benchmarks/scenario_report.py [--only NAME ...] [--json]
 
 The scenarios, their expected verdicts and onsets are those of ``tests/test_scenarios.py``
-(defined in ``tests/scenario_runs.py``). Training takes one to two minutes on 2 CPU cores;
-this is not a ``bench_*.py`` script, so ``run_all.py`` does not run it.
+(defined in ``tests/scenario_runs.py``). Training takes about 25 s of CPU; this is not a
+``bench_*.py`` script, so ``run_all.py`` does not run it. Exit status 1 when a scenario misses
+its verdict or a healthy run raises a high/critical alert.
 """
 
 from __future__ import annotations
