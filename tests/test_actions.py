@@ -19,6 +19,7 @@ from trainguard.control import StopRequest, write_stop_request
 from trainguard.emitters.writer import EventWriter
 from trainguard.monitor.actions import ControlFileStopper, StopPlan
 from trainguard.monitor.alerts import Alert
+from trainguard.monitor.sources import STATE_DIRNAME
 
 # A trainer that ignores SIGTERM, forks a child that ignores it too, and logs NaN from step 3.
 STUBBORN = r"""
@@ -103,33 +104,58 @@ def test_trainer_ignoring_sigterm_with_a_child_leaves_no_survivor(run_dir: Path)
         proc.wait()
 
 
+def _firing(run_dir: Path) -> list[dict[str, object]]:
+    return [a for a in _alerts(run_dir) if a["state"] == "firing"]
+
+
 @pytest.mark.slow
-def test_a_signal_is_sent_once_even_across_a_monitor_restart(run_dir: Path):
-    """Two monitors in turn on the same run and PID: the trainer receives one SIGTERM."""
+@pytest.mark.parametrize("state_kept", [True, False], ids=["state-kept", "state-lost"])
+def test_a_signal_is_sent_once_even_across_a_monitor_restart(run_dir: Path, state_kept: bool):
+    """Two monitors in turn on the same run and PID: the trainer receives one SIGTERM.
+
+    With its checkpoint the second monitor raises nothing twice; without it (state deleted) it
+    raises the alert again, but the log of sent stops keeps it from signalling again.
+    """
     proc = _start(COUNTING, run_dir, "ready")
     try:
         first = run_cli("monitor", str(run_dir), "--once", "--pid", str(proc.pid), "--quiet")
+        if not state_kept:
+            (run_dir / STATE_DIRNAME / "state.json").unlink()
         second = run_cli("monitor", str(run_dir), "--once", "--pid", str(proc.pid), "--quiet")
         assert [first.returncode, second.returncode] == [2, 2], second.stderr.decode()
         time.sleep(0.2)  # let the handler of a (wrongly) repeated signal run before counting
         assert (run_dir / "terms.txt").read_text().split() == ["TERM"]
-        deliveries = [a["delivery"] for a in _alerts(run_dir) if a["state"] == "firing"]
-        assert "already sent before a restart" in str(deliveries[-1])
+        deliveries = [str(a["delivery"]) for a in _firing(run_dir)]
+        if state_kept:
+            assert 1 == len(deliveries)
+            assert "SIGTERM sent to group" in deliveries[0]
+        else:
+            assert 2 == len(deliveries)
+            assert "already sent before a restart" in deliveries[-1]
     finally:
         proc.kill()
         proc.wait()
 
 
 @pytest.mark.slow
-def test_a_control_file_already_written_for_this_run_is_not_written_again(run_dir: Path):
-    """A restarted monitor with --stop finds its earlier request and leaves it as it was."""
+@pytest.mark.parametrize("state_kept", [True, False], ids=["state-kept", "state-lost"])
+def test_a_control_file_already_written_for_this_run_is_not_written_again(run_dir: Path,
+                                                                         state_kept: bool):
+    """A restarted monitor with --stop leaves its earlier request as it was, state or not."""
     (run_dir / "run_metadata.json").write_text(json.dumps({"run_id": "run-A"}))
     (run_dir / "events.rank0.jsonl").write_text('{"step": 4, "metrics": {"loss": NaN}}\n')
     assert run_cli("monitor", str(run_dir), "--once", "--stop", "-q").returncode == 2
     written = (run_dir / "control.json").read_bytes()
+    if not state_kept:
+        (run_dir / STATE_DIRNAME / "state.json").unlink()
     assert run_cli("monitor", str(run_dir), "--once", "--stop", "-q").returncode == 2
     assert written == (run_dir / "control.json").read_bytes()
-    assert "control file already written" in str(_alerts(run_dir)[-1]["delivery"])
+    deliveries = [str(a["delivery"]) for a in _firing(run_dir)]
+    if state_kept:
+        assert 1 == len(deliveries)
+    else:
+        assert 2 == len(deliveries)
+        assert "control file already written" in deliveries[-1]
 
 
 def test_stale_control_file_is_ignored_by_the_trainer_and_reported(run_dir: Path):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from trainguard.monitor.gpu import GPU_METRICS
+from trainguard.monitor.ranks import SCORE_METRIC
 from trainguard.rules.loader import builtin_pack_names, load_pack, load_yaml
 from trainguard.rules.testing import run_rule_tests
 
@@ -55,7 +57,11 @@ def _field_map_targets() -> set[str]:
     return targets
 
 
-KNOWN_KEYS = set((_COMMON + _TRL + _VERL + _OPENRLHF).split()) | _field_map_targets()
+# Metrics the monitor derives from what every trainer logs (monitor/ranks.py), and the GPU
+# samples of ``monitor --gpu`` (monitor/gpu.py).
+_DERIVED = {SCORE_METRIC, *GPU_METRICS}
+KNOWN_KEYS = (set((_COMMON + _TRL + _VERL + _OPENRLHF).split()) | _field_map_targets()
+              | _DERIVED)
 
 
 def _all_rules():  # type: ignore[no-untyped-def]

@@ -21,11 +21,26 @@ def _write(path: Path, lines: list[str | bytes]) -> Path:
     return path
 
 
-def test_version_and_help_on_every_command():
-    """--version prints the version; --help shows an example on each command."""
-    assert run_cli("--version").stdout.decode().startswith("trainguard ")
-    helptext = run_cli("monitor", "--help").stdout.decode()
-    assert "Examples" in helptext and "Exit codes" in helptext
+def test_version_prints_the_version():
+    """--version prints the version and exits 0."""
+    result = run_cli("--version")
+    assert (0, True) == (result.returncode, result.stdout.decode().startswith("trainguard "))
+
+
+COMMANDS = [[], ["monitor"], ["run"], ["convert"], ["rules"], ["rules", "list"],
+            ["rules", "show"], ["rules", "explain"], ["rules", "validate"], ["rules", "test"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "trainguard")
+def test_help_of_every_command_renders_whole_with_an_example(command: list[str]):
+    """--help exits 0, shows an example and the whole options panel (rich markup included)."""
+    result = run_cli(*command, "--help")
+    text = result.stdout.decode()
+    assert (0, b"") == (result.returncode, result.stderr)
+    assert "Example" in text
+    assert "--help" in text
+    if command == ["monitor"]:
+        assert "Exit codes" in text
 
 
 def test_once_on_a_healthy_file_exits_zero(tmp_path: Path):

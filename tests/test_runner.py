@@ -173,3 +173,46 @@ def test_run_exports_the_run_dir_and_reports_a_stale_control_file(tmp_path: Path
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert _post(run_dir)["last_step"] == {"0": 2}
     assert [a["rule"] for a in _alerts(run_dir)] == ["trainguard.stale_control_file"]
+
+
+@pytest.mark.slow
+@pytest.mark.trl
+def test_a_trl_trainer_without_callback_is_stopped_from_its_printed_logs(tmp_path: Path):
+    """No callback, no events of its own: the Trainer's printed log dicts (inside tqdm output
+    on the merged pipe) are read, a learning-rate blow-up rule fires at the first log, and the
+    trainer gets SIGTERM long before its last step."""
+    pytest.importorskip("trl")
+    run_dir = tmp_path / "run"
+    trainer = [sys.executable, str(Path(__file__).resolve().parent / "trl_stdout_trainer.py"),
+               "sft", str(tmp_path / "model"), str(tmp_path / "out"), "--max-steps", "200",
+               "--lr", "1e4", "--pace", "0.2"]
+    result = run_cli("run", "-q", "--run-dir", str(run_dir), "--alert",
+                     "learning_rate > 1 -> critical/stop: learning rate blew up", "--",
+                     *trainer, timeout=240)
+    assert result.returncode == 3, result.stdout.decode()[-3000:]
+    post = _post(run_dir)
+    assert (post["status"], post["exit"]["signal"], post["first_critical_step"]) == (
+        "stopped", "SIGTERM", 1)
+    assert 1 <= post["last_step"]["0"] < 20
+    assert post["last_metrics"]["0"]["learning_rate"] > 1
+    fired = [a for a in _alerts(run_dir) if a.get("state") == "firing"]
+    assert ["inline.1"] == [a["rule"] for a in fired]
+    assert b"{'loss': " in result.stdout  # the trainer's output passed through
+
+
+def test_printed_logs_are_not_read_again_once_the_trainer_writes_its_own_events(tmp_path: Path):
+    """A trainer with events of its own (the TRL callback) also prints its logs: the printed
+    copies are not evaluated, so a step never counts twice (here they would say NaN)."""
+    run_dir = tmp_path / "run"
+    script = ("import time\n"
+              "from trainguard import EventWriter\n"
+              "with EventWriter() as w:\n"
+              "    for step in (1, 2, 3):\n"
+              "        w.log_metrics(step, {'loss': 1.0})\n"
+              "        time.sleep(0.3)\n"
+              "        print({'loss': 'nan', 'epoch': str(step / 10)}, flush=True)\n")
+    result = run_cli("run", "-q", "--run-dir", str(run_dir), "--", sys.executable, "-c", script)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    post = _post(run_dir)
+    assert (post["last_step"], post["last_metrics"], post["alerts"]) == (
+        {"0": 3}, {"0": {"loss": 1.0}}, [])

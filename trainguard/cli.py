@@ -47,6 +47,18 @@ def main(
     """trainguard: a streaming monitor for post-training runs."""
 
 
+_REGEX_OPT = typer.Option(
+    "--regex", help="Read plain trainer stdout: a preset (trl, transformers, verl, openrlhf, kv) "
+    "or a pattern with named groups, (?P<step>...) required, one group per metric (re2 syntax). "
+    "Default: stdin auto-detects; files are canonical JSONL.")
+_LOGGING_STEPS_OPT = typer.Option(
+    "--logging-steps", help="The trainer's logging_steps: the n-th printed TRL log dict is step "
+    "n x N.")
+_STEPS_PER_EPOCH_OPT = typer.Option(
+    "--steps-per-epoch", help="When known: the TRL step is round(epoch x N) instead of the "
+    "count of logs.")
+
+
 @app.command()
 def monitor(
     source: Annotated[Optional[str], typer.Argument(  # noqa: UP007
@@ -84,8 +96,13 @@ def monitor(
         "--set-rule", help="Change one field of a loaded rule: ID.FIELD=VALUE, e.g. "
         "common.loss_spike.for=10; repeatable.")] = [],  # noqa: B006
     alert: Annotated[list[str], typer.Option(
-        "--alert", help="An inline rule: '[TRAINER:] CONDITION [for N] -> SEVERITY[/stop]: "
+        "--alert", help="An inline rule: '\\[TRAINER:] CONDITION \\[for N] -> SEVERITY\\[/stop]: "
         "MESSAGE', e.g. 'grpo: kl > 0.5 for 3 -> high: KL blew up'; repeatable.")] = [],  # noqa: B006
+    gpu: Annotated[bool, typer.Option(
+        "--gpu", help="Also sample this host's GPUs through NVML (utilization, memory, "
+        "temperature, throttling, ECC); adds the gpu pack when no --rules.")] = False,
+    gpu_interval: Annotated[float, typer.Option(
+        "--gpu-interval", help="Seconds between GPU samples.")] = 5.0,
     pid: Annotated[Optional[int], typer.Option(  # noqa: UP007
         "--pid", help="Trainer process to signal on a stop rule (enables stopping); its "
         "identity is pinned at start and checked before every signal.")] = None,
@@ -94,6 +111,9 @@ def monitor(
     kill_after: Annotated[Optional[float], typer.Option(  # noqa: UP007
         "--kill-after", help="Send SIGKILL this many seconds after the signal if the process "
         "still runs. Off unless given.")] = None,
+    regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
+    logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
+    steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -105,6 +125,8 @@ def monitor(
 
       python train.py | trainguard monitor -
 
+      python train.py 2>&1 | trainguard monitor - --logging-steps 10   [dim]# printed logs[/dim]
+
       trainguard monitor runs/exp1 --pid 4242 --kill-after 30   [dim]# SIGTERM, then SIGKILL[/dim]
 
     Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
@@ -113,8 +135,11 @@ def monitor(
                              stop=stop, once=once, field_maps=list(field_map),
                              poll_interval=poll_interval, quiet=quiet, from_end=from_end,
                              poll=poll, tee=tee, state=state, record=record, report=report,
+                             gpu=gpu, gpu_interval=gpu_interval,
                              set_rules=list(set_rule), inline_alerts=list(alert))
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
+    options.regex, options.logging_steps = regex, logging_steps
+    options.steps_per_epoch = steps_per_epoch
     try:
         verdict = run_monitor(options)
     except TrainguardError as exc:
@@ -275,6 +300,11 @@ def run_cmd(
         "the resume advice in postmortem.json; repeatable.")] = [],  # noqa: B006
     quiet: Annotated[bool, typer.Option("--quiet", "-q",
                                         help="Only the command's own output.")] = False,
+    alert: Annotated[list[str], typer.Option(
+        "--alert", help="An inline rule, as for monitor: '\\[TRAINER:] CONDITION \\[for N] -> "
+        "SEVERITY\\[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
+    regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
+    logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
 ) -> None:
     """Run a trainer under watch: pass its output through, apply the rules, stop it if needed.
 
@@ -287,6 +317,8 @@ def run_cmd(
 
       trainguard run -- python train.py --lr 3e-4
 
+      trainguard run --logging-steps 10 -- python sft.py   [dim]# reads printed TRL logs[/dim]
+
       trainguard run --run-dir runs/exp1 --kill-after 30 -- torchrun --nproc-per-node 8 train.py
 
     Exit codes: the command's own code; 3 trainguard stopped it; 128+N killed by signal N;
@@ -297,12 +329,61 @@ def run_cmd(
     options = RunOptions(command=list(command), run_dir=run_dir, rules=list(rules),
                          field_maps=list(field_map), grace=grace, kill_after=kill_after,
                          hang_timeout=hang_timeout, checkpoint_dirs=list(checkpoint_dir),
-                         quiet=quiet)
+                         quiet=quiet, inline_alerts=list(alert), regex=regex,
+                         logging_steps=logging_steps)
     try:
         result = run_command(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
     raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(
+        help="A file, a run directory (every *.jsonl in it) or - for stdin.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Canonical JSONL written here "
+                                        "(replaced if it exists).")],
+    regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
+    field_map: Annotated[list[str], typer.Option(
+        "--field-map", "--preset", help="Field-map preset name, YAML file or SOURCE=TARGET "
+        "rename; repeatable. Default: keys kept as written.")] = [],  # noqa: B006
+    logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
+    steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
+) -> None:
+    """Turn any source into canonical events (one step per line), in one pass.
+
+    Lines are auto-detected: canonical JSONL in any form, and trainer stdout (TRL log dicts in
+    tqdm output, verl, OpenRLHF, key=value) unless --regex names one preset or a pattern.
+
+    [bold]Examples[/bold]
+
+      trainguard convert train.log -o events.jsonl --logging-steps 10
+
+      trainguard convert verl.log -o events.jsonl --regex verl --preset verl
+
+      python train.py 2>&1 | trainguard convert - -o events.jsonl
+
+    Exit codes: 0 converted; 1 the source or an option is wrong, or the source was unreadable.
+    """
+    from trainguard.monitor.convert import convert as convert_source
+
+    try:
+        result = convert_source(source, output, regex=regex, field_maps=list(field_map),
+                                logging_steps=logging_steps, steps_per_epoch=steps_per_epoch)
+    except TrainguardError as exc:
+        raise _fail(exc) from None
+    skipped = sum(result.skips.values())
+    _err.print(f"trainguard convert: {result.lines} lines -> {result.records} steps "
+               f"({result.events} metric values) in {escape(output)}; {skipped} lines skipped",
+               highlight=False)
+    for reason, count in result.skips.most_common():
+        _err.print(f"  skipped {count} x {reason}")
+    for ex in result.skip_examples:
+        _err.print(f"    {escape(ex.stream)}:{ex.line}: {ex.reason} {escape(ex.detail)}")
+    for problem in result.problems:
+        _err.print(f"  [bold yellow]DEGRADED:[/] {escape(problem)}")
+    raise typer.Exit(EXIT_DEGRADED if result.problems else 0)
 
 
 def run() -> None:

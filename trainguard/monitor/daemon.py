@@ -13,13 +13,20 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from trainguard.events import ParseSkip, Record, parse_line, record_from_object
-from trainguard.events import _fast_loads  # the same decoder, for the fast path
-from trainguard.monitor.alerts import Alert, AlertSink
+from trainguard.events import (
+    ParseSkip,
+    Record,
+    _fast_loads,  # the same decoder, for the fast path
+    parse_line,
+    record_from_object,
+)
 from trainguard.monitor.actions import Stopper
+from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
 from trainguard.monitor.engine import Engine
+from trainguard.monitor.gpu import GPU_KIND
 from trainguard.monitor.normalize import FieldMap
+from trainguard.monitor.ranks import StragglerScores
 from trainguard.monitor.record import Recorder
 from trainguard.monitor.sources import Line, Source
 from trainguard.rules.loader import CompiledRule
@@ -103,6 +110,7 @@ class Monitor:
     ) -> None:
         self.source = source
         self.engine = Engine(rules)
+        self.stragglers = StragglerScores()
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
@@ -202,12 +210,14 @@ class Monitor:
                                       record.rank, record.kind, True)
             else:
                 self._evaluate(record)
+        self._evaluate_cross_rank()
 
     def flush(self) -> None:
         """Evaluate steps held while waiting for more of their one-metric lines."""
         pending, self._pending = self._pending, {}
         for record in pending.values():
             self._evaluate(record)
+        self._evaluate_cross_rank()
 
     def _skip(self, line: Line, skip: ParseSkip) -> None:
         counters = self.counters
@@ -217,17 +227,30 @@ class Monitor:
                                                  skip.detail))
 
     def _evaluate(self, record: Record) -> None:
-        self.counters.records += 1
-        self.last_records[record.rank] = record
+        # A GPU sample (monitor/gpu.py) is evaluated by the rules but is no training step: it
+        # must not count as progress, feed trainer detection or straggler scores, or stand as
+        # a rank's last step.
+        step_record = record.kind != GPU_KIND
+        if step_record:
+            self.counters.records += 1
+            self.last_records[record.rank] = record
         metrics = self.field_map.apply(record.metrics)
         if self.recorder is not None:
             self.recorder.write(Record(record.step, metrics, record.time, record.rank,
                                        record.kind))
-        if self._trainer_rules is not None:
+        if self._trainer_rules is not None and step_record:
             self._detect(record.metrics.keys() | metrics.keys())
         alerts = self.engine.evaluate(record.rank, record.step, metrics, record.time)
         for alert in alerts:
             self._route(alert)
+        if step_record:
+            self.stragglers.observe(record.rank, record.step, metrics, record.time)
+
+    def _evaluate_cross_rank(self) -> None:
+        """Scores of the steps now complete on every rank (see ranks.py), once per batch."""
+        for rank, step, derived, at in self.stragglers.scores():
+            for alert in self.engine.evaluate(rank, step, derived, at):
+                self._route(alert)
 
     def _detect(self, keys: set[str]) -> None:
         """Offer the keys of the first records to the trainer-pack selector (bounded effort)."""

@@ -42,13 +42,16 @@ from trainguard.monitor.actions import (
     stale_control_file,
 )
 from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
+from trainguard.monitor.composite import CompositeSource
 from trainguard.monitor.console import ConsoleSink
 from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
 from trainguard.monitor.normalize import load_field_map
 from trainguard.monitor.postmortem import write_postmortem
 from trainguard.monitor.process import ProcessTarget
 from trainguard.monitor.sources import DirectorySource, Line
+from trainguard.monitor.stdout import make_line_parser
 from trainguard.monitor.tail import TailStats
+from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
 __all__ = ["EXIT_STOPPED", "OUTPUT_STREAM", "RunOptions", "RunResult", "choose_output_parser",
@@ -78,6 +81,12 @@ class RunOptions:
     checkpoint_dirs: list[str] = field(default_factory=list)
     poll_interval: float = 0.05
     quiet: bool = False
+    #: Inline rules (``--alert``), as for ``trainguard monitor``.
+    inline_alerts: list[str] = field(default_factory=list)
+    #: How the command's plain output is read (see :mod:`trainguard.monitor.stdout`): a preset
+    #: or a re2 pattern; None auto-detects. ``logging_steps`` derives the TRL step.
+    regex: str | None = None
+    logging_steps: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +108,30 @@ def _json_lines_only(line: Line) -> Record | ParseSkip | None:
     return json_line_parser(line)
 
 
-def choose_output_parser() -> LineParser:
+def choose_output_parser(regex: str | None = None, logging_steps: int = 1) -> LineParser:
     """THE place where the parser of the command's output is chosen.
 
-    For now: canonical JSON lines, everything else ignored. When the stdout presets land, plug
-    them in here, e.g. ``return trainguard.monitor.stdout.make_line_parser(None, auto=True)``.
+    Canonical JSON lines, and the trainer's plain stdout through the stdout presets (or the
+    user's ``--regex``): a trainer that knows nothing of trainguard is monitored from what it
+    prints. Other lines are prose, ignored.
     """
-    return _json_lines_only
+    return make_line_parser(regex, auto=True, logging_steps=logging_steps)
 
 
-def _dispatching_parser(output_parser: LineParser) -> LineParser:
-    """Output lines through ``output_parser``; run-directory files as canonical JSONL."""
+def _dispatching_parser(output_parser: LineParser,
+                        own_events: Callable[[], bool] = lambda: False) -> LineParser:
+    """Output lines through ``output_parser``; run-directory files as canonical JSONL.
+
+    Once the trainer writes events of its own (``own_events()``, e.g. the TRL callback), its
+    printed logs are the same logs again, rounded: only JSON lines of the output are read then,
+    so no step is evaluated twice. (The callback writes its event before the Trainer prints the
+    dict, and a poll reads the run directory before the output, so the switch is in place by the
+    time the first printed dict is read.)
+    """
     def parse(line: Line) -> Record | ParseSkip | None:
         if line.stream == OUTPUT_STREAM:
+            if own_events():
+                return _json_lines_only(line)
             return output_parser(line)
         return json_line_parser(line)
     return parse
@@ -201,13 +221,14 @@ class OutputSource:
         """The reader ends with the pipe."""
 
 
-class _RunSource:
+class _RunSource(CompositeSource):
     """The output and the run directory as one source; counts the trainer's own event lines."""
 
-    name = "trainguard run"
     streaming = True
 
     def __init__(self, output: OutputSource, directory: DirectorySource) -> None:
+        super().__init__(directory, output)
+        self.name = "trainguard run"
         self.output = output
         self.directory = directory
         self.event_lines = 0
@@ -217,18 +238,9 @@ class _RunSource:
         self.event_lines += len(own)
         return self.output.poll() + own
 
-    def problems(self) -> list[str]:
-        return self.directory.problems()
-
     @property
     def exhausted(self) -> bool:
         return False  # the runner decides when the run is over
-
-    def stats(self) -> dict[str, TailStats]:
-        return {**self.output.stats(), **self.directory.stats()}
-
-    def close(self) -> None:
-        self.directory.close()
 
 
 def _default_run_dir() -> Path:
@@ -257,6 +269,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     if not options.command:
         raise ConfigError("no command given: trainguard run [OPTIONS] -- COMMAND ...")
     rules = load_rules(options.rules or ("common",))
+    rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
+    output_parser = choose_output_parser(options.regex, options.logging_steps)
     field_map = load_field_map(options.field_maps)
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +314,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         grace=grace, cooperative=lambda: source.event_lines > 0,
         progress=lambda: monitor.max_step, exited=lambda: proc.poll() is not None, emit=emit)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
-                      parser=_dispatching_parser(choose_output_parser()))
+                      parser=_dispatching_parser(output_parser,
+                                                 lambda: source.event_lines > 0))
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
                      f"{run_dir}; {len(rules)} rules; stops via {control_path} then SIGTERM",

@@ -26,15 +26,16 @@ from trainguard.monitor.actions import (
     stale_control_file,
 )
 from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
+from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.console import ConsoleSink
 from trainguard.monitor.daemon import Monitor, Verdict
 from trainguard.monitor.normalize import load_field_map
 from trainguard.monitor.postmortem import write_postmortem
 from trainguard.monitor.process import ProcessTarget, parse_signal
-from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.record import Recorder
 from trainguard.monitor.report import build_report, summary_lines, write_report
 from trainguard.monitor.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.stdout import make_line_parser
 from trainguard.monitor.watch import start_watcher
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
@@ -79,10 +80,22 @@ class MonitorOptions:
     set_rules: list[str] = field(default_factory=list)
     #: Inline rules (``--alert "[trainer:] COND [for N] -> SEVERITY[/stop]: MESSAGE"``).
     inline_alerts: list[str] = field(default_factory=list)
+    #: Sample the local GPUs through NVML every ``gpu_interval`` s (monitor/gpu.py); adds the
+    #: ``gpu`` pack when no ``rules`` are given.
+    gpu: bool = False
+    gpu_interval: float = 5.0
     #: Signal this process (pinned by identity) on a stop rule; see monitor/process.py.
     pid: int | None = None
     signal: str = "SIGTERM"
     kill_after: float | None = None
+    # -- plain trainer stdout (monitor/stdout.py) --
+    #: A stdout preset name (trl, verl, openrlhf, kv) or a re2 pattern with a ``step`` group;
+    #: None: stdin auto-detects, files and run directories read canonical JSONL.
+    regex: str | None = None
+    #: The trainer's ``logging_steps``: the n-th printed TRL log is step n x this.
+    logging_steps: int = 1
+    #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
+    steps_per_epoch: int | None = None
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -91,13 +104,18 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     Raises :class:`~trainguard.exceptions.ConfigError` or
     :class:`~trainguard.exceptions.SourceError` for what the user must fix before it can start.
     """
-    rules = load_rules(options.rules or DEFAULT_RULES)
+    default_rules = DEFAULT_RULES + (("gpu",) if options.gpu else ())
+    rules = load_rules(options.rules or default_rules)
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
     field_map = load_field_map(options.field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
+    # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
+    stdout_auto = options.regex is not None or options.source == "-"
+    parser = make_line_parser(options.regex, auto=stdout_auto, logging_steps=options.logging_steps,
+                              steps_per_epoch=options.steps_per_epoch)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
@@ -121,6 +139,12 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                          positions=saved.get("positions") or None,
                          tee=sys.stdout.buffer if tee else None,
                          rescan_interval=options.rescan_interval)
+    if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
+        from trainguard.monitor.composite import CompositeSource
+        from trainguard.monitor.gpu import NvmlSource
+
+        source = CompositeSource(source, NvmlSource(options.gpu_interval,
+                                                    step=lambda: monitor.max_step or 0))
     recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
@@ -152,13 +176,14 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     if state_warning:
         console.line(f"trainguard: {state_warning}", style="yellow")
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
-                      on_problem=report_problem, recorder=recorder, checkpointer=checkpointer,
+                      parser=parser, on_problem=report_problem, recorder=recorder,
+                      checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
                       if auto else None)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
-    packs = ", ".join(options.rules or DEFAULT_RULES) + (
+    packs = ", ".join(options.rules or default_rules) + (
         " + the detected trainer's pack" if auto else "")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")

@@ -31,6 +31,7 @@ from typing import Any
 from trainguard.exceptions import ConfigError
 from trainguard.monitor.alerts import Alert
 from trainguard.monitor.engine import Engine
+from trainguard.monitor.ranks import StragglerScores
 from trainguard.rules.dsl import FUNCTIONS
 from trainguard.rules.loader import CompiledRule, builtin_pack_names, load_rules, load_yaml
 
@@ -110,11 +111,14 @@ def replay(records_or_path: str | os.PathLike[str] | Iterable[Mapping[str, Any]]
     compiled = (load_rules(rules) if rules and isinstance(rules[0], str)  # type: ignore[arg-type]
                 else list(rules))
     engine = Engine(select_rules(compiled, trainer))  # type: ignore[arg-type]
+    stragglers = StragglerScores()  # as the monitor does: cross-rank scores per complete step
     out: list[Alert] = []
     for rank, step, metrics, time in _records(records_or_path):
-        for alert in engine.evaluate(rank, step, metrics, time):
-            if resolved or alert.state == "firing":
-                out.append(alert)
+        stragglers.observe(rank, step, metrics, time)
+        for r, s, m, t in [(rank, step, metrics, time), *stragglers.scores()]:
+            for alert in engine.evaluate(r, s, m, t):
+                if resolved or alert.state == "firing":
+                    out.append(alert)
     return out
 
 
@@ -143,10 +147,10 @@ def _records(source: str | os.PathLike[str] | Iterable[Mapping[str, Any]]
         for rank, (step, metrics, time) in sorted(pending.items()):
             yield rank, step, metrics, time
         return
-    for rec in source:
-        metrics = {k: float(v) for k, v in rec.get("metrics", {}).items()
+    for obj in source:
+        metrics = {k: float(v) for k, v in obj.get("metrics", {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        yield int(rec.get("rank", 0)), int(rec["step"]), metrics, rec.get("time")
+        yield int(obj.get("rank", 0)), int(obj["step"]), metrics, obj.get("time")
 
 
 def _rule_specs(data: Mapping[str, Any], path: Path) -> list[str]:

@@ -1,0 +1,386 @@
+"""Plain trainer stdout -> events: the parser for trainers that know nothing of trainguard.
+
+A trainer's console output is turned into :class:`~trainguard.events.Record` s, one physical
+line at a time, by *presets*: YAML data in ``trainguard/presets/stdout/NAME.yaml``, validated
+(pydantic) and compiled once at load.
+
+* ``trl`` (alias ``transformers``): the HF Trainer's printed log dicts, inside tqdm output.
+* ``verl``: ``step:N - key:value - key:value`` (verl's console logger).
+* ``openrlhf``: ``Global step N: {dict}``.
+* ``kv``: generic ``key=value`` / ``key: value`` lines with a ``step`` key.
+
+A user's own pattern (``--regex 'PATTERN'``, named groups, a ``step`` group required) is compiled
+with google-re2, which runs in time linear in the line whatever the pattern, so no pattern can
+hang the monitor; a pattern re2 refuses is a :class:`~trainguard.exceptions.ConfigError` at start.
+A named group is a metric; ``__`` in a group name stands for ``/`` (``rewards__chosen``).
+
+**The step.** verl, OpenRLHF, ``kv`` and user patterns print it. The TRL dict does not; it is
+derived, per stream: the n-th training log is step ``n * logging_steps`` (``--logging-steps``,
+default 1), or, when the steps per epoch are known (``steps_per_epoch``), ``round(epoch *
+steps_per_epoch)``. Eval dicts (``eval_*`` keys) are eval records, and the final summary
+(``train_runtime``...) a summary record, both at the step of the last training log. A dict is a
+Trainer log only if it has an ``epoch`` key (every Trainer log has one; a printed config does not).
+
+**Auto-detection** (``auto=True``): a JSON line is parsed as canonical JSONL; other lines are
+tried against every preset (OpenRLHF, TRL, verl, then kv); lines that match nothing are the
+trainer's prose and are ignored (``None``), not counted as skips.
+
+One physical line gives one record: when a line holds several (a program redrawing a status line
+with ``\\r``), the last is returned (the step count still counts each TRL log);
+:meth:`StdoutParser.parse_all` returns all of them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Final, Literal
+
+import re2
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from trainguard.events import ParseSkip, Record, decode_value, parse_line
+from trainguard.exceptions import ConfigError, UnknownPackError
+from trainguard.monitor.daemon import LineParser, json_line_parser
+from trainguard.monitor.sources import Line
+from trainguard.monitor.stdout_text import decode_token, scan_log_dict, segments
+
+__all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
+           "load_stdout_preset", "make_line_parser"]
+
+#: The order in which auto-detection tries the presets (most specific first).
+AUTO_ORDER: Final = ("openrlhf", "trl", "verl", "kv")
+
+
+class StdoutPreset(BaseModel):
+    """One stdout preset as written in ``presets/stdout/NAME.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    aliases: list[str] = []
+    description: str
+    #: ``log_dict``: a printed Python dict; ``pairs``: ``key<sep>value`` items on a line.
+    format: Literal["log_dict", "pairs"]
+    #: A substring every matching line holds: lines without it are not tried (cheap prose skip).
+    contains: str
+    #: Where the record is on a line (Python regex, searched): group ``body`` marks the dict's
+    #: ``{`` (log_dict) or the text holding the pairs; group ``step`` the step if printed.
+    line: str | None = None
+    #: For ``pairs``: one item, groups ``key`` and ``value`` (searched in ``body``).
+    pair: str | None = None
+    #: ``group``: the ``step`` group of ``line``; ``key``: the pair named ``step_key``;
+    #: ``count``: derived from the count of training logs (or the epoch), see the module doc.
+    step: Literal["group", "key", "count"]
+    step_key: str = "step"
+    #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
+    require_any: list[str] = []
+
+    @field_validator("line", "pair")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from exc
+        return pattern
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StdoutPreset:
+        if self.format == "pairs" and self.pair is None:
+            raise ValueError("format 'pairs' needs a 'pair' pattern with groups key and value")
+        if self.step == "group" and (self.line is None or "(?P<step>" not in self.line):
+            raise ValueError("step 'group' needs a 'line' pattern with a (?P<step>...) group")
+        if self.line is not None and "(?P<body>" not in self.line:
+            raise ValueError("'line' needs a (?P<body>...) group")
+        return self
+
+
+@cache
+def builtin_stdout_presets() -> dict[str, StdoutPreset]:
+    """Every shipped stdout preset by name and alias, validated."""
+    from trainguard.rules.loader import load_yaml
+
+    out: dict[str, StdoutPreset] = {}
+    root = resources.files("trainguard.presets") / "stdout"
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        origin = f"<stdout preset {entry.name[:-5]}>"
+        data = load_yaml(entry.read_text(encoding="utf-8"), origin)
+        try:
+            preset = StdoutPreset.model_validate(dict(data or {}))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = ".".join(str(p) for p in error["loc"]) or None
+            line = None
+            if field and hasattr(data, "lc") and field.split(".")[0] in data:
+                line = data.lc.key(field.split(".")[0])[0] + 1
+            raise ConfigError(str(error["msg"]).removeprefix("Value error, "), path=origin,
+                              line=line, field=field) from exc
+        for name in (preset.name, *preset.aliases):
+            out[name] = preset
+    return out
+
+
+def load_stdout_preset(name: str) -> StdoutPreset:
+    """A built-in stdout preset by name or alias."""
+    presets = builtin_stdout_presets()
+    if name not in presets:
+        raise UnknownPackError(f"unknown stdout preset {name!r}; built-in: "
+                               + ", ".join(sorted(presets)))
+    return presets[name]
+
+
+# -- matchers: one compiled preset or user pattern ------------------------------------------------
+
+#: What a matcher found on one segment: (printed step or None, metrics, kind).
+_Found = tuple[int | None, dict[str, float], str]
+
+
+def _kind(metrics: dict[str, float], text: str) -> str:
+    """train, eval (``eval_*`` keys) or summary (``train_runtime``), as the callback says."""
+    if "train_runtime" in metrics:
+        return "summary"
+    if "eval_" in text and any(key.startswith("eval_") for key in metrics):
+        return "eval"
+    return "train"
+
+
+def _int_step(raw: str) -> int | None:
+    try:
+        return int(raw)
+    except ValueError:
+        value = decode_value(raw)
+        return int(value) if value is not None and value.is_integer() else None
+
+
+class _PresetMatcher:
+    """A compiled :class:`StdoutPreset`."""
+
+    __slots__ = ("preset", "counted", "needle", "_line", "_pair", "_require")
+
+    def __init__(self, preset: StdoutPreset) -> None:
+        self.preset = preset
+        self.counted = preset.step == "count"
+        self.needle = preset.contains.encode()
+        self._line = re.compile(preset.line) if preset.line else None
+        self._pair = re.compile(preset.pair) if preset.pair else None
+        self._require = frozenset(preset.require_any)
+
+    def match(self, text: str) -> _Found | ParseSkip | None:
+        preset = self.preset
+        if preset.contains not in text:
+            return None
+        step: int | None = None
+        body_start, body = 0, text
+        if self._line is not None:
+            m = self._line.search(text)
+            if m is None:
+                return None
+            body_start, body = m.start("body"), m.group("body")
+            if preset.step == "group":
+                step = _int_step(m.group("step"))
+                if step is None:
+                    return ParseSkip("bad_step", m.group("step")[:40])
+        if preset.format == "log_dict":
+            scanned = scan_log_dict(text, body_start)
+            if scanned is None:
+                return ParseSkip("bad_log_dict", text[body_start:body_start + 60])
+            metrics, keys = scanned
+            if self._require and not (self._require & keys):
+                return None  # some other dict the program printed
+        else:
+            assert self._pair is not None
+            metrics = {}
+            raw_step: str | None = None
+            for item in self._pair.finditer(body):
+                key, raw = item.group("key"), item.group("value")
+                if key == preset.step_key and preset.step == "key":
+                    raw_step = raw
+                    continue
+                value = decode_token(raw)
+                if value is not None:
+                    metrics[key] = value
+            if preset.step == "key":
+                if raw_step is None:
+                    return None
+                step = _int_step(raw_step)
+                if step is None:
+                    return ParseSkip("bad_step", raw_step[:40])
+        if not metrics:
+            return None
+        return step, metrics, _kind(metrics, text)
+
+
+class _UserPattern:
+    """A user's ``--regex`` pattern, compiled with re2 (linear time, no backtracking)."""
+
+    __slots__ = ("counted", "needle", "_regex", "_names")
+
+    def __init__(self, pattern: str) -> None:
+        options = re2.Options()
+        options.log_errors = False  # the ConfigError below says it; re2 would also print it
+        try:
+            self._regex = re2.compile(pattern, options)
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+            raise ConfigError(f"--regex {pattern!r}: re2 cannot compile it: {reason}. re2 has no "
+                              "backreferences or lookarounds (they can take exponential time); "
+                              "rewrite the pattern without them") from None
+        names = dict(self._regex.groupindex)
+        if "step" not in names:
+            raise ConfigError(f"--regex {pattern!r}: not a preset name ("
+                              + ", ".join(sorted(builtin_stdout_presets()))
+                              + ") and has no (?P<step>...) group; name the step group, and one "
+                              "group per metric, e.g. 'step (?P<step>\\d+) loss (?P<loss>\\S+)'")
+        self._names = [(n, n.replace("__", "/")) for n in names if n != "step"]
+        if not self._names:
+            raise ConfigError(f"--regex {pattern!r}: no metric group; add a named group per "
+                              "metric, e.g. (?P<loss>\\S+)")
+        self.counted = False
+        self.needle = b""
+
+    def match(self, text: str) -> _Found | ParseSkip | None:
+        m = self._regex.search(text)
+        if m is None:
+            return None
+        raw_step = m.group("step")
+        step = _int_step(raw_step) if raw_step is not None else None
+        if step is None:
+            return ParseSkip("bad_step", str(raw_step)[:40])
+        metrics: dict[str, float] = {}
+        for group, name in self._names:
+            raw = m.group(group)
+            if raw is None:
+                continue
+            value = decode_token(raw.strip())
+            if value is None:
+                return ParseSkip("bad_value", f"{name}={raw!r}"[:60])
+            metrics[name] = value
+        return (step, metrics, _kind(metrics, text)) if metrics else None
+
+
+_Matcher = _PresetMatcher | _UserPattern
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Per stream: how many training logs were counted and the current step."""
+
+    train_logs: int = 0
+    step: int = 0
+
+
+class StdoutParser:
+    """Turns physical console lines into records; a :data:`~trainguard.monitor.daemon.LineParser`.
+
+    Stateful per stream (the derived TRL step), otherwise pure: no files, clocks or threads.
+    """
+
+    def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
+                 logging_steps: int = 1, steps_per_epoch: int | None = None) -> None:
+        if logging_steps < 1:
+            raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
+                              "trainer's logging_steps)")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ConfigError(f"--steps-per-epoch {steps_per_epoch}: must be 1 or more")
+        self.matchers = matchers
+        self.json_lines = json_lines
+        self.logging_steps = logging_steps
+        self.steps_per_epoch = steps_per_epoch
+        needles = [m.needle for m in matchers]
+        #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
+        self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
+        self._progress: dict[str, _Progress] = {}
+
+    def __call__(self, line: Line) -> Record | ParseSkip | None:
+        """The last record of the line, or a skip, or ``None`` for prose."""
+        data = line.data
+        if self.json_lines and data[:1] == b"{" and data[1:2] != b"'":
+            # Canonical JSON on stdin is the common case: no list, no second look.
+            parsed = parse_line(data)
+            if type(parsed) is Record:
+                return parsed
+        results = self.parse_all(line.stream, data)
+        if not results:
+            return None
+        if len(results) == 1:
+            return results[0]
+        records = [r for r in results if type(r) is Record]
+        return records[-1] if records else results[-1]
+
+    def parse_all(self, stream: str, data: bytes) -> list[Record | ParseSkip]:
+        """Every record (and skip) on one physical line of ``stream``."""
+        json_skip: ParseSkip | None = None
+        if self.json_lines:
+            head = data.lstrip()[:2]
+            if head[:1] == b"{" and head != b"{'":
+                parsed = parse_line(data)
+                if type(parsed) is Record:
+                    return [parsed]
+                json_skip = parsed  # type: ignore[assignment]
+        needles = self._needles
+        if needles is not None and not any(n in data for n in needles):
+            return [json_skip] if json_skip is not None else []
+        out: list[Record | ParseSkip] = []
+        for text in segments(data.decode("utf-8", "replace")):
+            for matcher in self.matchers:
+                found = matcher.match(text)
+                if found is None:
+                    continue
+                if type(found) is ParseSkip:
+                    out.append(found)
+                else:
+                    step, metrics, kind = found  # type: ignore[misc]
+                    out.append(self._record(stream, step, metrics, kind, matcher.counted))
+                break
+        if not out and json_skip is not None:
+            return [json_skip]
+        return out
+
+    def _record(self, stream: str, step: int | None, metrics: dict[str, float], kind: str,
+                counted: bool) -> Record:
+        progress = self._progress.get(stream)
+        if progress is None:
+            progress = self._progress[stream] = _Progress()
+        if step is None:
+            epoch = metrics.get("epoch")
+            if self.steps_per_epoch is not None and epoch is not None and epoch == epoch:
+                step = round(epoch * self.steps_per_epoch)
+            elif kind == "train" and counted:
+                progress.train_logs += 1
+                step = progress.train_logs * self.logging_steps
+            else:
+                step = progress.step
+        progress.step = step
+        return Record(step, metrics, None, 0, kind)
+
+
+def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
+                     steps_per_epoch: int | None = None) -> LineParser:
+    """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
+
+    * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
+      pattern with named groups (``step`` required), compiled with re2.
+    * ``auto``: canonical JSON lines still parse; with ``regex=None`` every preset is tried.
+      ``regex=None, auto=False`` is the plain canonical JSONL parser.
+    * ``logging_steps`` / ``steps_per_epoch``: how the TRL step is derived (module doc).
+
+    Raises :class:`~trainguard.exceptions.ConfigError` for a bad pattern or option.
+    """
+    if regex is None and not auto:
+        return json_line_parser
+    matchers: list[_Matcher]
+    if regex is None:
+        matchers = [_PresetMatcher(load_stdout_preset(name)) for name in AUTO_ORDER]
+    elif regex in builtin_stdout_presets():
+        matchers = [_PresetMatcher(load_stdout_preset(regex))]
+    else:
+        matchers = [_UserPattern(regex)]
+    return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
+                        steps_per_epoch=steps_per_epoch)
+
