@@ -24,7 +24,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.scenario_runs import SCENARIOS, Outcome, PackRow, Scenario, pack_rows, run_scenario  # noqa: E402
+from tests.scenario_runs import (  # noqa: E402
+    SCENARIOS,
+    Outcome,
+    PackRow,
+    Scenario,
+    pack_rows,
+    run_scenario,
+    stdout_verdict,
+)
 
 
 def _quiet() -> None:
@@ -53,17 +61,20 @@ def table(rows: list[PackRow]) -> str:
     return "\n".join(lines)
 
 
-def details(results: list[tuple[Scenario, Outcome]]) -> str:
-    """One line per scenario: verdict, onset and the first step of each named rule."""
-    lines = ["| scenario | trainer | steps | onset | alerts (rule@step) | serious alerts |",
-             "|---|---|---|---|---|---|"]
+def details(results: list[tuple[Scenario, Outcome]], stdout_same: dict[str, bool]) -> str:
+    """One line per scenario: verdict, onset, the first step of each named rule, and whether
+    the plain-stdout capture gave the same verdict."""
+    lines = ["| scenario | trainer | steps | onset | alerts (rule@step) | serious alerts "
+             "| same verdict from plain stdout |",
+             "|---|---|---|---|---|---|---|"]
     for scenario, out in results:
         named = [r for rules in scenario.catches.values() for r in rules]
         fired = ", ".join(f"{r}@{out.first(r)}" for r in named) or "(healthy)"
         onset = scenario.onset(out.records) if not scenario.healthy else None
+        same = "yes" if stdout_same[scenario.name] else "NO"
         lines.append(f"| {scenario.name} | {out.kind} | {len(out.records)} "
                      f"| {onset if onset is not None else '-'} | {fired} "
-                     f"| {len(out.serious())} |")
+                     f"| {len(out.serious())} | {same} |")
     return "\n".join(lines)
 
 
@@ -83,15 +94,20 @@ def main() -> int:
         model = build_tiny_model(Path(tmp) / "model")
         for i, scenario in enumerate(chosen):
             results.append((scenario, run_scenario(scenario, model, Path(tmp) / f"s{i}")))
+        # While the captures still exist: the verdict from the plain stdout alone.
+        stdout_same = {s.name: sorted(r for rules in s.catches.values() for r in rules)
+                       == stdout_verdict(s, out) for s, out in results}
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
     rows = pack_rows(results)
     failed = sum(len(r.missed) + r.false_serious for r in rows)
+    failed += sum(1 for same in stdout_same.values() if not same)
     if args.json:
         print(json.dumps({
             "packs": [{"pack": r.pack, "caught": r.caught, "expected": r.expected,
                        "false_high_critical_on_healthy": r.false_serious,
                        "median_steps_onset_to_alert": r.median_delay, "missed": r.missed}
                       for r in rows],
+            "stdout_same_verdict": stdout_same,
             "scenarios": len(results), "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)},
             indent=1))
     else:
@@ -100,7 +116,7 @@ def main() -> int:
               f"trained in {wall:.0f} s wall / {cpu:.0f} s CPU\n")
         print(table(rows))
         print()
-        print(details(results))
+        print(details(results, stdout_same))
     return 1 if failed else 0
 
 

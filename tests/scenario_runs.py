@@ -33,7 +33,7 @@ from trainguard.rules.loader import load_rules
 from trainguard.rules.testing import replay
 
 __all__ = ["EXTRA_PACKS", "SCENARIOS", "SERIOUS", "Outcome", "PackRow", "Scenario",
-           "pack_rows", "packs_for", "run_scenario"]
+           "pack_rows", "packs_for", "run_scenario", "stdout_verdict"]
 
 #: Opt-in packs replayed per trainer kind on top of ``common`` and the default pack.
 EXTRA_PACKS: dict[str, list[str]] = {"grpo": ["grpo_strict", "kl_drift"]}
@@ -287,6 +287,29 @@ SCENARIOS: tuple[Scenario, ...] = (
 def run_scenario(scenario: Scenario, model: str, tmp: Path) -> Outcome:
     """Train one scenario on the tiny model at path ``model``, in the empty folder ``tmp``."""
     return train(tmp, scenario.build(model))
+
+
+def stdout_verdict(scenario: Scenario, out: Outcome) -> list[str]:
+    """The verdict from the Trainer's printed log dicts alone (no callback), read by the
+    ``trl`` stdout parser through the real monitor: the named rules that fired on a broken
+    run, the high/critical rules that fired on a healthy one (sorted ids; [] = quiet)."""
+    from trainguard.monitor.daemon import Monitor
+    from trainguard.monitor.sources import FileSource
+    from trainguard.monitor.stdout import make_line_parser
+    from trainguard.rules.testing import select_rules
+
+    if out.stdout_path is None:
+        raise ValueError(f"{scenario.name}: the run kept no stdout capture")
+    rules = select_rules(load_rules(packs_for(scenario.trainer)), scenario.trainer)
+    source = FileSource(out.stdout_path)
+    try:
+        monitor = Monitor(source, rules, parser=make_line_parser(None, auto=True))
+        verdict = monitor.run(once=True)
+    finally:
+        source.close()
+    named = {r for rules in scenario.catches.values() for r in rules}
+    return sorted({a.rule for a in verdict.alerts if a.state == "firing"
+                   and (a.severity in SERIOUS if scenario.healthy else a.rule in named)})
 
 
 # -- the per-pack summary ----------------------------------------------------------------------

@@ -3,18 +3,22 @@ through the built-in packs. Each broken run must be caught by the rules its scen
 healthy run must raise no high or critical alert.
 
 The runs and their expected verdicts live in :mod:`tests.scenario_runs` (shared with
-``benchmarks/scenario_report.py``). Each scenario trains once per session; the tests below
-read the cached outcome, so a pinned-step test costs nothing extra.
+``benchmarks/scenario_report.py``). Each scenario trains once per session, captured as callback
+events and as the Trainer's plain stdout; the tests below read the cached outcome, so a
+pinned-step test or the stdout replay costs no extra training.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from tests.scenario_runs import SCENARIOS, SERIOUS, Outcome, Scenario, packs_for, run_scenario
+from tests.scenario_runs import (
+    SCENARIOS,
+    Outcome,
+    packs_for,
+    run_scenario,
+    stdout_verdict,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.trl]
 
@@ -113,32 +117,11 @@ def test_grpo_overwhelmed_kl_penalty_is_caught(outcomes: dict[str, Outcome]) -> 
 # -- the same runs from plain stdout -----------------------------------------------------------
 
 
-def _replay_stdout(scenario: Scenario, out: Outcome, stdout: Any) -> list[str]:
-    """Serious alerts and the scenario's rules that fire when the printed log dicts are read."""
-    from trainguard.monitor.daemon import Monitor
-    from trainguard.monitor.sources import FileSource
-    from trainguard.rules.loader import load_rules
-    from trainguard.rules.testing import select_rules
-
-    assert out.stdout_path is not None
-    rules = select_rules(load_rules(packs_for(scenario.trainer)), scenario.trainer)
-    source = FileSource(Path(out.stdout_path))
-    try:
-        monitor = Monitor(source, rules, parser=stdout.make_line_parser(None, auto=True))
-        verdict = monitor.run(once=True)
-    finally:
-        source.close()
-    wanted = {r for rules in scenario.catches.values() for r in rules}
-    return sorted({a.rule for a in verdict.alerts if a.state == "firing"
-                   and (a.severity in SERIOUS if scenario.healthy else a.rule in wanted)})
-
-
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_plain_stdout_capture_reaches_the_same_verdict(outcomes: dict[str, Outcome],
                                                        name: str) -> None:
     """The Trainer's printed log dicts (no callback) give the same verdict as the events:
     no serious alert on a healthy run, every named rule on a broken one."""
-    stdout = pytest.importorskip("trainguard.monitor.stdout")  # the stdout parser's module
     scenario = BY_NAME[name]
     expected = sorted({r for rules in scenario.catches.values() for r in rules})
-    assert expected == _replay_stdout(scenario, outcomes[name], stdout)
+    assert expected == stdout_verdict(scenario, outcomes[name])
