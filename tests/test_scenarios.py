@@ -1,49 +1,30 @@
 """Scenario suite: real TRL runs on the tiny offline model, healthy and broken, replayed
-through the built-in packs. Each broken run must be caught by the named rule; a healthy run must
-raise no high or critical alert.
+through the built-in packs. Each broken run must be caught by the rules its scenario names; a
+healthy run must raise no high or critical alert.
 
-The runs are captured as callback events: a small TrainerCallback writes each ``on_log`` dict
-with :class:`trainguard.EventWriter` (independent of the real TrainGuardCallback), and the
-file is replayed with :func:`trainguard.rules.testing.replay`. Steps and completions are kept
-tiny so the suite runs in a few minutes on 2 CPU cores.
+The runs and their expected verdicts live in :mod:`tests.scenario_runs` (shared with
+``benchmarks/scenario_report.py``). Each scenario trains once per session, captured as callback
+events and as the Trainer's plain stdout; the tests below read the cached outcome, so a
+pinned-step test or the stdout replay costs no extra training.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from trainguard import EventWriter
-from trainguard.monitor.alerts import Alert
-from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
-from trainguard.rules.testing import replay
+from tests.scenario_runs import (
+    SCENARIOS,
+    Outcome,
+    packs_for,
+    run_scenario,
+    stdout_verdict,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.trl]
 
-#: Packs replayed per trainer kind: common + the default pack + the opt-in strict/KL packs, so a
-#: healthy run shows that even the strict packs raise no high alert.
-EXTRA_PACKS = {"grpo": ["grpo_strict", "kl_drift"], "dpo": [], "sft": []}
-SERIOUS = {"high", "critical"}
-
-
-@dataclass
-class Outcome:
-    """A captured run and the alerts its replay raised."""
-
-    kind: str | None
-    records: list[tuple[int, dict[str, float]]]
-    alerts: list[Alert] = field(default_factory=list)
-
-    def serious(self) -> list[str]:
-        return [f"{a.rule}@{a.step}" for a in self.alerts if a.severity in SERIOUS]
-
-    def first(self, rule: str) -> int | None:
-        return next((a.step for a in self.alerts if a.rule == rule), None)
+BY_NAME = {s.name: s for s in SCENARIOS}
+HEALTHY = [s.name for s in SCENARIOS if s.healthy]
+BROKEN = [s.name for s in SCENARIOS if not s.healthy]
 
 
 @pytest.fixture(scope="session")
@@ -53,142 +34,94 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def _capture_callback(writer: EventWriter, records: list[tuple[int, dict[str, float]]]) -> Any:
-    from transformers import TrainerCallback
+@pytest.fixture(scope="session")
+def outcomes(tiny_model: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    """Scenario name -> its outcome, trained on first use and kept for the session."""
 
-    class Capture(TrainerCallback):  # type: ignore[misc]
-        """Writes every training on_log dict as one canonical event."""
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None,
-                   **kwargs: Any) -> None:
-            if not logs or "train_runtime" in logs:
-                return  # the end-of-run summary is not a training step
-            metrics = {k: float(v) for k, v in logs.items()
-                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            writer.log_metrics(state.global_step, metrics)
-            records.append((state.global_step, metrics))
-
-    return Capture()
+    class Lazy(dict[str, Outcome]):
+        def __missing__(self, name: str) -> Outcome:
+            out = self[name] = run_scenario(BY_NAME[name], tiny_model,
+                                            tmp_path_factory.mktemp(name))
+            return out
+    return Lazy()
 
 
-def _train(tmp: Path, build: Callable[[Any, dict[str, Any]], Any]) -> Outcome:
-    records: list[tuple[int, dict[str, float]]] = []
-    run_dir = tmp / "run"
-    common = dict(output_dir=str(tmp / "out"), use_cpu=True, report_to=[], save_strategy="no",
-                  logging_steps=1, disable_tqdm=True, seed=0)
-    with EventWriter(run_dir, rank=0, world_size=1) as writer:
-        trainer = build(_capture_callback(writer, records), common)
-        trainer.train()
-    kind = detect_trainer(records[0][1]) if records else None
-    packs = ["common"] + ([DEFAULT_PACKS[kind]] if kind else []) + EXTRA_PACKS.get(kind or "", [])
-    events = sorted(run_dir.glob("events.rank*.jsonl"))
-    assert 1 == len(events)
-    return Outcome(kind, records, replay(events[0], packs, trainer=kind))
+# -- the verdicts every scenario declares ------------------------------------------------------
 
 
-def _sft(model: str, lr: float, steps: int) -> Callable[[Any, dict[str, Any]], Any]:
-    def build(cb: Any, common: dict[str, Any]) -> Any:
-        from trl import SFTConfig, SFTTrainer
-
-        from tests.tiny_trl import sft_dataset
-        args = SFTConfig(per_device_train_batch_size=4, max_steps=steps, learning_rate=lr,
-                         **common)
-        return SFTTrainer(model=model, args=args, train_dataset=sft_dataset(64), callbacks=[cb])
-    return build
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_run_raises_no_serious_alert(outcomes: dict[str, Outcome], name: str) -> None:
+    """A healthy run is detected as its trainer and raises nothing high or critical."""
+    out = outcomes[name]
+    assert (BY_NAME[name].trainer, []) == (out.kind, out.serious())
 
 
-def _dpo(model: str, lr: float, steps: int) -> Callable[[Any, dict[str, Any]], Any]:
-    def build(cb: Any, common: dict[str, Any]) -> Any:
-        from trl import DPOConfig, DPOTrainer
-
-        from tests.tiny_trl import preference_dataset
-        args = DPOConfig(per_device_train_batch_size=4, max_steps=steps, learning_rate=lr,
-                         **common)
-        return DPOTrainer(model=model, args=args, train_dataset=preference_dataset(64),
-                          callbacks=[cb])
-    return build
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_run_is_caught_by_the_rules_it_names(outcomes: dict[str, Outcome],
+                                                    name: str) -> None:
+    """A broken run is detected as its trainer and every rule its scenario names fires."""
+    scenario, out = BY_NAME[name], outcomes[name]
+    expected = {r for rules in scenario.catches.values() for r in rules}
+    assert (scenario.trainer, expected) == (out.kind, expected & out.fired())
 
 
-def _constant_reward(completions: list[Any], **kwargs: Any) -> list[float]:
-    """A broken reward function: the same score for everything."""
-    return [1.0] * len(completions)
+@pytest.mark.parametrize("name", BROKEN)
+def test_every_named_rule_belongs_to_a_replayed_pack(name: str) -> None:
+    """A scenario only names packs its trainer's replay loads (else it could never pass)."""
+    scenario = BY_NAME[name]
+    assert set(scenario.catches) <= set(packs_for(scenario.trainer))
 
 
-def _grpo(model: str, *, lr: float, steps: int, max_len: int, beta: float = 0.0,
-          reward: Any = None) -> Callable[[Any, dict[str, Any]], Any]:
-    def build(cb: Any, common: dict[str, Any]) -> Any:
-        from trl import GRPOConfig, GRPOTrainer
-
-        from tests.tiny_trl import prompt_dataset, reward_len
-        args = GRPOConfig(per_device_train_batch_size=4, num_generations=4,
-                          max_completion_length=max_len, max_steps=steps, learning_rate=lr,
-                          beta=beta, **common)
-        return GRPOTrainer(model=model, reward_funcs=reward or reward_len, args=args,
-                           train_dataset=prompt_dataset(64), callbacks=[cb])
-    return build
+# -- pinned steps, where the run makes the step deterministic ----------------------------------
 
 
-# -- healthy runs: no high or critical alert ---------------------------------------------------
+@pytest.mark.parametrize("name", ["sft_lr_zero", "dpo_lr_zero", "grpo_lr_zero"])
+def test_learning_rate_zero_fires_after_five_logged_steps(outcomes: dict[str, Outcome],
+                                                          name: str) -> None:
+    """lr = 0 is logged from step 1: common.learning_rate_zero (for: 5) fires at step 5."""
+    assert 5 == outcomes[name].first("common.learning_rate_zero")
 
 
-def test_healthy_sft_raises_no_serious_alert(tiny_model: str, tmp_path: Path) -> None:
-    """A normal SFT run (lr 1e-3) is detected as sft and raises nothing high or critical."""
-    out = _train(tmp_path, _sft(tiny_model, 1e-3, 25))
-    assert ("sft", []) == (out.kind, out.serious())
+def test_sft_learning_rate_far_too_high_is_caught_at_the_jump(
+        outcomes: dict[str, Outcome]) -> None:
+    """lr = 5 makes the SFT loss jump 60x at step 2: Megatron's spiky-loss rule fires on it."""
+    out = outcomes["sft_lr_far_too_high"]
+    assert (2, 2) == (BY_NAME["sft_lr_far_too_high"].onset(out.records),
+                      out.first("common.loss_spike_megatron"))
 
 
-def test_healthy_dpo_raises_no_serious_alert(tiny_model: str, tmp_path: Path) -> None:
-    """A normal DPO run is detected as dpo and raises nothing high or critical."""
-    out = _train(tmp_path, _dpo(tiny_model, 1e-3, 20))
-    assert ("dpo", []) == (out.kind, out.serious())
-
-
-def test_healthy_grpo_raises_no_serious_alert(tiny_model: str, tmp_path: Path) -> None:
-    """A normal GRPO run (room to finish completions) raises nothing high or critical."""
-    out = _train(tmp_path, _grpo(tiny_model, lr=1e-4, steps=12, max_len=24))
-    assert ("grpo", []) == (out.kind, out.serious())
-
-
-# -- broken runs: caught by the named rule -----------------------------------------------------
-
-
-def test_sft_learning_rate_zero_is_caught(tiny_model: str, tmp_path: Path) -> None:
-    """lr = 0 fires common.learning_rate_zero after 5 logged steps."""
-    out = _train(tmp_path, _sft(tiny_model, 0.0, 8))
-    assert 5 == out.first("common.learning_rate_zero")
-
-
-def test_dpo_learning_rate_zero_is_caught(tiny_model: str, tmp_path: Path) -> None:
-    """lr = 0 in DPO fires common.learning_rate_zero after 5 logged steps."""
-    out = _train(tmp_path, _dpo(tiny_model, 0.0, 8))
-    assert ("dpo", 5) == (out.kind, out.first("common.learning_rate_zero"))
-
-
-def test_sft_learning_rate_far_too_high_is_caught(tiny_model: str, tmp_path: Path) -> None:
-    """lr = 5 makes the loss jump 60x at step 2: Megatron's spiky-loss rule and the
-    worse-than-uniform rule both fire within a few steps."""
-    out = _train(tmp_path, _sft(tiny_model, 5.0, 8))
-    fired = {a.rule for a in out.alerts if a.severity in SERIOUS}
-    assert {"common.loss_spike_megatron", "sft.loss_worse_than_uniform"} <= fired
-
-
-def test_grpo_constant_rewards_are_caught(tiny_model: str, tmp_path: Path) -> None:
-    """A reward function that returns a constant leaves no learning signal."""
-    out = _train(tmp_path, _grpo(tiny_model, lr=1e-3, steps=12, max_len=4,
-                                 reward=_constant_reward))
+def test_grpo_constant_rewards_fire_after_ten_flat_steps(outcomes: dict[str, Outcome]) -> None:
+    """Every group has zero reward variance from step 1: both for-10 rules fire at step 10."""
+    out = outcomes["grpo_constant_rewards"]
     assert (10, 10) == (out.first("grpo.no_learning_signal"), out.first("grpo.reward_std_zero"))
 
 
-def test_grpo_completions_cut_at_the_limit_are_caught(tiny_model: str, tmp_path: Path) -> None:
-    """max_completion_length=2 truncates every completion: grpo_strict.truncated_most fires."""
-    out = _train(tmp_path, _grpo(tiny_model, lr=1e-4, steps=9, max_len=2))
-    assert 8 == out.first("grpo_strict.truncated_most")
+def test_grpo_completions_cut_at_the_limit_are_caught(outcomes: dict[str, Outcome]) -> None:
+    """max_completion_length=2 cuts 75-100% of each step's 4 completions: the 5-step mean of
+    completions/clipped_ratio passes 0.8 from step 5, so grpo_strict.truncated_most fires at
+    step 7 even though single steps log 0.75."""
+    out = outcomes["grpo_completions_cut"]
+    ratios = [m["completions/clipped_ratio"] for _, m in out.records]
+    assert (True, 7) == (min(ratios) >= 0.75, out.first("grpo_strict.truncated_most"))
 
 
-def test_grpo_overwhelmed_kl_penalty_is_caught(tiny_model: str, tmp_path: Path) -> None:
-    """beta = 0.04 against lr = 0.5: KL leaves the reference within two steps and
-    grpo.kl_blowup fires after five steps above 1."""
-    out = _train(tmp_path, _grpo(tiny_model, lr=0.5, steps=8, max_len=4, beta=0.04))
-    onset = next(s for s, m in out.records if m.get("kl", 0.0) > 1.0)
-    fired = out.first("grpo.kl_blowup")
-    assert fired is not None and onset + 4 == fired and not math.isnan(onset)
+def test_grpo_overwhelmed_kl_penalty_is_caught(outcomes: dict[str, Outcome]) -> None:
+    """beta = 0.04 against lr = 0.5: KL passes 1 within two steps and grpo.kl_blowup fires
+    after five steps above it."""
+    out = outcomes["grpo_kl_overwhelmed"]
+    onset = BY_NAME["grpo_kl_overwhelmed"].onset(out.records)
+    assert onset is not None
+    assert onset + 4 == out.first("grpo.kl_blowup")
+
+
+# -- the same runs from plain stdout -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_plain_stdout_capture_reaches_the_same_verdict(outcomes: dict[str, Outcome],
+                                                       name: str) -> None:
+    """The Trainer's printed log dicts (no callback) give the same verdict as the events:
+    no serious alert on a healthy run, every named rule on a broken one."""
+    scenario = BY_NAME[name]
+    expected = sorted({r for rules in scenario.catches.values() for r in rules})
+    assert expected == stdout_verdict(scenario, outcomes[name])

@@ -81,16 +81,18 @@ class EvalContext:
     ``step`` and ``time`` (record time in seconds, or ``None``) describe the record being
     evaluated; ``rank`` is the rank the evaluator belongs to (``-1`` for a cross-rank scope).
     ``baseline`` is written by functions that compare against one (the rolling mean of a
-    spike), and reset to ``None`` by the engine before each call.
+    spike), and reset to ``None`` by the engine before each call. ``used`` says whether any
+    function of the evaluator asked for the context; the engine skips updating one nobody reads.
     """
 
-    __slots__ = ("step", "time", "rank", "baseline")
+    __slots__ = ("step", "time", "rank", "baseline", "used")
 
     def __init__(self, rank: int = 0) -> None:
         self.step = 0
         self.time: float | None = None
         self.rank = rank
         self.baseline: float | None = None
+        self.used = False
 
 
 _BUILDING: list[EvalContext] = []
@@ -100,7 +102,9 @@ def current_context() -> EvalContext:
     """The context of the evaluator being built; call it inside a node's ``make()``."""
     if not _BUILDING:  # made outside Condition.instantiate(): a private, never-updated one
         return EvalContext()
-    return _BUILDING[-1]
+    ctx = _BUILDING[-1]
+    ctx.used = True
+    return ctx
 
 
 def _check_name(name: str, text: str, col: int, rule: str | None) -> None:
@@ -163,6 +167,9 @@ class Node:
     unit: str | None = None
     #: Evaluate on every step record, even one without this node's metrics (``stale``).
     always: bool = False
+    #: The metric's key when the node is a bare metric, so a parent can read it inline
+    #: (``m.get(name)``) instead of calling the child's evaluator: one call less per step.
+    name: str | None = None
 
 
 def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
@@ -171,7 +178,41 @@ def _const(value: float, percent: bool = False, unit: str | None = None) -> Node
 
 
 def _metric(name: str) -> Node:
-    return Node(lambda: (lambda m: m.get(name)), frozenset({name}))
+    return Node(lambda: (lambda m: m.get(name)), frozenset({name}), name=name)
+
+
+def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
+    """``x OP constant``, the most common condition, as one closure: the comparison inline and,
+    when ``x`` is a bare metric, its read too. The same results as :func:`_binary`'s generic
+    path (NaN compares false)."""
+    def make() -> Evaluator:
+        lf, name = left.make(), left.name
+        if op == "<":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a < c else 0.0)
+        elif op == "<=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a <= c else 0.0)
+        elif op == ">":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a > c else 0.0)
+        elif op == ">=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a >= c else 0.0)
+        elif op == "==":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a == c else 0.0)
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a != c else 0.0)
+        return evaluate
+    return make
 
 
 def _binary(op: str, left: Node, right: Node) -> Node:
@@ -197,17 +238,32 @@ def _binary(op: str, left: Node, right: Node) -> Node:
     else:
         fn = lambda a, b: 1.0 if a != b else 0.0  # noqa: E731
 
+    metrics, always = left.metrics | right.metrics, left.always or right.always
+    const = right.constant
+    if const is not None and op in _CMP:
+        return Node(_compare_constant(op, left, const), metrics, always=always)
+
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
+        # Literals and bare metrics are read inline, not through their evaluators: one call
+        # less per operand per step (``loss > 10 * max(...)`` has three such operands).
+        lconst, rconst, lname, rname = left.constant, const, left.name, right.name
+        rstateful = rconst is None and rname is None
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = lf(m)
-            b = rf(m)
-            if a is None or b is None:
+            a = (lconst if lconst is not None
+                 else m.get(lname) if lname is not None else lf(m))
+            if a is None:
+                if rstateful:
+                    rf(m)  # a window on the right still sees every step
+                return None
+            b = (rconst if rconst is not None
+                 else m.get(rname) if rname is not None else rf(m))
+            if b is None:
                 return None
             return fn(a, b)
         return evaluate
-    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+    return Node(make, metrics, always=always)
 
 
 def _logical(op: str, left: Node, right: Node) -> Node:
@@ -295,102 +351,6 @@ def function(name: str) -> Callable[[Compiler], Compiler]:
         FUNCTIONS[name] = compiler
         return compiler
     return register
-
-
-@function("nonfinite")
-def _nonfinite(call: Call) -> Node:
-    operand, rest = call.operand(1)
-    if rest:
-        raise call.error("takes one metric")
-
-    def make() -> Evaluator:
-        f = operand.make()
-
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            v = f(m)
-            if v is None:
-                return None
-            return 0.0 if math.isfinite(v) else 1.0
-        return evaluate
-    return Node(make, operand.metrics)
-
-
-@function("spike")
-def _spike(call: Call) -> Node:
-    """``spike(metric, 3x, window=100, min_count=10)``: value >= factor x rolling mean of the
-    previous finite values (llm-foundry's KillLossSpike uses 2x over 100 steps)."""
-    operand, rest = call.operand(2)
-    factor = call.constant(rest[0] if rest else None, "factor (e.g. 3x)", 3.0)
-    window = int(call.constant(call.kwargs.get("window"), "window", 100))
-    min_count = int(call.constant(call.kwargs.get("min_count"), "min_count", 10))
-    if window < 1 or min_count < 1:
-        raise call.error("window and min_count must be at least 1")
-
-    def make() -> Evaluator:
-        from collections import deque
-        f = operand.make()
-        ctx = current_context()
-        values: deque[float] = deque(maxlen=window)
-        total = 0.0
-
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            nonlocal total
-            v = f(m)
-            if v is None or not math.isfinite(v):
-                return None  # non-finite values are nonfinite()'s finding, not a spike's
-            fired = None
-            if len(values) >= min_count:
-                mean = total / len(values)
-                ctx.baseline = mean
-                fired = 1.0 if mean > 0 and v >= factor * mean else 0.0
-            if len(values) == window:
-                total -= values[0]
-            values.append(v)
-            total += v
-            return fired
-        return evaluate
-    return Node(make, operand.metrics)
-
-
-@function("stale")
-def _stale(call: Call) -> Node:
-    """``stale(N)`` / ``stale(metric, N)``: no new value of the metric for N steps;
-    ``stale(30s)`` or ``stale(30 s)``: for 30 seconds of record time.
-
-    Unknown until the metric has been seen once (a metric a trainer never logs is not stale), and
-    unknown in seconds mode for records without a time. It runs on every step record of its rank,
-    since the steps it is about are the ones that lack its metric.
-    """
-    operand, rest = call.operand(2)
-    if len(rest) != 1:
-        raise call.error("takes a count of steps (stale(20)) or seconds (stale(30s))")
-    limit_node = rest[0]
-    limit = call.constant(limit_node, "N (steps, or seconds with 's')")
-    if limit <= 0:
-        raise call.error("N must be positive")
-    if limit_node.unit not in (None, "s"):
-        raise call.error("N is a number of steps (stale(20)) or seconds (stale(30s))")
-    seconds = limit_node.unit == "s"
-
-    def make() -> Evaluator:
-        f = operand.make()
-        ctx = current_context()
-        last: float | None = None
-
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            nonlocal last
-            now = ctx.time if seconds else ctx.step
-            if now is None:
-                return None
-            if f(m) is not None:
-                last = now
-                return 0.0
-            if last is None:
-                return None
-            ctx.baseline = last
-            return 1.0 if now - last >= limit else 0.0
-        return evaluate
-    return Node(make, operand.metrics, always=True)
 
 
 # -- parser ----------------------------------------------------------------------------------
@@ -592,5 +552,5 @@ def compile_condition(text: str, metric: str | None = None, rule: str | None = N
 
 
 
-# Register the window and baseline functions (mean, std, slope, drop, range...).
+# Register the built-in functions (nonfinite, spike, stale, mean, std, slope, drop, range...).
 from trainguard.rules import functions as _functions  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""Window and baseline functions of the condition language.
+"""The built-in functions of the condition language: window, baseline, spike and staleness.
 
 Each function is registered with :func:`trainguard.rules.dsl.function`, reads its constant
 arguments once at compile time and returns a :class:`~trainguard.rules.dsl.Node` whose
@@ -14,6 +14,9 @@ Semantics shared by all of them:
   window ``N``), so a rule never judges a half-empty window.
 
 =======================  ==========================================================================
+``nonfinite(m)``         true when the value is NaN or infinite
+``spike(m, 3x)``         the value is at least 3x the rolling mean of the previous values
+``stale(N)``             no new value of the metric for N steps (``stale(30s)``: seconds)
 ``mean(m, N)``           mean of the last N values (current included; ``previous=1``: the N
                          values before the current one, for mean/std/min/max)
 ``std(m, N)``            population standard deviation of the last N values
@@ -42,7 +45,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 
-from trainguard.rules.dsl import Call, Evaluator, Node, function
+from trainguard.rules.dsl import Call, Evaluator, Node, current_context, function
 
 __all__: list[str] = []
 
@@ -74,7 +77,7 @@ def _window_args(call: Call, what: str = "window N",
 class _Moments:
     """Running sum and sum of squares over a sliding window (shifted for stability)."""
 
-    __slots__ = ("values", "window", "total", "squares", "shift", "updates")
+    __slots__ = ("values", "window", "total", "squares", "shift", "updates", "every")
 
     def __init__(self, window: int) -> None:
         self.values: deque[float] = deque()
@@ -83,6 +86,7 @@ class _Moments:
         self.squares = 0.0
         self.shift: float | None = None  # first value seen: keeps sums of squares small
         self.updates = 0
+        self.every = min(window, _REBUILD_EVERY)
 
     def push(self, v: float) -> None:
         if self.shift is None:
@@ -98,7 +102,7 @@ class _Moments:
         self.updates += 1
         # Re-centre on the window's mean once per window turnover (amortised O(1)): keeps the
         # sum of squares free of cancellation after the level of the metric moves.
-        if self.updates % min(self.window, _REBUILD_EVERY) == 0:
+        if self.updates % self.every == 0:
             self.shift = sum(self.values) / len(self.values)
             ds = [x - self.shift for x in self.values]
             self.total = sum(ds)
@@ -114,11 +118,101 @@ class _Moments:
         return math.sqrt(max(self.squares / n - m * m, 0.0))
 
 
-def _finite(f: Evaluator, m: Mapping[str, float]) -> float | None:
-    v = f(m)
-    if v is None or not math.isfinite(v):
-        return None
-    return v
+@function("nonfinite")
+def _nonfinite(call: Call) -> Node:
+    operand, rest = call.operand(1)
+    if rest:
+        raise call.error("takes one metric")
+
+    def make() -> Evaluator:
+        f = operand.make()
+        name, isfinite = operand.name, math.isfinite  # read inline: no call per step
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None:
+                return None
+            return 0.0 if isfinite(v) else 1.0
+        return evaluate
+    return Node(make, operand.metrics)
+
+
+@function("spike")
+def _spike(call: Call) -> Node:
+    """``spike(metric, 3x, window=100, min_count=10)``: value >= factor x rolling mean of the
+    previous finite values (llm-foundry's KillLossSpike uses 2x over 100 steps)."""
+    operand, rest = call.operand(2)
+    factor = call.constant(rest[0] if rest else None, "factor (e.g. 3x)", 3.0)
+    window = int(call.constant(call.kwargs.get("window"), "window", 100))
+    min_count = int(call.constant(call.kwargs.get("min_count"), "min_count", 10))
+    if window < 1 or min_count < 1:
+        raise call.error("window and min_count must be at least 1")
+
+    def make() -> Evaluator:
+        f = operand.make()
+        name, isfinite = operand.name, math.isfinite
+        ctx = current_context()
+        values: deque[float] = deque(maxlen=window)
+        total = 0.0
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            nonlocal total
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
+                return None  # non-finite values are nonfinite()'s finding, not a spike's
+            fired = None
+            if len(values) >= min_count:
+                mean = total / len(values)
+                ctx.baseline = mean
+                fired = 1.0 if mean > 0 and v >= factor * mean else 0.0
+            if len(values) == window:
+                total -= values[0]
+            values.append(v)
+            total += v
+            return fired
+        return evaluate
+    return Node(make, operand.metrics)
+
+
+@function("stale")
+def _stale(call: Call) -> Node:
+    """``stale(N)`` / ``stale(metric, N)``: no new value of the metric for N steps;
+    ``stale(30s)`` or ``stale(30 s)``: for 30 seconds of record time.
+
+    Unknown until the metric has been seen once (a metric a trainer never logs is not stale), and
+    unknown in seconds mode for records without a time. It runs on every step record of its rank,
+    since the steps it is about are the ones that lack its metric.
+    """
+    operand, rest = call.operand(2)
+    if len(rest) != 1:
+        raise call.error("takes a count of steps (stale(20)) or seconds (stale(30s))")
+    limit_node = rest[0]
+    limit = call.constant(limit_node, "N (steps, or seconds with 's')")
+    if limit <= 0:
+        raise call.error("N must be positive")
+    if limit_node.unit not in (None, "s"):
+        raise call.error("N is a number of steps (stale(20)) or seconds (stale(30s))")
+    seconds = limit_node.unit == "s"
+
+    def make() -> Evaluator:
+        f = operand.make()
+        ctx = current_context()
+        last: float | None = None
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            nonlocal last
+            now = ctx.time if seconds else ctx.step
+            if now is None:
+                return None
+            if f(m) is not None:
+                last = now
+                return 0.0
+            if last is None:
+                return None
+            ctx.baseline = last
+            return 1.0 if now - last >= limit else 0.0
+        return evaluate
+    return Node(make, operand.metrics, always=True)
 
 
 @function("mean")
@@ -128,10 +222,11 @@ def _mean(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite  # read inline: no call
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if previous:
                 result = mom.mean() if len(mom.values) >= min_count else None
@@ -150,10 +245,11 @@ def _std(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if previous:
                 result = mom.std() if len(mom.values) >= min_count else None
@@ -170,14 +266,15 @@ def _extreme(call: Call, smallest: bool) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         # Monotonic deque of (index, value): the front is the window's extreme.
         mono: deque[tuple[int, float]] = deque()
         index = 0
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal index
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if mono and mono[0][0] < index - window:
                 mono.popleft()
@@ -220,6 +317,7 @@ def _slope(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         values: deque[float] = deque()
         sy = 0.0   # sum of y
         sxy = 0.0  # sum of x*y with x = 0..n-1 (oldest first)
@@ -227,8 +325,8 @@ def _slope(call: Call) -> Node:
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal sy, sxy, updates
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if len(values) == window:
                 old = values.popleft()
@@ -258,10 +356,11 @@ def _zscore(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), _Moments(window)
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             result = None
             if len(mom.values) >= min_count:
@@ -328,13 +427,14 @@ def _relative(call: Call, direction: float) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
         mom = _Moments(n)
         fixed: float | None = None
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal fixed
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             if rolling:
                 base = mom.mean() if len(mom.values) >= n else None
@@ -379,10 +479,11 @@ def _range(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
+        name, isfinite = operand.name, math.isfinite
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            v = _finite(f, m)
-            if v is None:
+            v = m.get(name) if name is not None else f(m)
+            if v is None or not isfinite(v):
                 return None
             return 0.0 if low <= v <= high else 1.0
         return evaluate
