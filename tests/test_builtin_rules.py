@@ -126,3 +126,18 @@ def test_every_rule_is_in_the_readme() -> None:
     """The README's table of built-in rules lists every rule id."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert [] == [r.rule.id for r in _all_rules() if f"`{r.rule.id}`" not in readme]
+
+
+def test_readme_rule_table_shows_each_rules_current_condition_and_severity() -> None:
+    """Each README row carries the rule's metric, condition, `for`, severity and action as the
+    pack says now, so the table cannot drift from the YAML."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    stale = []
+    for compiled in _all_rules():
+        rule = compiled.rule
+        cond = f"`{rule.condition}`" + (f" for {rule.for_}" if rule.for_ > 1 else "")
+        row = (f"| `{rule.id}` | `{rule.metric}` | {cond} | {rule.severity.value} | "
+               f"{rule.action.value} |")
+        if row not in readme:
+            stale.append(rule.id)
+    assert [] == stale
