@@ -11,6 +11,7 @@ from trainguard.events import Record
 from trainguard.monitor.daemon import Monitor, json_line_parser
 from trainguard.monitor.normalize import FieldMap
 from trainguard.monitor.sources import Line
+from trainguard.monitor.stdout import make_line_parser
 
 
 class _ListRecorder:
@@ -77,3 +78,25 @@ def test_fast_path_evaluates_what_the_general_parser_does(raw: list[tuple[str, b
     """Same records (values, steps, ranks, times, kinds), same counts, same skips."""
     lines = [Line(stream, n, data) for n, (stream, data) in enumerate(raw, 1)]
     assert _run(lines, _general, batch) == _run(lines, json_line_parser, batch)
+
+
+_console = st.sampled_from([b"{'loss': '0.6931', 'grad_norm': '1.25', 'epoch': '0.5'}",
+                            b"\r 10%|#   | 1/10 [00:01<00:09]{'loss': 0.5, 'epoch': 1.0}",
+                            b"step:3 - actor/kl_loss:0.5 - actor/grad_norm:2.0",
+                            b"Loading weights: 100%", b"{'eval_loss': '0.7', 'epoch': '1'}"])
+_mixed = st.tuples(st.sampled_from(["a.jsonl", "b.jsonl"]),
+                   st.one_of(_one_metric.map(lambda o: json.dumps(o).encode()),
+                             _step.map(lambda o: json.dumps(o).encode()), _raw, _console))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_mixed, max_size=40), st.integers(1, 8))
+def test_stdout_parser_on_the_fast_path_evaluates_what_it_does_alone(
+        raw: list[tuple[str, bytes]], batch: int):
+    """Canonical JSON decoded by the monitor, the rest by the stdout parser: the same records,
+    counts and skips as the stdout parser reading every line itself."""
+    lines = [Line(stream, n, data) for n, (stream, data) in enumerate(raw, 1)]
+    shared = make_line_parser(None)
+    alone = make_line_parser(None)
+    alone.json_first = False  # type: ignore[attr-defined]
+    assert _run(lines, alone, batch) == _run(lines, shared, batch)

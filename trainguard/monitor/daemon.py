@@ -151,7 +151,9 @@ class Monitor:
         # With the default JSON parser, decode here and take the one-metric-per-line form on a
         # fast path that builds one Record per step, not per line. Results are the same as
         # through ``parser``; only cheaper (the JSON decode dominates what is left).
-        fast = parser is json_line_parser
+        # A parser that reads canonical JSON first (the stdout auto parser) shares the fast path;
+        # whatever is not canonical JSON still goes to it.
+        fast = parser is json_line_parser or getattr(parser, "json_first", False)
         loads = _fast_loads
         counters = self.counters
         pending = self._pending
@@ -204,6 +206,8 @@ class Monitor:
                             cur_step, cur_stream, cur_rank = step, stream, rank
                             continue
                     result = record_from_object(obj)
+                    if type(result) is ParseSkip and parser is not json_line_parser:
+                        result = parser(line)
             else:
                 result = parser(line)
             if result is None:

@@ -290,6 +290,9 @@ class StdoutParser:
             raise ConfigError(f"--steps-per-epoch {steps_per_epoch}: must be 1 or more")
         self.matchers = matchers
         self.json_lines = json_lines
+        #: Tells the monitor it may decode canonical JSON lines itself on its fast path and
+        #: hand this parser only the lines that are not (see daemon.Monitor.process).
+        self.json_first = json_lines
         self.logging_steps = logging_steps
         self.steps_per_epoch = steps_per_epoch
         needles = [m.needle for m in matchers]
