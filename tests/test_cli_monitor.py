@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -134,3 +138,28 @@ def test_stdin_is_read_to_its_end(tmp_path: Path):
     result = run_cli("monitor", "-", "--alerts", str(tmp_path / "a.jsonl"), input=data)
     assert result.returncode == 2
     assert json.loads((tmp_path / "a.jsonl").read_text())["rule"] == "common.nonfinite_grad_norm"
+
+
+def test_following_monitor_flags_a_stream_that_goes_silent(tmp_path: Path):
+    """A followed file that stops growing: stale(loss, 2s) fires from the monitor's own
+    clock, with no further record to carry it."""
+    events = tmp_path / "events.jsonl"
+    now = time.time()
+    events.write_text("".join(json.dumps({"step": s, "time": now, "metrics": {"loss": 1.0}})
+                              + "\n" for s in range(1, 4)))
+    alerts = tmp_path / "alerts.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainguard", "monitor", str(events), "--rules", "common",
+         "--alert", "stale(loss, 2s) -> high: no loss for 2 s", "--alerts", str(alerts), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and "no loss for 2 s" not in (
+                alerts.read_text() if alerts.exists() else ""):
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    fired = [json.loads(x) for x in alerts.read_text().splitlines()]
+    assert [(3, "firing")] == [(a["step"], a["state"]) for a in fired
+                               if a["rule"].startswith("inline")]

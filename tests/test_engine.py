@@ -212,3 +212,27 @@ def test_alerts_alternate_and_respect_hysteresis(values: list[float | None], kee
             assert all(v == 0.0 for s, v in known if s in falses)
             if nxt is not None:
                 assert nxt[1] > step + cooldown
+
+
+def test_tick_fires_a_stale_seconds_rule_on_a_silent_stream():
+    """No record after the last loss: a tick 600 s later fires stale(loss, 600s); one at 599
+    s does not."""
+    engine = Engine([_rule(metric="loss", condition="stale(loss, 600s)")])
+    assert [] == engine.evaluate(0, 5, {"loss": 1.0}, 1000.0)
+    assert [] == engine.tick(0, 5, 1599.0)
+    assert [("firing", 5)] == [(a.state, a.step) for a in engine.tick(0, 5, 1600.0)]
+
+
+def test_tick_does_not_count_towards_for_of_a_stale_steps_rule():
+    """stale(2) for 2 counts new steps only: ticks at the same step add nothing."""
+    engine = Engine([_rule(metric="loss", condition="stale(loss, 2)", **{"for": 2})])
+    engine.evaluate(0, 1, {"loss": 1.0}, 1.0)
+    engine.evaluate(0, 3, {"other": 0.0}, 3.0)  # stale, first true evaluation
+    assert [] == engine.tick(0, 3, 4.0) + engine.tick(0, 3, 5.0)
+    assert ["firing"] == [a.state for a in engine.evaluate(0, 4, {"other": 0.0}, 6.0)]
+
+
+def test_tick_of_a_rank_never_seen_does_nothing():
+    """A tick for a rank without records evaluates nothing."""
+    engine = Engine([_rule(metric="loss", condition="stale(loss, 1s)")])
+    assert [] == engine.tick(3, 1, 100.0)

@@ -135,6 +135,10 @@ class Monitor:
         self._wait = wait
         #: Called once per loop turn (escalating a stop, watching for a hang).
         self.on_tick = on_tick
+        #: rank -> (time of its last timed record, when it arrived here, monotonic): the
+        #: clock of stale(N s) rules between records (see :meth:`tick_clock`).
+        self._arrivals: dict[int, tuple[float, float]] = {}
+        self._next_clock_tick = 0.0
         #: The last step record of each rank, for stop follow-up and the postmortem.
         self.last_records: dict[int, Record] = {}
         #: When the last step record arrived (monotonic), and the longest gap seen between
@@ -260,6 +264,8 @@ class Monitor:
         if step_record:
             self.counters.records += 1
             self.last_records[record.rank] = record
+            if record.time is not None:
+                self._arrivals[record.rank] = (record.time, time.monotonic())
         metrics = self.field_map.apply(record.metrics)
         if self.recorder is not None:
             self.recorder.write(Record(record.step, metrics, record.time, record.rank,
@@ -358,12 +364,31 @@ class Monitor:
             # A pipe is read to its end even with once: its lines are still on the way.
             if once and not getattr(self.source, "streaming", False):
                 break
+            self.tick_clock()
             (self._wait or stop.wait)(poll_interval)
         self.flush()
         for alert in self.engine.finish():
             self._route(alert)
         self._checkpoint(force=True)
         return self.verdict()
+
+    def tick_clock(self, interval: float = 1.0) -> None:
+        """While the source is quiet, evaluate the time-driven rules (``stale(600s)``) of each
+        rank, at most once per ``interval``: a stream that went silent brings no record to
+        carry the check, so, as Prometheus evaluates on an interval, the monitor ticks.
+
+        The time given to a rank is its last record's time plus the time that has passed here
+        since that record arrived, so a clock skew between hosts, or a finished run read
+        long after, cannot make a stream look stalled before it has been silent that long.
+        """
+        now = time.monotonic()
+        if now < self._next_clock_tick:
+            return
+        self._next_clock_tick = now + interval
+        for rank, (record_time, arrived) in list(self._arrivals.items()):
+            step = self.last_records[rank].step
+            for alert in self.engine.tick(rank, step, record_time + (now - arrived)):
+                self._route(alert)
 
     def _checkpoint(self, force: bool = False) -> None:
         """Save positions when due and nothing read is held back; under a steady stream of

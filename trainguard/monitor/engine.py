@@ -312,6 +312,16 @@ class Engine:
             if cond.always or not cond.metrics.isdisjoint(means):
                 self._step_entry(entry, MEAN_RANK, pending.step, means, pending.time, alerts)
 
+    def tick(self, rank: int, step: int, time: float) -> list[Alert]:
+        """Evaluate the rules that run on every record (``stale``) for ``rank`` at ``time``,
+        with no new metrics: the check of a stream that went silent. Pure: the caller brings
+        the clock. ``stale(N)`` in steps has no new step here and stays unknown."""
+        alerts: list[Alert] = []
+        for entry in self._always:
+            if rank in entry.states:
+                self._step_entry(entry, rank, step, {}, time, alerts)
+        return alerts
+
     def _step_entry(self, entry: _Entry, rank: int, step: int, metrics: Mapping[str, float],
                     time: float | None, alerts: list[Alert]) -> None:
         """Evaluate one rule on one record (the ``mean`` scope's path; :meth:`evaluate` inlines

@@ -198,17 +198,19 @@ def _stale(call: Call) -> Node:
         f = operand.make()
         ctx = current_context()
         last: float | None = None
+        seen: float | None = None  # the step or time of the previous evaluation
 
         def evaluate(m: Mapping[str, float]) -> float | None:
-            nonlocal last
+            nonlocal last, seen
             now = ctx.time if seconds else ctx.step
             if now is None:
                 return None
             if f(m) is not None:
-                last = now
+                last = seen = now
                 return 0.0
-            if last is None:
-                return None
+            if last is None or now == seen:
+                return None  # no new step (or second): no new evidence, no extra `for` count
+            seen = now
             ctx.baseline = last
             return 1.0 if now - last >= limit else 0.0
         return evaluate
