@@ -50,7 +50,7 @@ def test_sigkill_mid_ingest_then_restart_records_each_event_once(run_dir: Path, 
             lo = ROWS // 2 + i * 1000
             _write_rank(path, rank, lo, lo + 1000, nan_at=None)
         with open(files[0], "a") as handle:  # a partial line across the restart
-            handle.write('{"step": %d, "rank": 0, "met' % (ROWS + i))
+            handle.write('{"step": ' + str(ROWS + i) + ', "rank": 0, "met')
         with open(files[0], "a") as handle:
             handle.write('rics": {"loss": 1.0}}\n')
     final = subprocess.run(

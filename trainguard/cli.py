@@ -67,17 +67,20 @@ def monitor(
     rules: Annotated[list[str], typer.Option(
         "--rules", "-r", help="Rule pack name or YAML file; repeatable. Default: common.")] = [],  # noqa: B006
     alerts: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Append alerts as JSONL here. Default for a run directory: RUN_DIR/alerts.jsonl.")] = None,
+        help="Append alerts as JSONL here. Default for a run directory: "
+        "RUN_DIR/alerts.jsonl.")] = None,
     control: Annotated[Optional[str], typer.Option(  # noqa: UP007
         help="Write stop requests to this control file (enables stopping).")] = None,
     stop: Annotated[bool, typer.Option(
         "--stop", help="Let stop rules stop the run via RUN_DIR/control.json.")] = False,
     once: Annotated[bool, typer.Option(
-        "--once", help="Read what is there, evaluate, and exit (for CI) instead of following.")] = False,
+        "--once",
+        help="Read what is there, evaluate, and exit (for CI) instead of following.")] = False,
     field_map: Annotated[list[str], typer.Option(
         "--field-map", help="Preset name, YAML file or SOURCE=TARGET rename; repeatable.")] = [],  # noqa: B006
     poll_interval: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 0.05,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing; exit code only.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print nothing; exit code only.")] = False,
     from_end: Annotated[bool, typer.Option(
         "--from-end/--from-start",
         help="Start an existing file at its end (default: read it from the start).")] = False,
@@ -85,11 +88,14 @@ def monitor(
         "--poll", help="Poll instead of using inotify (network filesystems).")] = False,
     tee: Annotated[Optional[bool], typer.Option(  # noqa: UP007
         "--tee/--no-tee",
-        help="Copy stdin lines to stdout unchanged. Default: on when stdout is a terminal.")] = None,
+        help="Copy stdin lines to stdout unchanged. Default: on when stdout is a "
+        "terminal.")] = None,
     state: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Checkpoint file for restarts. Default for a run dir: RUN_DIR/.trainguard/state.json.")] = None,
+        help="Checkpoint file for restarts. Default for a run dir: "
+        "RUN_DIR/.trainguard/state.json.")] = None,
     record: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Append every evaluated event, normalized, as canonical JSONL (exactly once).")] = None,
+        help="Append every evaluated event, normalized, as canonical JSONL (exactly "
+        "once).")] = None,
     report: Annotated[Optional[str], typer.Option(  # noqa: UP007
         help="Write a JSON report: per source lines, skips by reason, problems, alerts.")] = None,
     set_rule: Annotated[list[str], typer.Option(
@@ -119,9 +125,9 @@ def monitor(
 
     [bold]Examples[/bold]
 
-      trainguard monitor runs/exp1 --stop            [dim]# follow a run dir, stop on critical rules[/dim]
+      trainguard monitor runs/exp1 --stop   [dim]# follow a run dir, stop on critical rules[/dim]
 
-      trainguard monitor events.jsonl --once -r common   [dim]# CI gate: exit 2 on a high alert[/dim]
+      trainguard monitor events.jsonl --once -r common   [dim]# CI gate: exit 2 on high[/dim]
 
       python train.py | trainguard monitor -
 

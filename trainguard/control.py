@@ -3,7 +3,8 @@
 The monitor writes a small JSON file atomically (temporary file in the same directory, fsync,
 rename, fsync of the directory), so a reader sees the old file or the new one, never a torn one::
 
-    {"version": 1, "command": "stop", "run_id": "20261123-101500-4f2a", "rule": "common.nonfinite_loss",
+    {"version": 1, "command": "stop", "run_id": "20261123-101500-4f2a",
+     "rule": "common.nonfinite_loss",
      "severity": "critical", "step": 41, "time": 1732350000.5, "reason": "loss is NaN at step 41"}
 
 A trainer obeys a stop request only when it is for its own run: the ``run_id`` matches, or the

@@ -47,7 +47,8 @@ _TEXT_NONFINITE: Final = {
     "infinity": math.inf, "+infinity": math.inf, "-infinity": -math.inf,
 }
 #: Keys of the envelope; never metrics.
-RESERVED_KEYS: Final = frozenset({"time", "step", "rank", "metrics", "name", "value", "kind", "run_id"})
+RESERVED_KEYS: Final = frozenset({"time", "step", "rank", "metrics", "name", "value", "kind",
+                                   "run_id"})
 #: Keys of a flat log dict that describe progress rather than the model's health.
 _FLAT_NON_METRICS: Final = frozenset({"step", "time", "rank", "run_id", "kind"})
 

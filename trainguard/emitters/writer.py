@@ -14,9 +14,10 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Mapping
+from typing import Any
 
 from trainguard.control import (
     CONTROL_FILENAME,
@@ -34,7 +35,8 @@ METADATA_FILENAME = "run_metadata.json"
 
 
 def resolve_rank() -> tuple[int, int]:
-    """Return ``(rank, world_size)`` from ``RANK``/``WORLD_SIZE`` or an initialised torch.distributed.
+    """Return ``(rank, world_size)`` from ``RANK``/``WORLD_SIZE`` or an initialised
+    torch.distributed.
 
     torch is consulted only if the trainer already imported it: the writer never imports torch.
     """
@@ -50,7 +52,7 @@ def resolve_rank() -> tuple[int, int]:
         try:
             if dist.is_available() and dist.is_initialized():
                 return int(dist.get_rank()), int(dist.get_world_size())
-        except Exception:  # noqa: BLE001 - a half-initialised backend must not break logging
+        except Exception:  # noqa: BLE001, S110 - a half-initialised backend must not break logging
             pass
     return 0, 1
 
