@@ -112,12 +112,15 @@ class Monitor:
         self.source = source
         self.engine = Engine(rules)
         self.stragglers = StragglerScores()
+        self._step_time_keys = frozenset(self.stragglers.keys)
+        self._observed_ranks: set[int] = set()
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
         self._keys_seen: set[str] = set()
         self._detect_budget = 50
         self.field_map = field_map or FieldMap()
+        self._apply_field_map = self.field_map.apply
         self.sinks = list(sinks)
         self.stopper = stopper
         self.parser = parser
@@ -138,6 +141,7 @@ class Monitor:
         #: rank -> (time of its last timed record, when it arrived here, monotonic): the
         #: clock of stale(N s) rules between records (see :meth:`tick_clock`).
         self._arrivals: dict[int, tuple[float, float]] = {}
+        self._unstamped: dict[int, float] = {}  # rank -> record time, since the last stamp
         self._next_clock_tick = 0.0
         #: The last step record of each rank, for stop follow-up and the postmortem.
         self.last_records: dict[int, Record] = {}
@@ -161,18 +165,24 @@ class Monitor:
         loads = _fast_loads
         counters = self.counters
         pending = self._pending
-        # The step being gathered for the stream and rank of the previous line: consecutive
-        # one-metric lines of one step then skip the (stream, rank) key and dict lookup. Reset
-        # whenever the general path below may have evaluated or replaced a pending record.
+        evaluate = self._evaluate
+        # The step being gathered for the stream and rank of the previous line (always also
+        # held in ``pending`` under ``cur_key``, so flush order is as if there were no
+        # shortcut): consecutive lines of one stream and rank then skip building the
+        # (stream, rank) key and its lookup. Reset whenever the general path below may have
+        # evaluated or replaced a pending record.
+        cur: Record | None = None
         cur_metrics: dict[str, float] = {}
-        cur_step: int | None = None  # None: nothing gathered (no step equals it)
+        cur_step = 0
         cur_stream: str | None = None
         cur_rank = 0
+        cur_key: tuple[str, int] = ("", 0)
         events = 0
         for line in lines:
+            stream, _, data = line
             if fast:
                 try:
-                    obj = loads(line.data)
+                    obj = loads(data)
                 except ValueError:  # bare NaN, blank line, garbage: the general parser says
                     result = parser(line)
                 else:
@@ -186,28 +196,34 @@ class Monitor:
                             events += 1
                             if vt is int:
                                 value = float(value)
-                            stream = line.stream
-                            if step == cur_step and stream is cur_stream and rank == cur_rank:
-                                cur_metrics[name] = value
-                                continue
-                            key = (stream, rank)
-                            held = pending.get(key)
-                            if held is not None:
-                                if held.step == step:
-                                    held.metrics[name] = value
-                                    cur_metrics, cur_step = held.metrics, step
-                                    cur_stream, cur_rank = stream, rank
+                            if cur is not None and stream is cur_stream and rank == cur_rank:
+                                if step == cur_step:
+                                    cur_metrics[name] = value
                                     continue
-                                del pending[key]
-                                self._evaluate(held)
+                                # The next step of the same stream and rank: this one is done.
+                                del pending[cur_key]
+                                evaluate(cur)
+                            else:
+                                key = (stream, rank)
+                                held = pending.get(key)
+                                if held is not None:
+                                    if held.step == step:
+                                        held.metrics[name] = value
+                                        cur, cur_metrics, cur_step = held, held.metrics, step
+                                        cur_stream, cur_rank, cur_key = stream, rank, key
+                                        continue
+                                    del pending[key]
+                                    evaluate(held)
+                                cur_stream, cur_rank, cur_key = stream, rank, key
                             t = obj.get("time")
                             if t is not None and type(t) is not float and type(t) is not int:
                                 t = None
                             kind = obj.get("kind", "train")
                             cur_metrics = {name: value}
-                            pending[key] = Record(step, cur_metrics, t, rank,
-                                                  kind if type(kind) is str else "train", True)
-                            cur_step, cur_stream, cur_rank = step, stream, rank
+                            cur_step = step
+                            cur = pending[cur_key] = Record(
+                                step, cur_metrics, t, rank,
+                                kind if type(kind) is str else "train", True)
                             continue
                     result = record_from_object(obj)
                     if type(result) is ParseSkip and parser is not json_line_parser:
@@ -219,10 +235,10 @@ class Monitor:
             if type(result) is ParseSkip:
                 self._skip(line, result)
                 continue
-            cur_step = None
+            cur = None
             record: Record = result  # type: ignore[assignment]
             counters.events += len(record.metrics)
-            key = (line.stream, record.rank)
+            key = (stream, record.rank)
             held = pending.get(key)
             if held is not None:
                 if held.step == record.step:
@@ -230,16 +246,17 @@ class Monitor:
                     if record.partial:
                         continue
                     del pending[key]
-                    self._evaluate(held)
+                    evaluate(held)
                     continue
                 del pending[key]
-                self._evaluate(held)
+                evaluate(held)
             if record.partial:
                 pending[key] = Record(record.step, dict(record.metrics), record.time,
                                       record.rank, record.kind, True)
             else:
-                self._evaluate(record)
+                evaluate(record)
         counters.events += events
+        self._stamp_arrivals()
         self._evaluate_cross_rank()
 
     def flush(self) -> None:
@@ -247,6 +264,7 @@ class Monitor:
         pending, self._pending = self._pending, {}
         for record in pending.values():
             self._evaluate(record)
+        self._stamp_arrivals()
         self._evaluate_cross_rank()
 
     def _skip(self, line: Line, skip: ParseSkip) -> None:
@@ -257,26 +275,41 @@ class Monitor:
                                                  skip.detail))
 
     def _evaluate(self, record: Record) -> None:
+        rank = record.rank
+        metrics = record.metrics
         # A GPU sample (monitor/gpu.py) is evaluated by the rules but is no training step: it
         # must not count as progress, feed trainer detection or straggler scores, or stand as
         # a rank's last step.
         step_record = record.kind != GPU_KIND
         if step_record:
             self.counters.records += 1
-            self.last_records[record.rank] = record
+            self.last_records[rank] = record
             if record.time is not None:
-                self._arrivals[record.rank] = (record.time, time.monotonic())
-        metrics = self.field_map.apply(record.metrics)
+                # Stamped with the clock once per batch (_stamp_arrivals), not once per record.
+                self._unstamped[rank] = record.time
+        mapped = self._apply_field_map(metrics)
         if self.recorder is not None:
-            self.recorder.write(Record(record.step, metrics, record.time, record.rank,
-                                       record.kind))
+            self.recorder.write(Record(record.step, mapped, record.time, rank, record.kind))
         if self._trainer_rules is not None and step_record:
-            self._detect(record.metrics.keys() | metrics.keys())
-        alerts = self.engine.evaluate(record.rank, record.step, metrics, record.time)
-        for alert in alerts:
+            self._detect(metrics.keys() | mapped.keys())
+        for alert in self.engine.evaluate(rank, record.step, mapped, record.time):
             self._route(alert)
-        if step_record:
-            self.stragglers.observe(record.rank, record.step, metrics, record.time)
+        # Straggler scores read only step-time keys; a record of a known rank without one
+        # would change nothing there, so the call is skipped.
+        if step_record and (rank not in self._observed_ranks
+                            or not self._step_time_keys.isdisjoint(mapped)):
+            self._observed_ranks.add(rank)
+            self.stragglers.observe(rank, record.step, mapped, record.time)
+
+    def _stamp_arrivals(self) -> None:
+        """Note when the records of this batch arrived: the end of the batch, so the silence
+        ``tick_clock`` measures is never longer than it really was."""
+        if self._unstamped:
+            now = time.monotonic()
+            arrivals = self._arrivals
+            for rank, record_time in self._unstamped.items():
+                arrivals[rank] = (record_time, now)
+            self._unstamped.clear()
 
     def _evaluate_cross_rank(self) -> None:
         """Scores of the steps now complete on every rank (see ranks.py), once per batch."""
