@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import count, repeat
 from typing import Any
 
 from trainguard.events import (
@@ -29,7 +30,7 @@ from trainguard.monitor.gpu import GPU_KIND
 from trainguard.monitor.normalize import FieldMap
 from trainguard.monitor.ranks import StragglerScores
 from trainguard.monitor.record import Recorder
-from trainguard.monitor.sources import Line, Source
+from trainguard.monitor.sources import Block, DirectorySource, FileSource, Line, Source
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
@@ -155,6 +156,22 @@ class Monitor:
 
     def process(self, lines: Sequence[Line]) -> None:
         """Parse, normalize and evaluate ``lines``; route any alerts."""
+        self._gather(lines)
+        self._stamp_arrivals()
+        self._evaluate_cross_rank()
+
+    def process_blocks(self, blocks: Sequence[Block]) -> None:
+        """:meth:`process` for blocks of consecutive lines (what a file source reads)."""
+        gather = self._gather
+        for stream, first, lines in blocks:
+            # zip reuses its result tuple when the loop unpacks it: no object per line here.
+            gather(zip(repeat(stream), count(first), lines))
+        self._stamp_arrivals()
+        self._evaluate_cross_rank()
+
+    def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
+        """Parse ``lines`` (``(stream, number, data)``) and evaluate every step they complete;
+        steps that may get more one-metric lines are held in ``_pending``."""
         parser = self.parser
         # With the default JSON parser, decode here and take the one-metric-per-line form on a
         # fast path that builds one Record per step, not per line. Results are the same as
@@ -178,13 +195,12 @@ class Monitor:
         cur_rank = 0
         cur_key: tuple[str, int] = ("", 0)
         events = 0
-        for line in lines:
-            stream, _, data = line
+        for stream, number, data in lines:
             if fast:
                 try:
                     obj = loads(data)
                 except ValueError:  # bare NaN, blank line, garbage: the general parser says
-                    result = parser(line)
+                    result = parser(Line(stream, number, data))
                 else:
                     if type(obj) is dict and "metrics" not in obj:
                         name = obj.get("name")
@@ -227,13 +243,13 @@ class Monitor:
                             continue
                     result = record_from_object(obj)
                     if type(result) is ParseSkip and parser is not json_line_parser:
-                        result = parser(line)
+                        result = parser(Line(stream, number, data))
             else:
-                result = parser(line)
+                result = parser(Line(stream, number, data))
             if result is None:
                 continue
             if type(result) is ParseSkip:
-                self._skip(line, result)
+                self._skip(Line(stream, number, data), result)
                 continue
             cur = None
             record: Record = result  # type: ignore[assignment]
@@ -256,8 +272,6 @@ class Monitor:
             else:
                 evaluate(record)
         counters.events += events
-        self._stamp_arrivals()
-        self._evaluate_cross_rank()
 
     def flush(self) -> None:
         """Evaluate steps held while waiting for more of their one-metric lines."""
@@ -350,10 +364,22 @@ class Monitor:
 
     def poll_once(self) -> int:
         """Read and process whatever the source has now; return the number of lines."""
-        lines = self.source.poll()
-        if lines:
+        source = self.source
+        # A file source hands over blocks of lines: no object per line. Exact types only: a
+        # wrapper or subclass (CompositeSource delegates attributes to its primary) may add
+        # lines of its own in poll().
+        if type(source) is FileSource or type(source) is DirectorySource:
+            blocks = source.poll_blocks()
+            n = sum(len(block.lines) for block in blocks)
+            process: Callable[[Any], None] = self.process_blocks
+            batch: Any = blocks
+        else:
+            batch = self.source.poll()
+            n = len(batch)
+            process = self.process
+        if n:
             before = self.counters.records
-            self.process(lines)
+            process(batch)
             self._checkpoint()
             if self.counters.records != before:
                 self._progressed()
@@ -362,7 +388,7 @@ class Monitor:
                 self._reported_problems.add(problem)
                 if self._on_problem is not None:
                     self._on_problem(problem)
-        return len(lines)
+        return n
 
     def _progressed(self) -> None:
         now = time.monotonic()

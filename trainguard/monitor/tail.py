@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple
 
-__all__ = ["FileTail", "Line", "TailStats", "MAX_LINE_BYTES", "FINGERPRINT_BYTES",
-           "MAX_EXAMPLES"]
+__all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
+           "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
 
 MAX_LINE_BYTES = 1 << 20
 #: How many leading bytes identify a file's content (with its device and inode).
@@ -47,6 +47,24 @@ class Line(NamedTuple):
     stream: str
     number: int
     data: bytes
+
+
+class Block(NamedTuple):
+    """Consecutive complete lines of one stream, numbered from ``first``: what a file hands the
+    monitor per read, so no per-line object is built before the monitor decodes the line."""
+
+    stream: str
+    first: int
+    lines: list[bytes]
+
+
+def expand_blocks(blocks: list[Block]) -> list[Line]:
+    """The lines of ``blocks``, one :class:`Line` each, in order."""
+    out: list[Line] = []
+    for stream, first, lines in blocks:
+        out.extend(map(_new_tuple, repeat(Line), zip(
+            repeat(stream), range(first, first + len(lines)), lines)))
+    return out
 
 
 _new_tuple = tuple.__new__
@@ -181,13 +199,18 @@ class FileTail:
         return [(line.number, line.data) for line in self.read(quick)]
 
     def read(self, quick: bool = False) -> list[Line]:
-        """The complete lines appended since the last call, as :class:`Line` of this path.
+        """The complete lines appended since the last call, as :class:`Line` of this path
+        (see :meth:`read_blocks`)."""
+        return expand_blocks(self.read_blocks(quick))
+
+    def read_blocks(self, quick: bool = False) -> list[Block]:
+        """The complete lines appended since the last call, as blocks of consecutive lines.
 
         ``quick``: return nothing at once when ``stat`` shows the file exactly as the last
         read left it (inode, size, mtime), skipping the head comparison. For a rescan under
         inotify, which reports every real change; never for polling.
         """
-        out: list[Line] = []
+        out: list[Block] = []
         if self._fd is None and not self._open():
             return out
         # One stat of the path answers both "rotated?" and, when not, "how big?" (the same
@@ -234,7 +257,7 @@ class FileTail:
         self.line_no = 0
         self._head = b""
 
-    def _drain(self, out: list[Line], size: int) -> None:
+    def _drain(self, out: list[Block], size: int) -> None:
         fd = self._fd
         assert fd is not None
         if size < self._offset:  # truncated (copytruncate): start over
@@ -255,7 +278,7 @@ class FileTail:
             self._split(chunk, out)
         self.behind = self._offset < size
 
-    def _split(self, chunk: bytes, out: list[Line]) -> None:
+    def _split(self, chunk: bytes, out: list[Block]) -> None:
         if b"\x00" in chunk:
             # The hole copytruncate leaves before a non-append writer's next write.
             self.stats.skip(self.line_no + 1, "nul_bytes", f"{chunk.count(0)} NUL bytes dropped")
@@ -279,18 +302,26 @@ class FileTail:
             # (The first piece may end in a CR that came with the last chunk's partial line.)
             if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
                     and (not count or max(map(len, pieces)) <= limit)):
-                out.extend(map(_new_tuple, repeat(Line), zip(
-                    repeat(self.path), range(first, first + count), pieces)))
-                stats.lines += count
+                if count:
+                    out.append(Block(self.path, first, pieces))
+                    stats.lines += count
             else:
+                run: list[bytes] = []  # consecutive lines kept: one block per run
+                run_first = first
                 for number, piece in enumerate(pieces, first):
                     if len(piece) > limit:
                         stats.skip(number, "line_too_long", f"{len(piece)} bytes")
+                        if run:
+                            out.append(Block(self.path, run_first, run))
+                            run = []
+                        run_first = number + 1
                         continue
                     if piece.endswith(b"\r"):
                         piece = piece[:-1]
                     stats.lines += 1
-                    out.append(Line(self.path, number, piece))
+                    run.append(piece)
+                if run:
+                    out.append(Block(self.path, run_first, run))
         if self._discarding:
             return
         if len(self._partial) + len(rest) > limit:
