@@ -170,13 +170,14 @@ def _write_events(path: Path, events: int, names: list[str]) -> None:
 
 
 def bench_source_read(path: Path) -> float:
-    """CPU seconds the file source alone spends delivering every line of ``path``."""
+    """CPU seconds the file source alone spends delivering every line of ``path``, as the
+    monitor takes them (blocks of raw lines, ``poll_blocks``)."""
     from trainguard.monitor.sources import FileSource
 
     source = FileSource(path)
     start = time.process_time()
     try:
-        while source.poll():
+        while source.poll_blocks():
             pass
     finally:
         source.close()

@@ -1,0 +1,77 @@
+"""A file source hands the monitor blocks of raw lines; the monitor ends where Line objects
+would have taken it: the same records, counts, skips, and skip examples with file and line."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.test_normalize_fast_path import _ListRecorder, _one_metric, _raw, _step
+from trainguard.monitor.daemon import Monitor
+from trainguard.monitor.normalize import FieldMap
+from trainguard.monitor.sources import DirectorySource, FileSource, Line
+from trainguard.monitor.tail import FileTail
+
+_line = st.tuples(st.sampled_from(["a.jsonl", "b.jsonl"]),
+                  st.one_of(_one_metric.map(lambda o: json.dumps(o).encode()),
+                            _step.map(lambda o: json.dumps(o).encode()), _raw),
+                  st.sampled_from([b"\n", b"\n", b"\r\n"]))
+
+
+def _outcome(mon: Monitor, recorder: _ListRecorder) -> tuple[object, ...]:
+    c = mon.counters
+    return recorder.records, c.events, c.records, dict(c.skips), c.examples
+
+
+def _monitor(source: object) -> tuple[Monitor, _ListRecorder]:
+    recorder = _ListRecorder()
+    fmap = FieldMap({"actor/kl_loss": "kl"}, {"actor/grad_norm": "grad_norm"})
+    return Monitor(source, [], field_map=fmap, recorder=recorder), recorder  # type: ignore[arg-type]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_line, max_size=40))
+def test_directory_blocks_evaluate_what_line_objects_do(raw: list[tuple[str, bytes, bytes]]):
+    """Blocks from a run directory: same records, counts, skips and located skip examples as
+    processing one Line per line of each file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in ("a.jsonl", "b.jsonl"):
+            (root / name).write_bytes(b"".join(d + end for s, d, end in raw if s == name))
+        lines: list[Line] = []
+        for name in ("a.jsonl", "b.jsonl"):  # the order a directory source reads them in
+            tail = FileTail(str(root / name))
+            lines += tail.read()
+            tail.close()
+        reference, ref_recorder = _monitor(None)
+        reference.process(lines)
+        reference.flush()
+        source = DirectorySource(root)
+        mon, recorder = _monitor(source)
+        while mon.poll_once():
+            pass
+        mon.flush()
+        source.close()
+        assert _outcome(reference, ref_recorder) == _outcome(mon, recorder)
+
+
+def test_skip_example_from_a_file_names_the_file_and_line(tmp_path: Path):
+    """A garbage line on line 3 of a file is reported as that file's line 3."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"step": 1, "name": "loss", "value": 0.5}\r\n'
+                     b'{"step": 1, "name": "kl", "value": 0.1}\n'
+                     b'{oops\n'
+                     b'{"step": 2, "name": "loss", "value": 0.4}\n')
+    source = FileSource(path)
+    mon, recorder = _monitor(source)
+    while mon.poll_once():
+        pass
+    mon.flush()
+    source.close()
+    assert ([(str(path), 3, "malformed_json")], 3, [1, 2]) == (
+        [(e.stream, e.line, e.reason) for e in mon.counters.examples], mon.counters.events,
+        [r[1] for r in recorder.records])
