@@ -86,3 +86,10 @@ def test_record_holds_normalized_events(tmp_path: Path):
     assert [{"step": 1, "metrics": {"loss": 0.5, "gn": 2.0}}] == [
         {k: v for k, v in json.loads(x).items() if k != "time"}
         for x in record.read_text().splitlines()]
+
+
+def test_a_line_without_end_on_stdin_is_cut_into_bounded_pieces_and_reading_goes_on():
+    """3 MiB of progress bar with no newline, then a NaN loss: the monitor reads on and fires."""
+    data = b"\r 42%|####" * (3 * (1 << 20) // 10) + b'\n{"step": 1, "metrics": {"loss": NaN}}\n'
+    result = run_cli("monitor", "-", "--no-tee", "--rules", "common", "-q", input=data)
+    assert 2 == result.returncode, result.stderr.decode()

@@ -18,13 +18,11 @@ not send; :data:`EXIT_STOPPED` (3) when trainguard stopped it; 1 when it could n
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +44,11 @@ from trainguard.monitor.composite import CompositeSource
 from trainguard.monitor.console import ConsoleSink
 from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
 from trainguard.monitor.normalize import load_field_map
+from trainguard.monitor.pipe import PipeSource
 from trainguard.monitor.postmortem import write_postmortem
 from trainguard.monitor.process import ProcessTarget
 from trainguard.monitor.sources import DirectorySource, Line
 from trainguard.monitor.stdout import make_line_parser
-from trainguard.monitor.tail import TailStats
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
@@ -137,88 +135,12 @@ def _dispatching_parser(output_parser: LineParser,
     return parse
 
 
-class OutputSource:
-    """The command's merged output: passed through byte for byte, split into lines for parsing."""
-
-    name = OUTPUT_STREAM
-    streaming = True
+class OutputSource(PipeSource):
+    """The command's merged output: passed through byte for byte, split into lines for parsing;
+    its last lines are kept for the postmortem."""
 
     def __init__(self, fd: int, passthrough: BinaryIO | None) -> None:
-        self._fd = fd
-        self._out = passthrough
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._done = False
-        self._number = 0
-        self._stats = TailStats()
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.last_output_at = time.monotonic()
-        self._thread = threading.Thread(target=self._pump, name="trainguard-output", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        buffer = b""
-        try:
-            while True:
-                chunk = os.read(self._fd, 1 << 16)
-                if not chunk:
-                    break
-                self.last_output_at = time.monotonic()
-                if self._out is not None:
-                    try:
-                        self._out.write(chunk)
-                        self._out.flush()
-                    except (OSError, ValueError):
-                        self._out = None  # our terminal went away; keep watching the run
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
-                    self._queue.put(raw)
-                if len(buffer) > 1 << 20:  # a line without end (progress bars): bound memory
-                    self._queue.put(buffer)
-                    buffer = b""
-        except OSError:
-            pass
-        finally:
-            if buffer:
-                self._queue.put(buffer)
-            self._queue.put(None)
-
-    def poll(self) -> list[Line]:
-        """Lines that arrived since the last call."""
-        out: list[Line] = []
-        while True:
-            try:
-                raw = self._queue.get_nowait()
-            except queue.Empty:
-                return out
-            if raw is None:
-                self._done = True
-                return out
-            data = raw[:-1] if raw.endswith(b"\r") else raw
-            self._number += 1
-            self._stats.lines += 1
-            self.tail.append(data.decode("utf-8", "replace")[-1000:])
-            out.append(Line(OUTPUT_STREAM, self._number, data))
-
-    def problems(self) -> list[str]:
-        """A pipe has no problems the monitor can see."""
-        return []
-
-    @property
-    def exhausted(self) -> bool:
-        """True once the pipe closed and every line was handed out."""
-        return self._done
-
-    def stats(self) -> dict[str, TailStats]:
-        """Counters of the pipe."""
-        return {OUTPUT_STREAM: self._stats}
-
-    def join(self, timeout: float) -> None:
-        """Wait for the reader to reach the end of the pipe."""
-        self._thread.join(timeout)
-
-    def close(self) -> None:
-        """The reader ends with the pipe."""
+        super().__init__(fd, OUTPUT_STREAM, passthrough=passthrough, keep_last=TAIL_LINES)
 
 
 class _RunSource(CompositeSource):

@@ -13,7 +13,6 @@ building one :class:`Line` per line costs as much as decoding it.
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from trainguard.exceptions import SourceError
+from trainguard.monitor.pipe import PipeSource
 from trainguard.monitor.tail import Block, FileTail, Line, TailStats, expand_blocks
 
 __all__ = ["Block", "DirectorySource", "FileSource", "Line", "Source", "StdinSource", "open_source"]
@@ -274,71 +274,13 @@ class DirectorySource:
             tail.close()
 
 
-class StdinSource:
-    """Lines from a pipe, read by a background thread so the monitor loop never blocks."""
-
-    name = "<stdin>"
-    #: Lines are still arriving until the pipe closes, even in ``--once`` mode.
-    streaming = True
+class StdinSource(PipeSource):
+    """Lines from standard input (see :mod:`trainguard.monitor.pipe`); ``tee`` receives every
+    byte unchanged before it is parsed."""
 
     def __init__(self, stream: BinaryIO | None = None, *, tee: BinaryIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdin.buffer
-        self._tee = tee
-        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._done = False
-        self._number = 0
-        self._stats = TailStats()
-        self._thread = threading.Thread(target=self._pump, name="trainguard-stdin", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for raw in self._stream:
-                if self._tee is not None:
-                    try:
-                        self._tee.write(raw)
-                        self._tee.flush()
-                    except (OSError, ValueError):
-                        self._tee = None  # the reader of our stdout went away; keep monitoring
-                self._queue.put(raw)
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._queue.put(None)
-
-    def poll(self) -> list[Line]:
-        """Lines read since the last call."""
-        out: list[Line] = []
-        while True:
-            try:
-                raw = self._queue.get_nowait()
-            except queue.Empty:
-                return out
-            if raw is None:
-                self._done = True
-                return out
-            self._number += 1
-            data = raw.rstrip(b"\n")
-            if data.endswith(b"\r"):
-                data = data[:-1]
-            self._stats.lines += 1
-            out.append(Line(self.name, self._number, data))
-
-    def problems(self) -> list[str]:
-        """A pipe has no problems the monitor can see."""
-        return []
-
-    @property
-    def exhausted(self) -> bool:
-        """True once the pipe closed and every line was handed out."""
-        return self._done
-
-    def stats(self) -> dict[str, TailStats]:
-        """Counters of the pipe."""
-        return {self.name: self._stats}
-
-    def close(self) -> None:
-        """The reader thread is a daemon and ends with the pipe."""
+        fd = (stream if stream is not None else sys.stdin.buffer).fileno()
+        super().__init__(fd, "<stdin>", passthrough=tee)
 
 
 def open_source(spec: str, *, exclude: Iterable[str] = (), from_start: bool = True,
