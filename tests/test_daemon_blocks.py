@@ -35,6 +35,16 @@ def _monitor(source: object) -> tuple[Monitor, _ListRecorder]:
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(_line, max_size=40))
+def _drained(source: FileSource | DirectorySource) -> tuple[Monitor, _ListRecorder]:
+    """A monitor that has read ``source`` to its end (then closed it)."""
+    mon, recorder = _monitor(source)
+    while mon.poll_once():
+        pass
+    mon.flush()
+    source.close()
+    return mon, recorder
+
+
 def test_directory_blocks_evaluate_what_line_objects_do(raw: list[tuple[str, bytes, bytes]]):
     """Blocks from a run directory: same records, counts, skips and located skip examples as
     processing one Line per line of each file."""
@@ -51,11 +61,7 @@ def test_directory_blocks_evaluate_what_line_objects_do(raw: list[tuple[str, byt
         reference.process(lines)
         reference.flush()
         source = DirectorySource(root)
-        mon, recorder = _monitor(source)
-        while mon.poll_once():
-            pass
-        mon.flush()
-        source.close()
+        mon, recorder = _drained(source)
         assert _outcome(reference, ref_recorder) == _outcome(mon, recorder)
 
 
@@ -67,11 +73,7 @@ def test_skip_example_from_a_file_names_the_file_and_line(tmp_path: Path):
                      b'{oops\n'
                      b'{"step": 2, "name": "loss", "value": 0.4}\n')
     source = FileSource(path)
-    mon, recorder = _monitor(source)
-    while mon.poll_once():
-        pass
-    mon.flush()
-    source.close()
+    mon, recorder = _drained(source)
     assert ([(str(path), 3, "malformed_json")], 3, [1, 2]) == (
         [(e.stream, e.line, e.reason) for e in mon.counters.examples], mon.counters.events,
         [r[1] for r in recorder.records])

@@ -187,31 +187,25 @@ class NvmlSource:
         memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         if memory.total:
             metrics["gpu/memory_used_frac"] = memory.used / memory.total
-        try:
-            metrics["gpu/temperature_c"] = float(
-                nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))
-        except not_supported:
-            pass
-        try:
-            metrics["gpu/power_w"] = nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-        except not_supported:
-            pass
-        try:
-            metrics["gpu/sm_clock_mhz"] = float(
-                nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
-        except not_supported:
-            pass
-        try:
-            reasons = nvml.nvmlDeviceGetCurrentClocksEventReasons(handle)
-            thermal = (nvml.nvmlClocksEventReasonSwThermalSlowdown
-                       | nvml.nvmlClocksEventReasonHwThermalSlowdown)
-            metrics["gpu/throttle_thermal"] = 1.0 if reasons & thermal else 0.0
-        except not_supported:
-            pass
+        thermal = (nvml.nvmlClocksEventReasonSwThermalSlowdown
+                   | nvml.nvmlClocksEventReasonHwThermalSlowdown)
+        # Queries a GPU may not support: the metric is left out, never guessed.
+        optional: list[tuple[str, Callable[[], float]]] = [
+            ("gpu/temperature_c", lambda: float(
+                nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))),
+            ("gpu/power_w", lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),
+            ("gpu/sm_clock_mhz", lambda: float(
+                nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))),
+            ("gpu/throttle_thermal", lambda: 1.0 if (
+                nvml.nvmlDeviceGetCurrentClocksEventReasons(handle) & thermal) else 0.0),
+        ]
         if self._ecc[index]:
+            optional.append(("gpu/ecc_uncorrected", lambda: float(
+                nvml.nvmlDeviceGetTotalEccErrors(handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                                 nvml.NVML_VOLATILE_ECC))))
+        for name, read in optional:
             try:
-                metrics["gpu/ecc_uncorrected"] = float(nvml.nvmlDeviceGetTotalEccErrors(
-                    handle, nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, nvml.NVML_VOLATILE_ECC))
+                metrics[name] = read()
             except not_supported:
                 pass
         return metrics
