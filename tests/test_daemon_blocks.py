@@ -33,8 +33,6 @@ def _monitor(source: object) -> tuple[Monitor, _ListRecorder]:
     return Monitor(source, [], field_map=fmap, recorder=recorder), recorder  # type: ignore[arg-type]
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_line, max_size=40))
 def _drained(source: FileSource | DirectorySource) -> tuple[Monitor, _ListRecorder]:
     """A monitor that has read ``source`` to its end (then closed it)."""
     mon, recorder = _monitor(source)
@@ -45,6 +43,8 @@ def _drained(source: FileSource | DirectorySource) -> tuple[Monitor, _ListRecord
     return mon, recorder
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_line, max_size=40))
 def test_directory_blocks_evaluate_what_line_objects_do(raw: list[tuple[str, bytes, bytes]]):
     """Blocks from a run directory: same records, counts, skips and located skip examples as
     processing one Line per line of each file."""
