@@ -1,0 +1,72 @@
+"""Start-up cost of the CLI (CPU seconds of the child process, best of N, printed as JSON).
+
+* ``monitor_once_s``: ``trainguard monitor F --once --quiet`` on a 10-line TRL SFT file with the
+  default packs and the trainer auto-detected (the fixed cost of every CI gate and every
+  end-to-end throughput figure);
+* ``help_s``: ``trainguard --help``;
+* ``python_s``: ``python -c pass``, the interpreter's own floor.
+
+CPU time is user + system of the child, read from ``os.wait4``'s rusage, so other load on the
+machine changes it little. ``--n`` sets the number of runs (default 7; ``--quick``: 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cpu_seconds(argv: list[str], env: dict[str, str]) -> float:
+    """User + system CPU seconds of one run of ``argv`` (its output discarded)."""
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 2):
+        raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}")
+    return usage.ru_utime + usage.ru_stime
+
+
+def _best(argv: list[str], env: dict[str, str], n: int) -> float:
+    return min(_cpu_seconds(argv, env) for _ in range(n))
+
+
+def _write_events(path: Path, steps: int = 10) -> None:
+    """Canonical JSONL as TRL's SFTTrainer logs it (so auto-detection adds the sft pack)."""
+    with path.open("w", encoding="utf-8") as handle:
+        for step in range(1, steps + 1):
+            metrics = {"loss": 3.6 - 0.01 * step, "grad_norm": 2.9, "learning_rate": 1e-3,
+                       "entropy": 3.62, "mean_token_accuracy": 0.0, "num_tokens": 11.0 * step,
+                       "epoch": step / 8}
+            handle.write(json.dumps({"time": 1.7e9 + step, "step": step,
+                                     "metrics": metrics}) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=7, help="runs per figure (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="3 runs per figure")
+    args = parser.parse_args()
+    n = 3 if args.quick else args.n
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    cli = [sys.executable, "-m", "trainguard"]
+    with tempfile.TemporaryDirectory() as tmp:
+        events = Path(tmp) / "events.jsonl"
+        _write_events(events)
+        monitor = _best([*cli, "monitor", str(events), "--once", "--quiet"], env, n)
+    help_s = _best([*cli, "--help"], env, n)
+    python_s = _best([sys.executable, "-c", "pass"], env, n)
+    print(json.dumps({"bench": "startup", "runs": n, "monitor_once_s": round(monitor, 3),
+                      "help_s": round(help_s, 3), "python_s": round(python_s, 3)}))
+
+
+if __name__ == "__main__":
+    main()
