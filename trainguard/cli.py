@@ -6,16 +6,21 @@ read its input or its rules (or a source became unreadable: a blind monitor is n
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from functools import cache
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from trainguard import __version__
 from trainguard.exceptions import TrainguardError
-from trainguard.monitor.daemon import EXIT_DEGRADED
-from trainguard.monitor.session import MonitorOptions, run_monitor
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Each command imports what it needs (the monitor, the rules, rich) when it runs: `trainguard
+# --help` and a `monitor --once` CI gate start in a fraction of the time (bench_startup.py).
+#: Mirrors trainguard.monitor.daemon.EXIT_DEGRADED (pinned by tests/test_startup.py).
+EXIT_DEGRADED = 1
 
 app = typer.Typer(
     name="trainguard",
@@ -25,11 +30,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-_err = Console(stderr=True, highlight=False)
+
+
+@cache
+def _err() -> Console:
+    """The stderr console, made on first use (rich costs tens of ms to import)."""
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _fail(exc: TrainguardError) -> typer.Exit:
-    _err.print(f"[bold red]error:[/] {escape(str(exc))}")  # messages may hold [brackets]
+    _err().print(f"[bold red]error:[/] {_escape(str(exc))}")  # messages may hold [brackets]
     return typer.Exit(EXIT_DEGRADED)
 
 
@@ -137,6 +155,8 @@ def monitor(
 
     Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
     """
+    from trainguard.monitor.session import MonitorOptions, run_monitor
+
     options = MonitorOptions(source=source or "", rules=list(rules), alerts=alerts, control=control,
                              stop=stop, once=once, field_maps=list(field_map),
                              poll_interval=poll_interval, quiet=quiet, from_end=from_end,
@@ -235,7 +255,7 @@ def rules_validate(files: Annotated[list[str], typer.Argument(help="Rule files (
         try:
             compiled = validate_file(path)
         except TrainguardError as exc:
-            _err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            _err().print(f"[bold red]error:[/] {_escape(str(exc))}")
             failed = True
             continue
         typer.echo(f"{path}: OK, {len(compiled)} rules")
@@ -264,7 +284,7 @@ def rules_test(files: Annotated[list[str], typer.Argument(
         try:
             results = run_rule_tests(path)
         except TrainguardError as exc:
-            _err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            _err().print(f"[bold red]error:[/] {_escape(str(exc))}")
             failed += 1
             continue
         for result in results:
@@ -380,15 +400,15 @@ def convert(
     except TrainguardError as exc:
         raise _fail(exc) from None
     skipped = sum(result.skips.values())
-    _err.print(f"trainguard convert: {result.lines} lines -> {result.records} steps "
-               f"({result.events} metric values) in {escape(output)}; {skipped} lines skipped",
+    _err().print(f"trainguard convert: {result.lines} lines -> {result.records} steps "
+               f"({result.events} metric values) in {_escape(output)}; {skipped} lines skipped",
                highlight=False)
     for reason, count in result.skips.most_common():
-        _err.print(f"  skipped {count} x {reason}")
+        _err().print(f"  skipped {count} x {reason}")
     for ex in result.skip_examples:
-        _err.print(f"    {escape(ex.stream)}:{ex.line}: {ex.reason} {escape(ex.detail)}")
+        _err().print(f"    {_escape(ex.stream)}:{ex.line}: {ex.reason} {_escape(ex.detail)}")
     for problem in result.problems:
-        _err.print(f"  [bold yellow]DEGRADED:[/] {escape(problem)}")
+        _err().print(f"  [bold yellow]DEGRADED:[/] {_escape(problem)}")
     raise typer.Exit(EXIT_DEGRADED if result.problems else 0)
 
 

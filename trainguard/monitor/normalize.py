@@ -74,7 +74,8 @@ _Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 class FieldMapFile(BaseModel):
     """The schema of a field-map YAML file (a preset or a user's ``--field-map FILE``)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # Built on the first file validated, not at import: most starts read no field map.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     description: str = ""
     #: source key -> canonical key; the source key is replaced.

@@ -13,32 +13,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainguard.control import CONTROL_FILENAME
 from trainguard.exceptions import ConfigError, TrainguardError
-from trainguard.monitor.actions import (
-    SENT_LOG_FILENAME,
-    ControlFileStopper,
-    SentLog,
-    Stopper,
-    StopPlan,
-    read_run_id,
-    stale_control_file,
-)
 from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
-from trainguard.monitor.console import ConsoleSink
-from trainguard.monitor.daemon import Monitor, Verdict
+from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.postmortem import write_postmortem
-from trainguard.monitor.process import ProcessTarget, parse_signal
 from trainguard.monitor.record import Recorder
 from trainguard.monitor.report import build_report, summary_lines, write_report
 from trainguard.monitor.sources import STATE_DIRNAME, open_source
-from trainguard.monitor.stdout import make_line_parser
 from trainguard.monitor.watch import start_watcher
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
+
+if TYPE_CHECKING:
+    from trainguard.monitor.actions import ControlFileStopper, SentLog, Stopper, StopPlan
+    from trainguard.monitor.console import ConsoleSink
+    from trainguard.monitor.process import ProcessTarget
+
+# What only some sessions use is imported where it is used, so `monitor FILE --once --quiet`
+# does not pay for it at start (benchmarks/bench_startup.py): the stop machinery (psutil),
+# rich (nothing is printed), the stdout parsers (re2; a file is canonical JSONL).
 
 __all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES"]
 
@@ -114,8 +111,14 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
     # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
     stdout_auto = options.regex is not None or options.source == "-"
-    parser = make_line_parser(options.regex, auto=stdout_auto, logging_steps=options.logging_steps,
-                              steps_per_epoch=options.steps_per_epoch)
+    if options.regex is None and not stdout_auto:
+        parser: LineParser = json_line_parser  # what make_line_parser(None, auto=False) returns
+    else:
+        from trainguard.monitor.stdout import make_line_parser
+
+        parser = make_line_parser(options.regex, auto=stdout_auto,
+                                  logging_steps=options.logging_steps,
+                                  steps_per_epoch=options.steps_per_epoch)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
@@ -151,7 +154,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
                     if state_path else None)
     watcher = None if options.poll or options.once else start_watcher(source)
-    console = ConsoleSink()
+    console = _Console()
     sinks: list[AlertSink] = [] if options.quiet else [console]
     jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
     if jsonl is not None:
@@ -159,6 +162,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     stopper: Stopper | None = None
     control_stopper = None
     if control_path:
+        from trainguard.monitor.actions import ControlFileStopper
+
         control_stopper = ControlFileStopper(control_path,
                                              run_dir=run_dir or Path(control_path).parent)
     stopper = control_stopper
@@ -265,7 +270,29 @@ def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-unt
     return restore
 
 
-def _print_summary(console: ConsoleSink, verdict: Verdict) -> None:
+class _Console:
+    """The terminal view, made on first use: a session that prints nothing never imports rich."""
+
+    def __init__(self) -> None:
+        self._sink: ConsoleSink | None = None
+
+    def _get(self) -> ConsoleSink:
+        if self._sink is None:
+            from trainguard.monitor.console import ConsoleSink
+
+            self._sink = ConsoleSink()
+        return self._sink
+
+    def emit(self, alert: Alert) -> None:
+        """Print one alert."""
+        self._get().emit(alert)
+
+    def line(self, message: str, style: str = "") -> None:
+        """Print a status line."""
+        self._get().line(message, style=style)
+
+
+def _print_summary(console: _Console, verdict: Verdict) -> None:
     firing = [a for a in verdict.alerts if a.state == "firing"]
     skipped = sum(verdict.skips.values())
     console.line(
@@ -285,7 +312,7 @@ class _StaleControlWatch:
     """Reports, once, a control file left by another run (the trainer ignores it)."""
 
     def __init__(self, control_path: str | Path | None, run_dir: Path | None,
-                 console: ConsoleSink, sinks: list[AlertSink]) -> None:
+                 console: _Console, sinks: list[AlertSink]) -> None:
         self.control_path, self.run_dir = control_path, run_dir
         self.console, self.sinks = console, sinks
         self.done = control_path is None or run_dir is None
@@ -294,6 +321,8 @@ class _StaleControlWatch:
         if self.done:
             return
         assert self.run_dir is not None and self.control_path is not None
+        from trainguard.monitor.actions import read_run_id, stale_control_file
+
         run_id = read_run_id(self.run_dir)
         if run_id is None:
             return
@@ -319,10 +348,13 @@ class _StopWatch:
 
     @classmethod
     def start(cls, options: MonitorOptions, control: ControlFileStopper | None,
-              run_dir: Path | None, console: ConsoleSink,
+              run_dir: Path | None, console: _Console,
               sinks: list[AlertSink]) -> _StopWatch | None:
         if options.pid is None and control is None:
             return None
+        from trainguard.monitor.actions import SENT_LOG_FILENAME, SentLog, StopPlan
+        from trainguard.monitor.process import ProcessTarget, parse_signal
+
         sig = parse_signal(options.signal)
         sent_log = SentLog(run_dir / SENT_LOG_FILENAME if run_dir else None)
         target = None
@@ -367,6 +399,9 @@ class _StopWatch:
         self.target.close()
         if self.run_dir is None or not exited:
             return
+        from trainguard.monitor.actions import read_run_id
+        from trainguard.monitor.postmortem import write_postmortem
+
         record = self.plan.record
         write_postmortem(self.run_dir, status="stopped" if record else "exited", returncode=None,
                          last_records=monitor.last_records, alerts=monitor.alerts,

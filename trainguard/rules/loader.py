@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import YAMLError
 
 from trainguard.exceptions import ConfigError, RuleSyntaxError, UnknownPackError
+from trainguard.rules import pack_cache
 from trainguard.rules.dsl import Condition, compile_condition
 from trainguard.rules.models import Rule, RulePack
+
+# ruamel.yaml is imported where YAML is read: a start whose built-in packs come from the cache
+# (rules/pack_cache.py) never imports it.
 
 __all__ = ["CompiledRule", "apply_overrides", "builtin_pack_names", "compile_rule", "load_pack",
            "load_rules", "load_yaml", "parse_pack"]
@@ -98,6 +99,9 @@ def load_yaml(text: str, path: str) -> Any:
     """Parse YAML safely (plain data tags only), size- and node-capped, keeping line numbers."""
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError(f"file is larger than {MAX_YAML_BYTES} bytes", path=path)
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     # The round-trip loader keeps line numbers for messages; it never builds Python objects,
     # and the tag check below refuses documents that ask for them instead of keeping them.
     yaml = YAML(typ="rt")
@@ -118,6 +122,8 @@ def load_yaml(text: str, path: str) -> Any:
 
 def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
     """Best-effort source line of the pydantic error location ``loc`` in ruamel data."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
     node, line = data, None
     for key in loc:
         if isinstance(node, CommentedMap) and key in node:
@@ -191,6 +197,14 @@ def _validation_error(exc: ValidationError, data: Any, data_for_model: Any,
 
 def parse_pack(text: str, path: str) -> list[CompiledRule]:
     """Validate and compile the rules of one YAML document (a pack, or a bare rule list)."""
+    return [compile_rule(rule, path, cond_line, line)
+            for rule, line, cond_line in _parse_located(text, path)]
+
+
+def _parse_located(text: str, path: str) -> list[pack_cache.LocatedRule]:
+    """Validate one YAML document: each rule with its line and its condition's line."""
+    from ruamel.yaml.comments import CommentedSeq
+
     data = load_yaml(text, path)
     if isinstance(data, list):
         data_for_model: Any = {"pack": Path(path).stem, "rules": data}
@@ -203,7 +217,7 @@ def parse_pack(text: str, path: str) -> list[CompiledRule]:
         pack = RulePack.model_validate(dict(data_for_model))
     except ValidationError as exc:
         raise _validation_error(exc, data, data_for_model, path) from exc
-    compiled: list[CompiledRule] = []
+    located: list[pack_cache.LocatedRule] = []
     seq = data.get("rules") if isinstance(data, dict) else data
     seen: dict[str, int | None] = {}
     for index, rule in enumerate(pack.rules):
@@ -222,8 +236,8 @@ def parse_pack(text: str, path: str) -> list[CompiledRule]:
             cond_line = seq[index].lc.key("condition")[0] + 1  # type: ignore[index]
         except (KeyError, TypeError, AttributeError, IndexError):
             pass
-        compiled.append(compile_rule(rule, path, cond_line, line))
-    return compiled
+        located.append((rule, line, cond_line))
+    return located
 
 
 def compile_rule(rule: Rule, path: str = "<rule>", cond_line: int | None = None,
@@ -255,7 +269,20 @@ def load_pack(name_or_path: str) -> list[CompiledRule]:
             "(or give the path of a YAML rule file)"
         )
     resource = resources.files("trainguard.rules") / "packs" / f"{name_or_path}.yaml"
-    return parse_pack(resource.read_text(encoding="utf-8"), f"<pack {name_or_path}>")
+    return _load_builtin(name_or_path, resource.read_text(encoding="utf-8"))
+
+
+def _load_builtin(name: str, text: str) -> list[CompiledRule]:
+    """A built-in pack, from the cache when its YAML and our code are unchanged."""
+    path = f"<pack {name}>"
+    located = pack_cache.load_cached(name, text)
+    hit = located is not None
+    if located is None:
+        located = _parse_located(text, path)
+    compiled = [compile_rule(rule, path, cond_line, line) for rule, line, cond_line in located]
+    if not hit:  # only a pack that parsed, validated and compiled is worth keeping
+        pack_cache.store(name, text, located)
+    return compiled
 
 
 def load_rules(specs: Iterable[str]) -> list[CompiledRule]:

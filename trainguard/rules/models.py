@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,7 +40,10 @@ class Action(str, Enum):
 class Rule(BaseModel):
     """One rule: what it watches, when it fires, and what it tells the user."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    # defer_build: the validator is built on the first validation, not at import; a start that
+    # takes its built-in packs from the cache (rules/pack_cache.py) never builds it (~40 ms).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True,
+                              defer_build=True)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$",
                     description="Unique id, e.g. common.nonfinite_loss")
@@ -87,11 +91,33 @@ class Rule(BaseModel):
                                  + ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS))
         return value
 
+    def validated_fields(self) -> dict[str, Any]:
+        """The fields set on this (validated) rule, by field name, as JSON data."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+    @classmethod
+    def from_validated(cls, fields: Mapping[str, Any]) -> Rule:
+        """The rule whose :meth:`validated_fields` were ``fields``, without validating again.
+
+        Only for data this process's code wrote from a validated rule (the built-in pack cache,
+        keyed by this module's source): it is trusted, so the enums are all that is rebuilt.
+        Raises ValueError for a field the model does not have.
+        """
+        values = dict(fields)
+        unknown = values.keys() - cls.model_fields.keys()
+        if unknown:
+            raise ValueError(f"not fields of a rule: {', '.join(sorted(unknown))}")
+        if "severity" in values:
+            values["severity"] = Severity(values["severity"])
+        if "action" in values:
+            values["action"] = Action(values["action"])
+        return cls.model_construct(**values)
+
 
 class RulePack(BaseModel):
     """A named collection of rules, as shipped in ``trainguard/rules/packs/NAME.yaml``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     pack: str
     description: str = ""
