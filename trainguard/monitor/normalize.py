@@ -25,6 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from trainguard import builtin_cache
 from trainguard.exceptions import ConfigError, UnknownPackError
 
 __all__ = ["FieldMap", "FieldMapFile", "builtin_field_maps", "load_field_map", "parse_field_map"]
@@ -162,6 +163,25 @@ def load_field_map(specs: Iterable[str]) -> FieldMap:
             raise UnknownPackError(f"unknown field-map preset {spec!r}; built-in: "
                                    f"{', '.join(names)}; or give a YAML file or SOURCE=TARGET")
         resource = resources.files("trainguard.presets") / "fields" / f"{spec}.yaml"
-        result = result.merged(parse_field_map(resource.read_text(encoding="utf-8"),
-                                               f"<preset {spec}>"))
+        result = result.merged(_builtin_field_map(spec, resource.read_text(encoding="utf-8")))
     return result
+
+
+#: What decides a cached preset's content besides its YAML (part of the cache key).
+_CACHE_CODE = ("trainguard.monitor.normalize",)
+
+
+def _builtin_field_map(name: str, text: str) -> FieldMap:
+    """A field-map preset, from the cache when its YAML and this module are unchanged."""
+    cached = builtin_cache.load("fields", name, text, _CACHE_CODE)
+    if isinstance(cached, dict) and all(_is_str_map(cached.get(k)) for k in ("fields", "aliases")):
+        return FieldMap(cached["fields"], cached["aliases"])
+    field_map = parse_field_map(text, f"<preset {name}>")
+    builtin_cache.store("fields", name, text, _CACHE_CODE,
+                        {"fields": field_map.mapping, "aliases": field_map.aliases})
+    return field_map
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                           for k, v in value.items())

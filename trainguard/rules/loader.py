@@ -10,13 +10,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from trainguard import builtin_cache
 from trainguard.exceptions import ConfigError, RuleSyntaxError, UnknownPackError
-from trainguard.rules import pack_cache
 from trainguard.rules.dsl import Condition, compile_condition
 from trainguard.rules.models import Rule, RulePack
 
 # ruamel.yaml is imported where YAML is read: a start whose built-in packs come from the cache
-# (rules/pack_cache.py) never imports it.
+# (builtin_cache.py) never imports it.
+
+#: A validated rule with the lines of its entry and of its ``condition:`` in the file.
+LocatedRule = tuple[Rule, int | None, int | None]
 
 __all__ = ["CompiledRule", "apply_overrides", "builtin_pack_names", "compile_rule", "load_pack",
            "load_rules", "load_yaml", "parse_pack"]
@@ -201,7 +204,7 @@ def parse_pack(text: str, path: str) -> list[CompiledRule]:
             for rule, line, cond_line in _parse_located(text, path)]
 
 
-def _parse_located(text: str, path: str) -> list[pack_cache.LocatedRule]:
+def _parse_located(text: str, path: str) -> list[LocatedRule]:
     """Validate one YAML document: each rule with its line and its condition's line."""
     from ruamel.yaml.comments import CommentedSeq
 
@@ -217,7 +220,7 @@ def _parse_located(text: str, path: str) -> list[pack_cache.LocatedRule]:
         pack = RulePack.model_validate(dict(data_for_model))
     except ValidationError as exc:
         raise _validation_error(exc, data, data_for_model, path) from exc
-    located: list[pack_cache.LocatedRule] = []
+    located: list[LocatedRule] = []
     seq = data.get("rules") if isinstance(data, dict) else data
     seen: dict[str, int | None] = {}
     for index, rule in enumerate(pack.rules):
@@ -272,17 +275,40 @@ def load_pack(name_or_path: str) -> list[CompiledRule]:
     return _load_builtin(name_or_path, resource.read_text(encoding="utf-8"))
 
 
+#: What decides a cached pack's content besides its YAML (part of the cache key).
+_CACHE_CODE = ("trainguard.rules.models", "trainguard.rules.loader")
+
+
 def _load_builtin(name: str, text: str) -> list[CompiledRule]:
-    """A built-in pack, from the cache when its YAML and our code are unchanged."""
+    """A built-in pack, from the cache when its YAML and this code are unchanged."""
     path = f"<pack {name}>"
-    located = pack_cache.load_cached(name, text)
+    located = _from_cache(builtin_cache.load("packs", name, text, _CACHE_CODE))
     hit = located is not None
     if located is None:
         located = _parse_located(text, path)
     compiled = [compile_rule(rule, path, cond_line, line) for rule, line, cond_line in located]
     if not hit:  # only a pack that parsed, validated and compiled is worth keeping
-        pack_cache.store(name, text, located)
+        builtin_cache.store("packs", name, text, _CACHE_CODE,
+                            [[rule.validated_fields(), line, cond_line]
+                             for rule, line, cond_line in located])
     return compiled
+
+
+def _from_cache(entry: Any) -> list[LocatedRule] | None:
+    """The located rules of a cache entry; None for a miss or an entry of another shape."""
+    if not isinstance(entry, list):
+        return None
+    try:
+        return [(Rule.from_validated(fields), _cached_line(line), _cached_line(cond_line))
+                for fields, line, cond_line in entry]
+    except (TypeError, ValueError):
+        return None
+
+
+def _cached_line(value: Any) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise TypeError(f"line {value!r} is not an int")
 
 
 def load_rules(specs: Iterable[str]) -> list[CompiledRule]:

@@ -41,7 +41,7 @@ class Rule(BaseModel):
     """One rule: what it watches, when it fires, and what it tells the user."""
 
     # defer_build: the validator is built on the first validation, not at import; a start that
-    # takes its built-in packs from the cache (rules/pack_cache.py) never builds it (~40 ms).
+    # takes its built-in packs from the cache (builtin_cache.py) never builds it (~40 ms).
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True,
                               defer_build=True)
 
