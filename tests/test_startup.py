@@ -92,6 +92,31 @@ def test_an_entry_of_another_shape_is_a_miss(cache: Path, index: int, change: ob
     assert _cached("common") is None
 
 
+@pytest.mark.parametrize("tamper", ["group-writable", "another-owner"])
+def test_an_entry_someone_else_could_have_written_is_a_miss(cache: Path, tamper: str):
+    """Cached rules are trusted, so an entry not owned by us alone is never used."""
+    load_pack("common")
+    (entry,) = (cache / "packs").iterdir()
+    if tamper == "group-writable":
+        entry.chmod(0o664)
+    elif os.geteuid() == 0:
+        os.chown(entry, 65534, 65534)
+    else:
+        pytest.skip("only root can give a file to another owner")
+    assert _cached("common") is None
+
+
+def test_entries_are_written_for_us_alone_whatever_the_umask(cache: Path):
+    """A umask of 002 does not make entries group-writable (which would make them all miss)."""
+    old = os.umask(0o002)
+    try:
+        load_pack("common")
+    finally:
+        os.umask(old)
+    (entry,) = (cache / "packs").iterdir()
+    assert (0o600, True) == (entry.stat().st_mode & 0o777, _cached("common") is not None)
+
+
 def test_an_unwritable_cache_still_loads_the_pack(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch):
     """A cache dir that cannot be made (its parent is a file) is skipped, leaving nothing."""

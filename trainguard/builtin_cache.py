@@ -10,8 +10,9 @@ field-map presets.
   the code that turned the text into the data (the caller names those modules: the schema and
   the loader), so an edited file or an edited model is a miss, never old data. The key is
   written inside the entry and checked again when it is read.
-* Never unsafe: plain JSON, never pickle. Callers turn an entry of an unexpected shape into a
-  miss.
+* Never unsafe: plain JSON, never pickle; an entry that another user owns or could have
+  written (group- or world-writable) is a miss, since its rules would be trusted. Callers turn
+  an entry of an unexpected shape into a miss.
 * Never in the way: a cache that cannot be read or written (read-only home, full disk) is
   skipped silently and the file is parsed as before. Only built-in files are cached; a user's
   own rule or field-map file is parsed every time, its errors located as always.
@@ -89,6 +90,9 @@ def load(kind: str, name: str, text: str, code: tuple[str, ...]) -> Any:
     path, key = entry
     try:
         with open(path, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if status.st_uid != os.getuid() or status.st_mode & 0o022:
+                return None
             payload = json.loads(handle.read())
     except (OSError, ValueError):
         return None
@@ -106,8 +110,11 @@ def store(kind: str, name: str, text: str, code: tuple[str, ...], data: Any) -> 
     path, key = entry
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as handle:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # 0o600 whatever the umask (an entry others could write is never read, above); a new
+        # file, never one planted there or a link to elsewhere.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump({"format": _FORMAT, "key": key, "data": data}, handle,
                       separators=(",", ":"), allow_nan=False)
         os.replace(tmp, path)  # readers see the old entry or the whole new one, never half
