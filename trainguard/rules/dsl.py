@@ -47,14 +47,17 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trainguard.exceptions import RuleSyntaxError
 
 __all__ = ["Call", "Compiled", "Condition", "EvalContext", "Evaluator", "FUNCTIONS", "Node",
-           "compile_condition", "current_context", "function"]
+           "compile_condition", "current_context", "function", "lazy_vector"]
 
 #: An instantiated condition: the metrics of one step in, a number / truth value or None out.
 Evaluator = Callable[[Mapping[str, float]], float | None]
+#: Builds a batch evaluator (see :mod:`trainguard.rules.vector`).
+VFactory = Callable[[], Any]
 
 _TOKEN = re.compile(
     r"""
@@ -170,15 +173,32 @@ class Node:
     #: The metric's key when the node is a bare metric, so a parent can read it inline
     #: (``m.get(name)``) instead of calling the child's evaluator: one call less per step.
     name: str | None = None
+    #: Builds the batch form of the node (:mod:`trainguard.rules.vector`), or ``None`` where a
+    #: part has none (a function registered without one): such a rule is evaluated per record.
+    vmake: VFactory | None = None
+
+
+def lazy_vector(fn_name: str, *args: object) -> VFactory | None:
+    """The factory ``trainguard.rules.vector.<fn_name>(*args)``, imported on first use (numpy
+    costs a tenth of a second of start-up that a command which evaluates nothing should not
+    pay); ``None`` when an argument that is a child's factory is ``None``."""
+    if any(a is None for a in args):
+        return None
+
+    def make() -> Any:
+        from trainguard.rules import vector
+        return getattr(vector, fn_name)(*args)()
+    return make
 
 
 def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
     return Node(lambda: (lambda m: value), frozenset(), constant=value, percent=percent,
-                unit=unit)
+                unit=unit, vmake=lazy_vector("const", value))
 
 
 def _metric(name: str) -> Node:
-    return Node(lambda: (lambda m: m.get(name)), frozenset({name}), name=name)
+    return Node(lambda: (lambda m: m.get(name)), frozenset({name}), name=name,
+                vmake=lazy_vector("metric", name))
 
 
 def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
@@ -240,8 +260,9 @@ def _binary(op: str, left: Node, right: Node) -> Node:
 
     metrics, always = left.metrics | right.metrics, left.always or right.always
     const = right.constant
+    vmake = lazy_vector("binary", op, left.vmake, right.vmake)
     if const is not None and op in _CMP:
-        return Node(_compare_constant(op, left, const), metrics, always=always)
+        return Node(_compare_constant(op, left, const), metrics, always=always, vmake=vmake)
 
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
@@ -263,7 +284,7 @@ def _binary(op: str, left: Node, right: Node) -> Node:
                 return None
             return fn(a, b)
         return evaluate
-    return Node(make, metrics, always=always)
+    return Node(make, metrics, always=always, vmake=vmake)
 
 
 def _logical(op: str, left: Node, right: Node) -> Node:
@@ -286,7 +307,8 @@ def _logical(op: str, left: Node, right: Node) -> Node:
                     return None
                 return 0.0
         return evaluate
-    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+    return Node(make, left.metrics | right.metrics, always=left.always or right.always,
+                vmake=lazy_vector("logical", op, left.vmake, right.vmake))
 
 
 def _negate(inner: Node, arithmetic: bool) -> Node:
@@ -297,7 +319,7 @@ def _negate(inner: Node, arithmetic: bool) -> Node:
         return lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)
     return Node(make, inner.metrics,
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
-                always=inner.always)
+                always=inner.always, vmake=lazy_vector("negate", inner.vmake, arithmetic))
 
 
 # -- functions -------------------------------------------------------------------------------
@@ -523,6 +545,16 @@ class Condition:
     def always(self) -> bool:
         """Whether to evaluate on every step record, not only those carrying its metrics."""
         return self._node.always
+
+    @property
+    def batched(self) -> bool:
+        """Whether the condition has a batch form (:meth:`new_batch_evaluator`)."""
+        return self._node.vmake is not None
+
+    def new_batch_evaluator(self) -> Any:
+        """A fresh batch evaluator (:mod:`trainguard.rules.vector`) with its own state."""
+        assert self._node.vmake is not None, "no batch form: check .batched first"
+        return self._node.vmake()
 
     def new_evaluator(self) -> Evaluator:
         """A fresh evaluator, with its own rolling state (one per rank or scope)."""

@@ -45,7 +45,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 
-from trainguard.rules.dsl import Call, Evaluator, Node, current_context, function
+from trainguard.rules.dsl import Call, Evaluator, Node, current_context, function, lazy_vector
 
 __all__: list[str] = []
 
@@ -134,7 +134,7 @@ def _nonfinite(call: Call) -> Node:
                 return None
             return 0.0 if isfinite(v) else 1.0
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, vmake=lazy_vector("nonfinite", operand.vmake))
 
 
 @function("spike")
@@ -171,7 +171,8 @@ def _spike(call: Call) -> Node:
             total += v
             return fired
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("spike", operand.vmake, factor, window, min_count))
 
 
 @function("stale")
@@ -214,7 +215,8 @@ def _stale(call: Call) -> Node:
             ctx.baseline = last
             return 1.0 if now - last >= limit else 0.0
         return evaluate
-    return Node(make, operand.metrics, always=True)
+    return Node(make, operand.metrics, always=True,
+                vmake=lazy_vector("stale", operand.vmake, limit, seconds))
 
 
 @function("mean")
@@ -237,7 +239,8 @@ def _mean(call: Call) -> Node:
             mom.push(v)
             return mom.mean() if len(mom.values) >= min_count else None
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("moment", operand.vmake, window, min_count, previous, "mean"))
 
 
 @function("std")
@@ -260,7 +263,8 @@ def _std(call: Call) -> Node:
             mom.push(v)
             return mom.std() if len(mom.values) >= min_count else None
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("moment", operand.vmake, window, min_count, previous, "std"))
 
 
 def _extreme(call: Call, smallest: bool) -> Node:
@@ -295,7 +299,8 @@ def _extreme(call: Call, smallest: bool) -> Node:
                 return before
             return mono[0][1] if index >= min_count else None
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, vmake=lazy_vector(
+        "extreme", operand.vmake, window, min_count, previous, smallest))
 
 
 @function("min")
@@ -348,7 +353,8 @@ def _slope(call: Call) -> Node:
             sxx = (n - 1) * n * (2 * n - 1) / 6.0
             return (n * sxy - sx * sy) / (n * sxx - sx * sx)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("slope", operand.vmake, window, min_count))
 
 
 @function("zscore")
@@ -374,7 +380,8 @@ def _zscore(call: Call) -> Node:
             mom.push(v)
             return result
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("zscore", operand.vmake, window, min_count))
 
 
 @function("frac_true")
@@ -406,7 +413,8 @@ def _frac_true(call: Call) -> Node:
             count += bit
             return count / len(bits) if len(bits) >= min_count else None
         return evaluate
-    return Node(make, cond.metrics)
+    return Node(make, cond.metrics,
+                vmake=lazy_vector("frac_true", cond.vmake, window, min_count))
 
 
 def _relative(call: Call, direction: float) -> Node:
@@ -453,7 +461,8 @@ def _relative(call: Call, direction: float) -> Node:
             change = (v - base) / abs(base) * direction
             return 1.0 if change >= frac else 0.0
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("relative", operand.vmake, frac, n, rolling, direction))
 
 
 @function("drop")
@@ -489,4 +498,5 @@ def _range(call: Call) -> Node:
                 return None
             return 0.0 if low <= v <= high else 1.0
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics,
+                vmake=lazy_vector("range_", operand.vmake, low, high))
