@@ -31,8 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _cpu_seconds(argv: list[str], env: dict[str, str]) -> float:
     """User + system CPU seconds of one run of ``argv`` (its output discarded)."""
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    # cwd=ROOT: `python -m` puts the working directory first on sys.path, so this is the code
+    # measured whichever directory the benchmark is started from.
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode not in (0, 2):
