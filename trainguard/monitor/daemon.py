@@ -152,6 +152,9 @@ class Monitor:
         self.alerts: list[Alert] = []
         self.counters = _Counters()
         self._pending: dict[tuple[str, int], Record] = {}
+        #: Step records parsed in this batch, waiting for the engine (see _end_batch): rules
+        #: with a batch form then run once over a rank's records, not once per record.
+        self._queue: list[tuple[int, int, dict[str, float], float | None]] = []
         self._on_problem = on_problem
         self._reported_problems: set[str] = set()
         # Restart safety (see checkpoint.py): what is evaluated is recorded, duplicates of
@@ -326,9 +329,10 @@ class Monitor:
         if self.recorder is not None:
             self.recorder.write(Record(record.step, mapped, record.time, rank, record.kind))
         if self._trainer_rules is not None and step_record:
+            # Records before this one are evaluated by the rules chosen before it.
+            self._drain_queue()
             self._detect(metrics.keys() | mapped.keys())
-        for alert in self.engine.evaluate(rank, record.step, mapped, record.time):
-            self._route(alert)
+        self._queue.append((rank, record.step, mapped, record.time))
         # Straggler scores read only step-time keys; a record of a known rank without one
         # would change nothing there, so the call is skipped.
         if step_record and (rank not in self._observed_ranks
@@ -346,8 +350,17 @@ class Monitor:
                 arrivals[rank] = (record_time, now)
             self._unstamped.clear()
 
+    def _drain_queue(self) -> None:
+        """Evaluate the step records queued so far, in order, and route their alerts."""
+        if self._queue:
+            queue, self._queue = self._queue, []
+            for alert in self.engine.evaluate_many(queue):
+                self._route(alert)
+
     def _evaluate_cross_rank(self) -> None:
-        """Scores of the steps now complete on every rank (see ranks.py), once per batch."""
+        """The end of a batch: evaluate its queued records, then the scores of the steps now
+        complete on every rank (see ranks.py)."""
+        self._drain_queue()
         for rank, step, derived, at in self.stragglers.scores():
             for alert in self.engine.evaluate(rank, step, derived, at):
                 self._route(alert)
