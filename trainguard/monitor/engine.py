@@ -275,61 +275,78 @@ class Engine:
                                                     float | None]]) -> list[Alert]:
         """Feed step records ``(rank, step, metrics, time)`` in order; return the alerts that
         :meth:`evaluate` on each in turn would, in record order (on one record, those of rules
-        evaluated per record come first).
+        evaluated per record come first). See :meth:`evaluate_columns`."""
+        if not records:
+            return []
+        ranks, steps, metrics, times = (list(c) for c in zip(*records, strict=True))
+        return self.evaluate_columns(ranks, steps, metrics, times)
+
+    def evaluate_columns(self, ranks: list[int], steps: list[int],
+                         metrics: list[Mapping[str, float]], times: list[float | None],
+                         shapes: set[tuple[str, ...]] | None = None) -> list[Alert]:
+        """:meth:`evaluate_many` with the records given as columns (``shapes``: their key
+        tuples, if the caller has them).
 
         A rank with at least :data:`BATCH_MIN` records here has its rules that have a batch
         form evaluated once over all of them (rules/vector.py), which is what makes reading a
         backlog or a finished run cheap; the rest go record by record.
         """
-        by_rank: dict[int, list[int]] = {}
-        if self._batched and len(records) >= BATCH_MIN:
-            ranks = {r[0] for r in records}
-            if len(ranks) == 1:  # one file per rank: a poll's records are usually one rank's
-                by_rank[ranks.pop()] = list(range(len(records)))
+        n = len(steps)
+        by_rank: dict[int, list[int] | None] = {}
+        if self._batched and n >= BATCH_MIN:
+            rank_set = set(ranks)
+            if len(rank_set) == 1:  # one file per rank: a poll's records are usually one rank's
+                by_rank[ranks[0]] = None  # all of them
             else:
-                for i, record in enumerate(records):
-                    rows = by_rank.get(record[0])
+                rows_of: dict[int, list[int]] = {}
+                for i, rank in enumerate(ranks):
+                    rows = rows_of.get(rank)
                     if rows is None:
-                        by_rank[record[0]] = [i]
+                        rows_of[rank] = [i]
                     else:
                         rows.append(i)
-                by_rank = {r: rows for r, rows in by_rank.items() if len(rows) >= BATCH_MIN}
+                by_rank = {r: rows for r, rows in rows_of.items() if len(rows) >= BATCH_MIN}
         evaluate_record = self._evaluate_record
         full, scalar = self._index, self._scalar_index
         if not by_rank:
             out: list[Alert] = []
-            for rank, step, metrics, time in records:
-                out.extend(evaluate_record(rank, step, metrics, time, full))
+            for i in range(n):
+                out.extend(evaluate_record(ranks[i], steps[i], metrics[i], times[i], full))
             return out
         tagged: list[tuple[int, int, Alert]] = []
-        covered = sum(map(len, by_rank.values())) == len(records)
+        covered = sum(n if rows is None else len(rows) for rows in by_rank.values()) == n
         if scalar.by_metric or scalar.always or self._mean_entries or not covered:
-            for i, (rank, step, metrics, time) in enumerate(records):
-                alerts = evaluate_record(rank, step, metrics, time,
+            for i in range(n):
+                rank = ranks[i]
+                alerts = evaluate_record(rank, steps[i], metrics[i], times[i],
                                          scalar if rank in by_rank else full)
                 if alerts:
                     tagged.extend((i, 0, a) for a in alerts)
-        else:  # every rule waits for the batch: only the bookkeeping of each record is left
-            for rank, step, metrics, time in records:
-                if rank not in self._known_ranks:
-                    evaluate_record(rank, step, metrics, time, scalar)
+        else:  # every rule waits for the batch: only the bookkeeping of evaluate() is left
+            if self._first_step is None:
+                self._first_step = steps[0]
+            self._known_ranks.update(by_rank)
         from trainguard.rules.vector import Batch  # numpy: only once a large batch comes
 
         for rank, rows in by_rank.items():
-            batch = Batch([records[i][1] for i in rows], [records[i][3] for i in rows],
-                          [records[i][2] for i in rows])
+            if rows is None:
+                batch = Batch(steps, times, metrics, shapes)
+            else:
+                batch = Batch([steps[i] for i in rows], [times[i] for i in rows],
+                              [metrics[i] for i in rows])
             for entry in self._batched:
                 self._batch_entry(entry, rank, batch, rows, tagged)
         if len(tagged) > 1:
             tagged.sort(key=lambda t: (t[0], t[1]))
         return [a for _, _, a in tagged]
 
-    def _batch_entry(self, entry: _Entry, rank: int, batch: Any, index: list[int],
+    def _batch_entry(self, entry: _Entry, rank: int, batch: Any, index: list[int] | None,
                      out: list[tuple[int, int, Alert]]) -> None:
         """One rule over a batch of one rank's records: the condition on every record it
         would be evaluated on, then the life cycle record by record, but only from the first
         true result (or all of them while firing): a rule quiet over the whole batch costs a
-        few array operations. Appends ``(record index, 1, alert)`` to ``out``."""
+        few array operations. Appends ``(record index, 1, alert)`` to ``out``; ``index``
+        gives the record index of each row of the batch (``None``: the row's own)."""
         import numpy as np
 
         cond = entry.compiled.condition
@@ -340,7 +357,7 @@ class Engine:
                 if not len(rows):
                     return
                 batch = batch.take(rows)
-                index = [index[i] for i in rows.tolist()]
+                index = rows.tolist() if index is None else [index[i] for i in rows.tolist()]
         state = entry.states.get(rank)
         if state is None:
             state = entry.states[rank] = _new_state(entry, rank)
@@ -365,7 +382,7 @@ class Engine:
             change = self._life_cycle(entry, state, step, float(values[j]))
             if change:
                 base = baseline[j] if baseline is not None else math.nan
-                out.append((index[j], 1, self._alert(
+                out.append((j if index is None else index[j], 1, self._alert(
                     entry, state, rank, step, batch.metrics[j], batch.time_list[j], change,
                     None if math.isnan(base) else float(base))))
 

@@ -49,10 +49,11 @@ class Batch:
     """
 
     __slots__ = ("n", "steps", "_times", "time_list", "metrics", "_columns", "baseline",
-                 "_keys")
+                 "_keys", "_shapes")
 
     def __init__(self, steps: Sequence[int], times: Sequence[float | None],
-                 metrics: Sequence[Mapping[str, float]]) -> None:
+                 metrics: Sequence[Mapping[str, float]],
+                 shapes: set[tuple[str, ...]] | None = None) -> None:
         self.n = len(metrics)
         self.steps = np.array(steps, dtype=F64)
         self.time_list = times
@@ -61,13 +62,14 @@ class Batch:
         self._columns: dict[str, tuple[Arr, Arr]] = {}
         self.baseline: Arr | None = None
         self._keys: tuple[set[str], set[str]] | None = None
+        self._shapes = shapes
 
     def _key_sets(self) -> tuple[set[str], set[str]]:
         """(keys some record has, keys every record has): trainers log the same keys every
         step, so this is one set of key tuples, and a column of a key no record has, or that
         every record has, needs no look at each record's keys."""
         if self._keys is None:
-            shapes = {tuple(m) for m in self.metrics}
+            shapes = self._shapes or {tuple(m) for m in self.metrics}
             first = set(next(iter(shapes), ()))
             if len(shapes) == 1:
                 self._keys = (first, first)
@@ -126,6 +128,7 @@ class Batch:
         sub._columns = {k: (v[rows], p[rows]) for k, (v, p) in self._columns.items()}
         sub.baseline = None
         sub._keys = None
+        sub._shapes = None
         return sub
 
     def set_baseline(self, rows: Arr, values: Arr) -> None:
