@@ -281,8 +281,9 @@ class Engine:
         ranks, steps, metrics, times = (list(c) for c in zip(*records, strict=True))
         return self.evaluate_columns(ranks, steps, metrics, times)
 
-    def evaluate_columns(self, ranks: list[int], steps: list[int],
-                         metrics: list[Mapping[str, float]], times: list[float | None],
+    def evaluate_columns(self, ranks: Sequence[int], steps: Sequence[int],
+                         metrics: Sequence[Mapping[str, float]],
+                         times: Sequence[float | None],
                          shapes: set[tuple[str, ...]] | None = None) -> list[Alert]:
         """:meth:`evaluate_many` with the records given as columns (``shapes``: their key
         tuples, if the caller has them).
