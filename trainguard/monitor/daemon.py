@@ -362,9 +362,8 @@ class Monitor:
                 or any(r.kind == GPU_KIND for r in done)):
             return False
         metrics = [r.metrics for r in done]
-        shapes = {tuple(m) for m in metrics}
-        keys = self._step_time_keys
-        if not all(keys.isdisjoint(shape) for shape in shapes):
+        keys: set[str] = set().union(*metrics)
+        if not self._step_time_keys.isdisjoint(keys):
             return False
         times = [r.time for r in done]
         self.last_records[rank] = done[-1]
@@ -375,7 +374,7 @@ class Monitor:
         self.counters.records += len(done)
         self._drain_queue()  # whatever came before these, first
         for alert in self.engine.evaluate_columns(ranks, [r.step for r in done], metrics,
-                                                  times, shapes):
+                                                  times, keys):
             self._route(alert)
         return True
 

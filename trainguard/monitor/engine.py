@@ -284,9 +284,9 @@ class Engine:
     def evaluate_columns(self, ranks: Sequence[int], steps: Sequence[int],
                          metrics: Sequence[Mapping[str, float]],
                          times: Sequence[float | None],
-                         shapes: set[tuple[str, ...]] | None = None) -> list[Alert]:
-        """:meth:`evaluate_many` with the records given as columns (``shapes``: their key
-        tuples, if the caller has them).
+                         keys: set[str] | None = None) -> list[Alert]:
+        """:meth:`evaluate_many` with the records given as columns (``keys``: every key of
+        their metrics, if the caller has them).
 
         A rank with at least :data:`BATCH_MIN` records here has its rules that have a batch
         form evaluated once over all of them (rules/vector.py), which is what makes reading a
@@ -331,7 +331,7 @@ class Engine:
 
         for rank, rows in by_rank.items():
             if rows is None:
-                batch = Batch(steps, times, metrics, shapes)
+                batch = Batch(steps, times, metrics, keys)
             else:
                 batch = Batch([steps[i] for i in rows], [times[i] for i in rows],
                               [metrics[i] for i in rows])

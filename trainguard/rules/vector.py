@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -49,11 +50,10 @@ class Batch:
     """
 
     __slots__ = ("n", "steps", "_times", "time_list", "metrics", "_columns", "baseline",
-                 "_keys", "_shapes")
+                 "_keys")
 
     def __init__(self, steps: Sequence[int], times: Sequence[float | None],
-                 metrics: Sequence[Mapping[str, float]],
-                 shapes: set[tuple[str, ...]] | None = None) -> None:
+                 metrics: Sequence[Mapping[str, float]], keys: set[str] | None = None) -> None:
         self.n = len(metrics)
         self.steps = np.array(steps, dtype=F64)
         self.time_list = times
@@ -61,24 +61,12 @@ class Batch:
         self.metrics = metrics
         self._columns: dict[str, tuple[Arr, Arr]] = {}
         self.baseline: Arr | None = None
-        self._keys: tuple[set[str], set[str]] | None = None
-        self._shapes = shapes
+        self._keys = keys
 
-    def _key_sets(self) -> tuple[set[str], set[str]]:
-        """(keys some record has, keys every record has): trainers log the same keys every
-        step, so this is one set of key tuples, and a column of a key no record has, or that
-        every record has, needs no look at each record's keys."""
+    def keys(self) -> set[str]:
+        """The keys some record has: a column of any other key needs no look at a record."""
         if self._keys is None:
-            shapes = self._shapes or {tuple(m) for m in self.metrics}
-            first = set(next(iter(shapes), ()))
-            if len(shapes) == 1:
-                self._keys = (first, first)
-            else:
-                some, every = set(first), set(first)
-                for shape in shapes:
-                    some.update(shape)
-                    every.intersection_update(shape)
-                self._keys = (some, every)
+            self._keys = set().union(*self.metrics)
         return self._keys
 
     @property
@@ -93,14 +81,15 @@ class Batch:
         """(values, present) of metric ``name``; values are NaN where absent."""
         col = self._columns.get(name)
         if col is None:
-            some, every = self._key_sets()
             metrics = self.metrics
-            if name not in some:
+            if name not in self.keys():
                 col = self._columns[name] = unknown(self.n)
                 return col
-            values = np.array([m.get(name, _NAN) for m in metrics], dtype=F64)
+            # dict.get through map: no bytecode per record (records' metrics are dicts).
+            values = np.fromiter(map(dict.get, metrics, repeat(name), repeat(_NAN)),  # type: ignore[arg-type]
+                                 F64, count=self.n)
             nan = np.isnan(values)
-            if name not in every and nan.any():  # absent, or NaN: only those rows need a look
+            if nan.any():  # absent, or a NaN value: only those rows need a look
                 present = ~nan
                 rows = np.flatnonzero(nan)
                 present[rows] = [name in metrics[i] for i in rows.tolist()]
@@ -128,7 +117,6 @@ class Batch:
         sub._columns = {k: (v[rows], p[rows]) for k, (v, p) in self._columns.items()}
         sub.baseline = None
         sub._keys = None
-        sub._shapes = None
         return sub
 
     def set_baseline(self, rows: Arr, values: Arr) -> None:
