@@ -1,9 +1,11 @@
 """The batch form of every condition gives what the per-record closures give, record by record.
 
 Each built-in rule's condition is run over random series (finite values, NaN, inf, exact
-zeros, missing metrics, records without a time) both ways: one record at a time through the
-closure, and in batches cut at random points through :mod:`trainguard.rules.vector`. Known/
-unknown must match exactly, values to rounding (the batch form sums with prefix sums).
+zeros, missing metrics, repeated steps, records without a time) both ways: one record at a
+time through the closure, and in batches cut at random points through its ``.many`` entry point
+(:mod:`trainguard.rules.vector`), with single records through the closure in between, on one
+shared state. Known/unknown must match exactly, values to rounding (batches sum with prefix
+sums).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import random
 
 import pytest
 
-from trainguard.rules.dsl import compile_condition
+from trainguard.rules.dsl import compile_condition, many_of
 from trainguard.rules.loader import builtin_pack_names, load_rules
 from trainguard.rules.vector import Batch
 
@@ -59,14 +61,23 @@ def _check(text: str, metric: str | None, seed: int, n: int = 400) -> None:
     for step, t, metrics in series:
         ctx.step, ctx.time, ctx.baseline = step, t, None
         expected.append((evaluator(metrics), ctx.baseline))
-    batch_eval = cond.new_batch_evaluator()
+    # A second evaluator fed in batches of random sizes, and between them single records
+    # through its closure: both entry points share one state.
+    evaluator, ctx = cond.instantiate(0)
+    many = many_of(evaluator)
     got: list[tuple[float | None, float | None]] = []
     i = 0
     while i < n:
         size = rng.choice((1, 1, 2, 3, 5, 17, 64, 200))
         part = series[i:i + size]
+        if size == 1 and rng.random() < 0.5:
+            step, t, metrics = part[0]
+            ctx.step, ctx.time, ctx.baseline = step, t, None
+            got.append((evaluator(metrics), ctx.baseline))
+            i += 1
+            continue
         batch = Batch([s for s, _, _ in part], [t for _, t, _ in part], [m for _, _, m in part])
-        values, known = batch_eval(batch)
+        values, known = many(batch)
         base = batch.baseline
         for j in range(len(part)):
             b = None if base is None or math.isnan(base[j]) else float(base[j])
