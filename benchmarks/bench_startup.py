@@ -5,10 +5,12 @@
   end-to-end throughput figure);
 * ``monitor_once_cold_cache_s``: the same with an empty rule-pack cache (the first start after
   an install or an edit of a pack: the packs' YAML is parsed, then cached);
-* ``monitor_once_no_bytecode_s``: the same with ``PYTHONDONTWRITEBYTECODE=1`` and no
-  ``__pycache__`` (every module compiled from source on every start, as in a checkout where
-  bytecode is never written);
+* ``monitor_once_no_bytecode_s``: the same with ``PYTHONDONTWRITEBYTECODE=1``, as in a
+  checkout where bytecode is never written: trainguard's modules are compiled from source on
+  every start (the libraries keep their installed bytecode; so would trainguard's own
+  ``__pycache__`` if one were there);
 * ``help_s``: ``trainguard --help``;
+* ``rules_list_s``: ``trainguard rules list`` (every built-in pack loaded);
 * ``python_s``: ``python -c pass``, the interpreter's own floor.
 
 Bytecode goes to a temporary ``PYTHONPYCACHEPREFIX`` and the pack cache to a temporary
@@ -78,6 +80,7 @@ def main() -> None:
                    for i in range(n))
         monitor = _best(monitor_cmd, env, n)
         help_s = _best([*cli, "--help"], env, n)
+        rules_list = _best([*cli, "rules", "list"], env, n)
         no_bytecode = dict(env, PYTHONDONTWRITEBYTECODE="1")
         no_bytecode.pop("PYTHONPYCACHEPREFIX")
         monitor_source = _best(monitor_cmd, no_bytecode, n)
@@ -85,7 +88,8 @@ def main() -> None:
     print(json.dumps({"bench": "startup", "runs": n, "monitor_once_s": round(monitor, 3),
                       "monitor_once_cold_cache_s": round(cold, 3),
                       "monitor_once_no_bytecode_s": round(monitor_source, 3),
-                      "help_s": round(help_s, 3), "python_s": round(python_s, 3)}))
+                      "help_s": round(help_s, 3), "rules_list_s": round(rules_list, 3),
+                      "python_s": round(python_s, 3)}))
 
 
 if __name__ == "__main__":
