@@ -64,6 +64,13 @@ def test_an_edited_pack_is_a_miss_never_stale_data(cache: Path):
                             _cached("common", edited))
 
 
+def test_entries_of_other_code_are_a_miss(cache: Path):
+    """The key covers the code that made the entry: other modules' sources, another key."""
+    load_pack("common")
+    other = builtin_cache.load("packs", "common", _text("common"), ("trainguard.rules.dsl",))
+    assert (True, None) == (_cached("common") is not None, other)
+
+
 def test_a_corrupt_entry_is_a_miss_and_is_rewritten(cache: Path):
     """A truncated file is ignored; the next load parses the YAML and writes a good entry."""
     load_pack("common")
