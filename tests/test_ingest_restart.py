@@ -73,3 +73,28 @@ def test_sigkill_mid_ingest_then_restart_records_each_event_once(run_dir: Path, 
     assert len(firing) == len(set(firing))
     state = json.loads((run_dir / ".trainguard" / "state.json").read_text())
     assert [["common.nonfinite_loss", 0]] == state["alerts"]["stops"]
+
+
+def test_a_session_killed_before_its_first_checkpoint_leaves_no_duplicate_record(tmp_path: Path):
+    """Lines the recorder's buffer flushed before the first checkpoint are cut by the next
+    session: the state of a session is on disk from its start (real files; the kill is the
+    end of the first session's code before any commit)."""
+    from trainguard.events import Record
+    from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
+    from trainguard.monitor.record import Recorder
+    from trainguard.monitor.sources import FileSource
+
+    events = tmp_path / "rank0.jsonl"
+    events.write_text('{"step": 0, "metrics": {"loss": 1.0}}\n')
+    record, state = tmp_path / "record.jsonl", tmp_path / "state.json"
+    recorder = Recorder(record)
+    Checkpointer(state, FileSource(events), AlertLedger(), recorder)
+    for step in range(5000):
+        recorder.write(Record(step, {"loss": 1.0}))
+    recorder._file.flush()  # what a full buffer does by itself; then the process dies
+    assert record.stat().st_size > 0
+
+    saved, warning = load_state(state)
+    assert warning is None
+    Recorder(record, resume_length=saved["record_length"]).close()
+    assert record.stat().st_size == 0

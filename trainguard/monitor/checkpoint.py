@@ -129,6 +129,12 @@ class Checkpointer:
         self._positions: dict[str, dict[str, Any]] = positions() if positions is not None else {}
         self._record_length = recorder.commit() if recorder is not None else None
         self._last = time.monotonic()
+        if recorder is not None:
+            # Saved at once: the recorder's buffer reaches the file whenever it fills, so a
+            # session killed before its first commit must still leave a state that says how
+            # long the record was when it started, or the next session would append to lines
+            # it is about to record again.
+            self._write()
 
     def due(self, factor: float = 1.0) -> bool:
         """True when the last consistent save is older than ``factor`` intervals."""

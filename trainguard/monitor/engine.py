@@ -5,6 +5,13 @@ recorded JSONL replayed through it gives the same alerts every time. Rules run o
 record (not once per metric event) and only when the step carries a metric they read (or, for
 conditions such as ``stale(N)``, on every record of the rank).
 
+Two ways in, one result: :meth:`Engine.evaluate` takes one record and runs each rule's
+closure; :meth:`Engine.evaluate_many` / :meth:`Engine.evaluate_columns` take a batch, and for a
+rank with at least :data:`BATCH_MIN` records in it run each per-rank rule whose evaluator has a
+batch entry point once over all of them (:mod:`trainguard.rules.vector`, numpy, on the same
+state), then step the life cycle only through the records where the condition is true or the
+rule is firing. The alerts are those of record-by-record evaluation, in record order.
+
 Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
 gave a known result (a step without the metric is unknown: it neither fires nor resets):
 
