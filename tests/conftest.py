@@ -20,6 +20,13 @@ DROP_ROOT_READ = (["setpriv", "--inh-caps=-dac_override,-dac_read_search",
                   if os.geteuid() == 0 else [])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_pack_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The built-in pack cache of every process the tests start lives in a temporary folder:
+    the suite leaves nothing in the user's ~/.cache (tests of the cache set their own)."""
+    os.environ["TRAINGUARD_CACHE_DIR"] = str(tmp_path_factory.mktemp("trainguard-cache"))
+
+
 def run_cli(*args: str, input: bytes | None = None, timeout: float = 60,
             prefix: list[str] | None = None,
             **kwargs: object) -> subprocess.CompletedProcess[bytes]:

@@ -212,8 +212,6 @@ def test_monitor_once_quiet_on_a_file_imports_no_yaml_parser_rich_or_re2(tmp_pat
     assert [] == [m for m in NOT_FOR_A_QUIET_FILE_RUN if m in modules]
 
 
-@pytest.mark.xfail(strict=True, reason="rules/dsl.py builds every evaluator's batch form "
-                   "(vector(), numpy) in make(), even for 10 records: ~0.1-0.17 s per start")
 def test_monitor_once_quiet_on_a_short_file_does_not_import_numpy(tmp_path: Path):
     """10 records never make a batch (BATCH_MIN), so numpy is not worth its import."""
     assert "numpy" not in _quiet_once_run_modules(tmp_path)

@@ -21,11 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from trainguard.control import StopRequest, read_stop_request, write_json_atomic, write_stop_request
 from trainguard.monitor.alerts import Alert
-from trainguard.monitor.process import ProcessTarget
+
+if TYPE_CHECKING:  # psutil: imported by whoever builds a ProcessTarget
+    from trainguard.monitor.process import ProcessTarget
 
 __all__ = ["ControlFileStopper", "SentLog", "StopPlan", "Stopper", "read_run_id",
            "stale_control_file", "SENT_LOG_FILENAME"]

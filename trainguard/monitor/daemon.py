@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count, repeat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET
@@ -25,7 +25,6 @@ from trainguard.events import (
     parse_line,
     record_from_object,
 )
-from trainguard.monitor.actions import Stopper
 from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
 from trainguard.monitor.engine import Engine
@@ -36,6 +35,9 @@ from trainguard.monitor.record import Recorder
 from trainguard.monitor.sources import Block, DirectorySource, FileSource, Line, Source
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
+
+if TYPE_CHECKING:  # psutil comes with it: not for a monitor that never signals a process
+    from trainguard.monitor.actions import Stopper
 
 __all__ = ["EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "LineParser", "Monitor", "SkipExample",
            "Verdict"]

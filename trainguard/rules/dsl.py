@@ -52,8 +52,8 @@ from typing import Any
 from trainguard.exceptions import RuleSyntaxError
 
 __all__ = ["Call", "Compiled", "Condition", "EvalContext", "Evaluator", "FUNCTIONS", "Node",
-           "compile_condition", "current_context", "function", "many_of", "vector",
-           "with_many"]
+           "compile_condition", "current_context", "function", "lazy_many", "many_of",
+           "vector", "with_many"]
 
 #: An instantiated condition: the metrics of one step in, a number / truth value or None out.
 Evaluator = Callable[[Mapping[str, float]], float | None]
@@ -191,18 +191,31 @@ def with_many(evaluate: Evaluator, many: Any) -> Evaluator:
     return evaluate
 
 
+def lazy_many(build: Callable[[], Any]) -> Any:
+    """A batch entry point that ``build()`` makes on its first call, not before: building one
+    imports numpy, and a rule that only ever sees single records never needs it."""
+    built: list[Any] = []
+
+    def many(batch: Any) -> Any:
+        if not built:
+            built.append(build())
+        return built[0](batch)
+    return many
+
+
 def many_of(evaluate: Evaluator) -> Any:
     """The batch entry point of an evaluator, or ``None``."""
     return getattr(evaluate, "many", None)
 
 
 def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
-    return Node(lambda: with_many(lambda m: value, vector().const(value)), frozenset(),
+    return Node(lambda: with_many(lambda m: value, lazy_many(lambda: vector().const(value))),
+                frozenset(),
                 constant=value, percent=percent, unit=unit, batched=True)
 
 
 def _metric(name: str) -> Node:
-    return Node(lambda: with_many(lambda m: m.get(name), vector().metric(name)),
+    return Node(lambda: with_many(lambda m: m.get(name), lazy_many(lambda: vector().metric(name))),
                 frozenset({name}), name=name, batched=True)
 
 
@@ -237,8 +250,8 @@ def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
                 a = m.get(name) if name is not None else lf(m)
                 return None if a is None else (1.0 if a != c else 0.0)
         if left.batched:
-            v = vector()
-            with_many(evaluate, v.binary(op, many_of(lf), v.const(c)))
+            with_many(evaluate, lazy_many(
+                lambda: vector().binary(op, many_of(lf), vector().const(c))))
         return evaluate
     return make
 
@@ -293,7 +306,8 @@ def _binary(op: str, left: Node, right: Node) -> Node:
                 return None
             return fn(a, b)
         if batched:
-            with_many(evaluate, vector().binary(op, many_of(lf), many_of(rf)))
+            with_many(evaluate, lazy_many(
+                lambda: vector().binary(op, many_of(lf), many_of(rf))))
         return evaluate
     return Node(make, metrics, always=always, batched=batched)
 
@@ -320,7 +334,8 @@ def _logical(op: str, left: Node, right: Node) -> Node:
                     return None
                 return 0.0
         if batched:
-            with_many(evaluate, vector().logical(op, many_of(lf), many_of(rf)))
+            with_many(evaluate, lazy_many(
+                lambda: vector().logical(op, many_of(lf), many_of(rf))))
         return evaluate
     return Node(make, left.metrics | right.metrics, always=left.always or right.always,
                 batched=batched)
@@ -335,7 +350,7 @@ def _negate(inner: Node, arithmetic: bool) -> Node:
         else:
             evaluate = lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)  # noqa: E731
         if inner.batched:
-            with_many(evaluate, vector().negate(many_of(f), arithmetic))
+            with_many(evaluate, lazy_many(lambda: vector().negate(many_of(f), arithmetic)))
         return evaluate
     return Node(make, inner.metrics,
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,

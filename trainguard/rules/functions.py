@@ -52,6 +52,7 @@ from trainguard.rules.dsl import (
     Node,
     current_context,
     function,
+    lazy_many,
     many_of,
     vector,
     with_many,
@@ -154,8 +155,8 @@ def _nonfinite(call: Call) -> Node:
                 return None
             return 0.0 if isfinite(v) else 1.0
         if operand.batched:
-            fm, nonfinite = many_of(f), vector().nonfinite
-            with_many(evaluate, lambda b: nonfinite(*fm(b)))
+            fm = many_of(f)
+            with_many(evaluate, lambda b: vector().nonfinite(*fm(b)))
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
 
@@ -196,6 +197,7 @@ def _spike(call: Call) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal total
+            V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
             if len(rows):
@@ -209,7 +211,7 @@ def _spike(call: Call) -> Node:
                 total = sum(values)
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
@@ -257,13 +259,14 @@ def _stale(call: Call) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal last, seen
+            V = vector()
             out, known, rows, bases, last, seen = V.stale_marks(
                 b.times if seconds else b.steps, fm(b)[1], last, seen, limit)
             if len(rows):
                 b.set_baseline(rows, bases)
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, always=True, batched=operand.batched)
@@ -289,7 +292,8 @@ def _mean(call: Call) -> Node:
             mom.push(v)
             return mom.mean() if len(mom.values) >= min_count else None
         if operand.batched:
-            with_many(evaluate, _moment_many(many_of(f), mom, min_count, previous, std=False))
+            with_many(evaluate, lazy_many(
+                lambda: _moment_many(many_of(f), mom, min_count, previous, std=False)))
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
 
@@ -332,7 +336,8 @@ def _std(call: Call) -> Node:
             mom.push(v)
             return mom.std() if len(mom.values) >= min_count else None
         if operand.batched:
-            with_many(evaluate, _moment_many(many_of(f), mom, min_count, previous, std=True))
+            with_many(evaluate, lazy_many(
+                lambda: _moment_many(many_of(f), mom, min_count, previous, std=True)))
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
 
@@ -371,6 +376,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal index, mono
+            V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
             if len(rows):
@@ -384,7 +390,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
                 mono = deque(V.monotonic(kept, index - len(kept), smallest))
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
@@ -442,6 +448,7 @@ def _slope(call: Call) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal values, sy, sxy, updates
+            V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
             if len(rows):
@@ -455,7 +462,7 @@ def _slope(call: Call) -> Node:
                 updates += len(x)
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
@@ -485,6 +492,7 @@ def _zscore(call: Call) -> Node:
             return result
 
         def many(b: Any) -> tuple[Any, Any]:
+            V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
             if len(rows):
@@ -496,7 +504,7 @@ def _zscore(call: Call) -> Node:
                 mom.absorb(V.tail(mom.values, x, window), len(x))
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
@@ -533,6 +541,7 @@ def _frac_true(call: Call) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal bits, count
+            V = vector()
             out, known = V.unknown(b.n)
             v, k = fm(b)
             rows = V.known_rows(k)
@@ -546,7 +555,7 @@ def _frac_true(call: Call) -> Node:
                 count = sum(bits)
             return out, known
         if cond.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, cond.metrics, batched=cond.batched)
@@ -598,6 +607,7 @@ def _relative(call: Call, direction: float) -> Node:
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal fixed
+            V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
             if not len(rows):
@@ -623,7 +633,7 @@ def _relative(call: Call, direction: float) -> Node:
             known[rows[ok]] = True
             return out, known
         if operand.batched:
-            V, fm = vector(), many_of(f)
+            fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
@@ -662,7 +672,7 @@ def _range(call: Call) -> Node:
                 return None
             return 0.0 if low <= v <= high else 1.0
         if operand.batched:
-            fm, outside = many_of(f), vector().outside
-            with_many(evaluate, lambda b: outside(*fm(b), low, high))
+            fm = many_of(f)
+            with_many(evaluate, lambda b: vector().outside(*fm(b), low, high))
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
