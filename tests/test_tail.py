@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from trainguard.monitor import tail as tail_module
 from trainguard.monitor.alerts import Alert
 from trainguard.monitor.checkpoint import AlertLedger, load_state
 from trainguard.monitor.sources import DirectorySource, FileSource
@@ -119,6 +124,47 @@ def test_crlf_split_across_two_reads_is_still_stripped(tmp_path: Path):
         handle.write(b'\n{"step": 2}\n')
     assert [(1, b'{"step": 1}'), (2, b'{"step": 2}')] == tail.read_lines()
     tail.close()
+
+
+def test_blocks_read_in_chunks_that_cut_lines_carry_their_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Reads that end inside a line, an over-long line dropped: each block's ``raw`` is its
+    lines' bytes as read (a line begun in the previous read included), newlines and all."""
+    monkeypatch.setattr(tail_module, "_READ_CHUNK", 10)
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"s": 1}\n' + b"x" * 25 + b'\n{}\n{"s": 3}\n')
+    tail = FileTail(str(path), max_line_bytes=12)
+    blocks = []
+    while chunk := tail.read_blocks():
+        blocks += chunk
+    tail.close()
+    assert [(1, b'{"s": 1}\n'), (3, b"{}\n"), (4, b'{"s": 3}\n')] == [
+        (block.first, block.raw) for block in blocks]
+
+
+_byte = st.sampled_from([b"{", b"}", b"a", b"\n", b"\n", b"\r", b"\x00"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(_byte, max_size=25).map(b"".join), st.booleans()),
+                max_size=10), st.integers(3, 40))
+def test_a_block_raw_is_exactly_its_lines_joined(writes: list[tuple[bytes, bool]], chunk: int):
+    """Any writes, read at any points in chunks of any size, CRs, NULs and over-long lines
+    included: a block that carries ``raw`` carries exactly its lines, each with its newline."""
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.object(tail_module, "_READ_CHUNK", chunk):
+        path = os.path.join(tmp, "a.jsonl")
+        open(path, "wb").close()
+        tail = FileTail(path, max_line_bytes=12)
+        blocks = []
+        for data, read in [*writes, (b"", True)]:
+            with open(path, "ab") as handle:
+                handle.write(data)
+            while read and (got := tail.read_blocks()):
+                blocks += got
+        tail.close()
+    assert [] == [block for block in blocks if block.raw is not None
+                  and block.raw != b"".join(x + b"\n" for x in block.lines)]
 
 
 def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):

@@ -234,10 +234,11 @@ class Monitor:
 
         ``decode_lines`` reads values apart by any whitespace, so a value spread over two
         lines, or two values on one line, would not map to lines. So a block is taken only
-        when every line starts with ``{`` and ends with ``}`` and there are as many values as
-        lines: a ``}`` that ends a line and is followed by ``{`` closes a top-level value (a
-        nested one needs a ``,`` or a closing bracket next, and a string cannot hold a
-        newline), so each line holds exactly one value, decoded as a per-line decode would.
+        when every newline but the last stands between ``}`` and ``{`` and there are as many
+        values as lines: such a ``}`` closes a top-level value (a string cannot hold a
+        newline, and a nested value needs a ``,`` or a closing bracket after it, not ``{``),
+        so every line ends a value and holds at least one; as many as lines, one each,
+        decoded as a per-line decode would decode it.
         """
         stream, first, lines, raw = block
         assert raw is not None
@@ -246,8 +247,7 @@ class Monitor:
             decoded = _decode_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form, or garbage
             return False
-        if (len(decoded) != n or raw[:1] != b"{" or raw[-2:] != b"}\n"
-                or raw.count(b"}\n{") != n - 1):
+        if len(decoded) != n or raw.count(b"}\n{") != n - 1:
             return False
         pending = self._pending
         evaluate = self._evaluate
