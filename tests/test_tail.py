@@ -10,7 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trainguard.monitor import tail as tail_module
@@ -142,15 +142,23 @@ def test_blocks_read_in_chunks_that_cut_lines_carry_their_bytes(
         (block.first, block.raw) for block in blocks]
 
 
-_byte = st.sampled_from([b"{", b"}", b"a", b"\n", b"\n", b"\r", b"\x00"])
+# Runs of plain bytes (up to twice the length bound), newlines, now and then a CR or a NUL
+# (either sends a whole chunk down the slow path).
+_run = st.text(alphabet="a{}", max_size=24).map(str.encode)
+_write = st.lists(st.one_of(_run, _run, st.just(b"\n"), st.just(b"\n"),
+                            st.sampled_from([b"\r\n", b"\r", b"\x00"])),
+                  max_size=12).map(b"".join)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.lists(_byte, max_size=25).map(b"".join), st.booleans()),
-                max_size=10), st.integers(3, 40))
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_write, st.booleans()), max_size=8), st.integers(3, 40))
+@example([(b"a" * 10, True), (b"abc\nde\n", True)], 7)  # the first line over the bound
+@example([(b"\n" + b"a" * 13 + b"\n", True)], 15)  # a line over it inside one chunk
 def test_a_block_raw_is_exactly_its_lines_joined(writes: list[tuple[bytes, bool]], chunk: int):
     """Any writes, read at any points in chunks of any size, CRs, NULs and over-long lines
-    included: a block that carries ``raw`` carries exactly its lines, each with its newline."""
+    included: the lines are the file's complete lines up to the length bound (NULs dropped, a
+    final CR stripped), and a block that carries ``raw`` carries exactly its lines, each with
+    its newline."""
     with tempfile.TemporaryDirectory() as tmp, \
             mock.patch.object(tail_module, "_READ_CHUNK", chunk):
         path = os.path.join(tmp, "a.jsonl")
@@ -163,8 +171,11 @@ def test_a_block_raw_is_exactly_its_lines_joined(writes: list[tuple[bytes, bool]
             while read and (got := tail.read_blocks()):
                 blocks += got
         tail.close()
-    assert [] == [block for block in blocks if block.raw is not None
-                  and block.raw != b"".join(x + b"\n" for x in block.lines)]
+    complete = b"".join(data for data, _ in writes).replace(b"\x00", b"").split(b"\n")[:-1]
+    expected = [x.removesuffix(b"\r") for x in complete if len(x) <= 12]
+    assert (expected, []) == ([x for block in blocks for x in block.lines],
+                              [block for block in blocks if block.raw is not None
+                               and block.raw != b"".join(x + b"\n" for x in block.lines)])
 
 
 def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):

@@ -309,8 +309,11 @@ class FileTail:
             self.line_no = first - 1 + count
             # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
             # (The first piece may end in a CR that came with the last chunk's partial line.)
+            # Only the first line can be longer than a chunk no longer than the limit (it
+            # starts with the partial line): then it is the only one measured.
             if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
-                    and (not count or max(map(len, pieces)) <= limit)):
+                    and (not count or (len(pieces[0]) if len(chunk) <= limit
+                                       else max(map(len, pieces))) <= limit)):
                 if count:
                     # The lines' bytes as read (one copy at most), for a decoder that takes
                     # the whole block at once (see Monitor.process_blocks).
