@@ -5,6 +5,13 @@ recorded JSONL replayed through it gives the same alerts every time. Rules run o
 record (not once per metric event) and only when the step carries a metric they read (or, for
 conditions such as ``stale(N)``, on every record of the rank).
 
+Two ways in, one result: :meth:`Engine.evaluate` takes one record and runs each rule's
+closure; :meth:`Engine.evaluate_many` / :meth:`Engine.evaluate_columns` take a batch, and for a
+rank with at least :data:`BATCH_MIN` records in it run each per-rank rule whose evaluator has a
+batch entry point once over all of them (:mod:`trainguard.rules.vector`, numpy, on the same
+state), then step the life cycle only through the records where the condition is true or the
+rule is firing. The alerts are those of record-by-record evaluation, in record order.
+
 Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
 gave a known result (a step without the metric is unknown: it neither fires nor resets):
 
@@ -35,9 +42,9 @@ Scopes across ranks (``scope``):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from trainguard.monitor.alerts import Alert
 from trainguard.rules.dsl import EvalContext, Evaluator
@@ -48,6 +55,7 @@ __all__ = ["Engine", "RuleState", "format_value", "MEAN_RANK"]
 
 #: The state key (and context rank) of a rule evaluated on the mean of the ranks.
 MEAN_RANK = -1
+_CONTEXT = object()  # _alert(): take the baseline from the evaluator's context
 _FIRING, _RESOLVED, _REPEAT = 1, 2, 3
 
 
@@ -93,8 +101,13 @@ class _Entry:
     #: ``all``, whose group can complete on another rank's change): handled inline.
     quiet_inline: bool = field(init=False)
 
+    #: Evaluated a batch of records at a time when a batch is large (rules/vector.py): a
+    #: per-rank rule whose evaluator has a batch entry point (``.many``).
+    batched: bool = field(init=False)
+
     def __post_init__(self) -> None:
         self.quiet_inline = self.scope != "all"
+        self.batched = self.scope == "rank" and self.compiled.condition.batched
 
 
 @dataclass(slots=True)
@@ -106,6 +119,53 @@ class _MeanStep:
     ranks: set[int] = field(default_factory=set)
     sums: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+def _new_state(entry: _Entry, rank: int) -> RuleState:
+    """Fresh state of ``entry`` on ``rank``."""
+    evaluator, context = entry.compiled.condition.instantiate(rank)
+    return RuleState(evaluator, context)
+
+
+#: A rank's share of a batch worth evaluating with arrays: below it, the per-record closures
+#: are cheaper than numpy's fixed cost per call (measured: they break even at ~10-30 records).
+BATCH_MIN = 32
+
+
+@dataclass(slots=True)
+class _Index:
+    """Which entries a step's metric keys touch; one for all entries, one for those that are
+    evaluated per record while the batched ones wait for the end of a large batch."""
+
+    by_metric: dict[str, list[_Entry]] = field(default_factory=dict)
+    always: list[_Entry] = field(default_factory=list)
+    #: Metric keys of a step (in the record's order) -> the entries they touch: trainers log
+    #: the same keys every step, so the de-duplicated list is built once per key set.
+    cache: dict[tuple[str, ...], list[_Entry]] = field(default_factory=dict)
+
+    def add(self, entry: _Entry) -> None:
+        if entry.compiled.condition.always:
+            self.always.append(entry)
+        else:
+            for name in entry.compiled.condition.metrics:
+                self.by_metric.setdefault(name, []).append(entry)
+
+    def touched(self, key: tuple[str, ...]) -> list[_Entry]:
+        """The entries a step with these metric keys evaluates, in order, each once."""
+        touched = self.cache.get(key)
+        if touched is not None:
+            return touched
+        touched = list(self.always)
+        seen = {id(e) for e in touched}
+        for name in key:
+            for entry in self.by_metric.get(name, ()):
+                if id(entry) not in seen:
+                    seen.add(id(entry))
+                    touched.append(entry)
+        if len(self.cache) >= 1024:  # a stream whose key sets keep changing: stay bounded
+            self.cache.clear()
+        self.cache[key] = touched
+        return touched
 
 
 def _applies(compiled: CompiledRule, trainer: str | None) -> bool:
@@ -147,21 +207,19 @@ class Engine:
     def _reindex(self) -> None:
         # Index: metric name -> entries reading it, so a step only touches rules it can feed.
         self._entries = [e for e in self._all if _applies(e.compiled, self.trainer)]
-        self._by_metric: dict[str, list[_Entry]] = {}
-        #: Metric keys of a step (in the record's order) -> the entries they touch: trainers log
-        #: the same keys every step, so the de-duplicated list is built once per key set.
-        self._touched_cache: dict[tuple[str, ...], list[_Entry]] = {}
-        self._always: list[_Entry] = []
+        self._index = _Index()
+        self._scalar_index = _Index()  # without the batched entries
         self._mean_entries: list[_Entry] = []
+        self._batched: list[_Entry] = []
         for entry in self._entries:
             if entry.scope == "mean":
                 self._mean_entries.append(entry)
                 continue
-            if entry.compiled.condition.always:
-                self._always.append(entry)
-                continue
-            for name in entry.compiled.condition.metrics:
-                self._by_metric.setdefault(name, []).append(entry)
+            self._index.add(entry)
+            if entry.batched:
+                self._batched.append(entry)
+            else:
+                self._scalar_index.add(entry)
 
     @property
     def rules(self) -> list[CompiledRule]:
@@ -202,11 +260,10 @@ class Engine:
             for rank_text, values in saved.get("states", {}).items():
                 rank = int(rank_text)
                 firing, fired_at, notified_at, quiet_until, evaluations = values
-                evaluator, context = entry.compiled.condition.instantiate(rank)
-                entry.states[rank] = RuleState(
-                    evaluator, context, evaluations=evaluations, firing=bool(firing),
-                    quiet_until_step=quiet_until, fired_at_step=fired_at,
-                    notified_at_step=notified_at)
+                state = entry.states[rank] = _new_state(entry, rank)
+                state.evaluations, state.firing = evaluations, bool(firing)
+                state.quiet_until_step, state.fired_at_step = quiet_until, fired_at
+                state.notified_at_step = notified_at
                 if firing:
                     entry.firing_ranks.add(rank)
             entry.group_firing = bool(saved.get("group_firing"))
@@ -219,7 +276,128 @@ class Engine:
     def evaluate(self, rank: int, step: int, metrics: Mapping[str, float],
                  time: float | None = None) -> list[Alert]:
         """Feed one step record of one rank; return the alerts that fired or resolved."""
-        by_metric = self._by_metric
+        return self._evaluate_record(rank, step, metrics, time, self._index)
+
+    def evaluate_many(self, records: Sequence[tuple[int, int, Mapping[str, float],
+                                                    float | None]]) -> list[Alert]:
+        """Feed step records ``(rank, step, metrics, time)`` in order; return the alerts that
+        :meth:`evaluate` on each in turn would, in record order (on one record, those of rules
+        evaluated per record come first). See :meth:`evaluate_columns`."""
+        if not records:
+            return []
+        ranks, steps, metrics, times = (list(c) for c in zip(*records, strict=True))
+        return self.evaluate_columns(ranks, steps, metrics, times)
+
+    def evaluate_columns(self, ranks: Sequence[int], steps: Sequence[int],
+                         metrics: Sequence[Mapping[str, float]],
+                         times: Sequence[float | None],
+                         keys: set[str] | None = None) -> list[Alert]:
+        """:meth:`evaluate_many` with the records given as columns (``keys``: every key of
+        their metrics, if the caller has them).
+
+        A rank with at least :data:`BATCH_MIN` records here has its rules that have a batch
+        form evaluated once over all of them (rules/vector.py), which is what makes reading a
+        backlog or a finished run cheap; the rest go record by record.
+        """
+        n = len(steps)
+        by_rank: dict[int, list[int] | None] = {}
+        if self._batched and n >= BATCH_MIN:
+            rank_set = set(ranks)
+            if len(rank_set) == 1:  # one file per rank: a poll's records are usually one rank's
+                by_rank[ranks[0]] = None  # all of them
+            else:
+                rows_of: dict[int, list[int]] = {}
+                for i, rank in enumerate(ranks):
+                    rows = rows_of.get(rank)
+                    if rows is None:
+                        rows_of[rank] = [i]
+                    else:
+                        rows.append(i)
+                by_rank = {r: rows for r, rows in rows_of.items() if len(rows) >= BATCH_MIN}
+        evaluate_record = self._evaluate_record
+        full, scalar = self._index, self._scalar_index
+        if not by_rank:
+            out: list[Alert] = []
+            for i in range(n):
+                out.extend(evaluate_record(ranks[i], steps[i], metrics[i], times[i], full))
+            return out
+        tagged: list[tuple[int, int, Alert]] = []
+        covered = sum(n if rows is None else len(rows) for rows in by_rank.values()) == n
+        if scalar.by_metric or scalar.always or self._mean_entries or not covered:
+            for i in range(n):
+                rank = ranks[i]
+                alerts = evaluate_record(rank, steps[i], metrics[i], times[i],
+                                         scalar if rank in by_rank else full)
+                if alerts:
+                    tagged.extend((i, 0, a) for a in alerts)
+        else:  # every rule waits for the batch: only the bookkeeping of evaluate() is left
+            if self._first_step is None:
+                self._first_step = steps[0]
+            self._known_ranks.update(by_rank)
+        from trainguard.rules.vector import Batch  # numpy: only once a large batch comes
+
+        for rank, rows in by_rank.items():
+            if rows is None:
+                batch = Batch(steps, times, metrics, keys)
+            else:
+                batch = Batch([steps[i] for i in rows], [times[i] for i in rows],
+                              [metrics[i] for i in rows])
+            for entry in self._batched:
+                self._batch_entry(entry, rank, batch, rows, tagged)
+        if len(tagged) > 1:
+            tagged.sort(key=lambda t: (t[0], t[1]))
+        return [a for _, _, a in tagged]
+
+    def _batch_entry(self, entry: _Entry, rank: int, batch: Any, index: list[int] | None,
+                     out: list[tuple[int, int, Alert]]) -> None:
+        """One rule over a batch of one rank's records: the condition on every record it
+        would be evaluated on, then the life cycle record by record, but only from the first
+        true result (or all of them while firing): a rule quiet over the whole batch costs a
+        few array operations. Appends ``(record index, 1, alert)`` to ``out``; ``index``
+        gives the record index of each row of the batch (``None``: the row's own)."""
+        import numpy as np
+
+        cond = entry.compiled.condition
+        if not cond.always:  # as evaluate(): only the records that carry one of its metrics
+            carry = batch.present_any(cond.metrics)
+            if not carry.all():
+                rows = np.flatnonzero(carry)
+                if not len(rows):
+                    return
+                batch = batch.take(rows)
+                index = rows.tolist() if index is None else [index[i] for i in rows.tolist()]
+        state = entry.states.get(rank)
+        if state is None:
+            state = entry.states[rank] = _new_state(entry, rank)
+        values, known = state.evaluator.many(batch)  # type: ignore[attr-defined]
+        rows = np.flatnonzero(known)
+        if not len(rows):
+            return
+        truth = values[rows] != 0  # NaN is true
+        first = 0
+        if not state.firing:
+            if not truth.any():  # the quiet case, as evaluate() inlines it
+                state.evaluations += len(rows)
+                state.consecutive = 0
+                return
+            first = int(np.argmax(truth))
+            if first:
+                state.evaluations += first
+                state.consecutive = 0
+        steps, baseline = batch.steps, batch.baseline
+        for j in rows[first:].tolist():
+            step = int(steps[j])
+            change = self._life_cycle(entry, state, step, float(values[j]))
+            if change:
+                base = baseline[j] if baseline is not None else math.nan
+                out.append((j if index is None else index[j], 1, self._alert(
+                    entry, state, rank, step, batch.metrics[j], batch.time_list[j], change,
+                    None if math.isnan(base) else float(base))))
+
+    def _evaluate_record(self, rank: int, step: int, metrics: Mapping[str, float],
+                         time: float | None, index: _Index) -> list[Alert]:
+        """:meth:`evaluate` over the entries of ``index``."""
+        by_metric = index.by_metric
         alerts: list[Alert] = []
         if rank not in self._known_ranks:
             self._known_ranks.add(rank)
@@ -228,24 +406,20 @@ class Engine:
         if self._mean_entries:
             self._gather_mean(rank, step, metrics, time, alerts)
         touched: list[_Entry] | None
-        if len(metrics) == 1 and not self._always:  # one-metric events: nothing to de-duplicate
+        if len(metrics) == 1 and not index.always:  # one-metric events: nothing to de-duplicate
             touched = None
             for name in metrics:
                 touched = by_metric.get(name)
             if not touched:
                 return alerts
         else:
-            key = tuple(metrics)
-            touched = self._touched_cache.get(key)
-            if touched is None:
-                touched = self._touched(key)
+            touched = index.touched(tuple(metrics))
         # _step_entry's body, inlined for the common case: this loop runs for every rule a
         # step touches, and the call (plus updating contexts no function reads) was half its cost.
         for entry in touched:
             state = entry.states.get(rank)
             if state is None:
-                evaluator, context = entry.compiled.condition.instantiate(rank)
-                state = entry.states[rank] = RuleState(evaluator, context)
+                state = entry.states[rank] = _new_state(entry, rank)
             if state.live_context:
                 ctx = state.context
                 ctx.step = step
@@ -260,21 +434,6 @@ class Engine:
                 continue
             self._transition(entry, state, rank, step, metrics, time, result, alerts)
         return alerts
-
-    def _touched(self, key: tuple[str, ...]) -> list[_Entry]:
-        """The entries a step with these metric keys evaluates, in order, each once (cached)."""
-        touched = list(self._always)
-        seen = {id(e) for e in touched}
-        for name in key:
-            for entry in self._by_metric.get(name, ()):
-                if id(entry) not in seen:
-                    seen.add(id(entry))
-                    touched.append(entry)
-        cache = self._touched_cache
-        if len(cache) >= 1024:  # a stream whose key sets keep changing: stay bounded
-            cache.clear()
-        cache[key] = touched
-        return touched
 
     def finish(self) -> list[Alert]:
         """End of input: evaluate the step still gathered for ``mean`` rules, if any."""
@@ -317,7 +476,7 @@ class Engine:
         with no new metrics: the check of a stream that went silent. Pure: the caller brings
         the clock. ``stale(N)`` in steps has no new step here and stays unknown."""
         alerts: list[Alert] = []
-        for entry in self._always:
+        for entry in self._index.always:
             if rank in entry.states:
                 self._step_entry(entry, rank, step, {}, time, alerts)
         return alerts
@@ -328,8 +487,7 @@ class Engine:
         the same steps)."""
         state = entry.states.get(rank)
         if state is None:
-            evaluator, context = entry.compiled.condition.instantiate(rank)
-            state = entry.states[rank] = RuleState(evaluator, context)
+            state = entry.states[rank] = _new_state(entry, rank)
         if state.live_context:
             ctx = state.context
             ctx.step = step
@@ -407,13 +565,18 @@ class Engine:
         return _RESOLVED
 
     def _alert(self, entry: _Entry, state: RuleState, rank: int | None, step: int,
-               metrics: Mapping[str, float], time: float | None, change: int) -> Alert:
+               metrics: Mapping[str, float], time: float | None, change: int,
+               baseline: float | None | object = _CONTEXT) -> Alert:
+        """The alert of a transition; ``baseline`` is the evaluator's context's unless the
+        batch path, which has no per-record context, says it."""
         rule = entry.compiled.rule
         value = metrics.get(rule.metric)
+        if baseline is _CONTEXT:
+            baseline = state.context.baseline
         fields = {
             "rule": rule.id, "metric": rule.metric, "value": format_value(value),
             "step": step, "rank": "all" if rank is None else rank,
-            "baseline": format_value(state.context.baseline),
+            "baseline": format_value(cast("float | None", baseline)),
         }
         try:
             message = rule.message.format(**fields)

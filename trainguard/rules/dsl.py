@@ -47,11 +47,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from trainguard.exceptions import RuleSyntaxError
 
 __all__ = ["Call", "Compiled", "Condition", "EvalContext", "Evaluator", "FUNCTIONS", "Node",
-           "compile_condition", "current_context", "function"]
+           "compile_condition", "current_context", "function", "many_of", "vector",
+           "with_many"]
 
 #: An instantiated condition: the metrics of one step in, a number / truth value or None out.
 Evaluator = Callable[[Mapping[str, float]], float | None]
@@ -170,15 +172,38 @@ class Node:
     #: The metric's key when the node is a bare metric, so a parent can read it inline
     #: (``m.get(name)``) instead of calling the child's evaluator: one call less per step.
     name: str | None = None
+    #: Whether the evaluators ``make()`` builds have a batch entry point (``.many``, see
+    #: :mod:`trainguard.rules.vector`): every built-in node does; a function registered
+    #: without one makes its rule evaluated one record at a time.
+    batched: bool = False
+
+
+def vector() -> Any:
+    """:mod:`trainguard.rules.vector`, imported when first needed: it imports numpy, a tenth of
+    a second that a command which evaluates nothing should not pay."""
+    from trainguard.rules import vector as module
+    return module
+
+
+def with_many(evaluate: Evaluator, many: Any) -> Evaluator:
+    """``evaluate`` with its batch entry point (sharing its state) attached as ``.many``."""
+    evaluate.many = many  # type: ignore[attr-defined]
+    return evaluate
+
+
+def many_of(evaluate: Evaluator) -> Any:
+    """The batch entry point of an evaluator, or ``None``."""
+    return getattr(evaluate, "many", None)
 
 
 def _const(value: float, percent: bool = False, unit: str | None = None) -> Node:
-    return Node(lambda: (lambda m: value), frozenset(), constant=value, percent=percent,
-                unit=unit)
+    return Node(lambda: with_many(lambda m: value, vector().const(value)), frozenset(),
+                constant=value, percent=percent, unit=unit, batched=True)
 
 
 def _metric(name: str) -> Node:
-    return Node(lambda: (lambda m: m.get(name)), frozenset({name}), name=name)
+    return Node(lambda: with_many(lambda m: m.get(name), vector().metric(name)),
+                frozenset({name}), name=name, batched=True)
 
 
 def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
@@ -211,6 +236,9 @@ def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
             def evaluate(m: Mapping[str, float]) -> float | None:
                 a = m.get(name) if name is not None else lf(m)
                 return None if a is None else (1.0 if a != c else 0.0)
+        if left.batched:
+            v = vector()
+            with_many(evaluate, v.binary(op, many_of(lf), v.const(c)))
         return evaluate
     return make
 
@@ -240,8 +268,10 @@ def _binary(op: str, left: Node, right: Node) -> Node:
 
     metrics, always = left.metrics | right.metrics, left.always or right.always
     const = right.constant
+    batched = left.batched and right.batched
     if const is not None and op in _CMP:
-        return Node(_compare_constant(op, left, const), metrics, always=always)
+        return Node(_compare_constant(op, left, const), metrics, always=always,
+                    batched=batched)
 
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
@@ -262,11 +292,15 @@ def _binary(op: str, left: Node, right: Node) -> Node:
             if b is None:
                 return None
             return fn(a, b)
+        if batched:
+            with_many(evaluate, vector().binary(op, many_of(lf), many_of(rf)))
         return evaluate
-    return Node(make, metrics, always=always)
+    return Node(make, metrics, always=always, batched=batched)
 
 
 def _logical(op: str, left: Node, right: Node) -> Node:
+    batched = left.batched and right.batched
+
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
         if op == "and":
@@ -285,19 +319,27 @@ def _logical(op: str, left: Node, right: Node) -> Node:
                 if a is None or b is None:
                     return None
                 return 0.0
+        if batched:
+            with_many(evaluate, vector().logical(op, many_of(lf), many_of(rf)))
         return evaluate
-    return Node(make, left.metrics | right.metrics, always=left.always or right.always)
+    return Node(make, left.metrics | right.metrics, always=left.always or right.always,
+                batched=batched)
 
 
 def _negate(inner: Node, arithmetic: bool) -> Node:
     def make() -> Evaluator:
         f = inner.make()
+        evaluate: Evaluator
         if arithmetic:
-            return lambda m: None if (v := f(m)) is None else -v
-        return lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)
+            evaluate = lambda m: None if (v := f(m)) is None else -v  # noqa: E731
+        else:
+            evaluate = lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)  # noqa: E731
+        if inner.batched:
+            with_many(evaluate, vector().negate(many_of(f), arithmetic))
+        return evaluate
     return Node(make, inner.metrics,
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
-                always=inner.always)
+                always=inner.always, batched=inner.batched)
 
 
 # -- functions -------------------------------------------------------------------------------
@@ -523,6 +565,11 @@ class Condition:
     def always(self) -> bool:
         """Whether to evaluate on every step record, not only those carrying its metrics."""
         return self._node.always
+
+    @property
+    def batched(self) -> bool:
+        """Whether its evaluators have a batch entry point, ``evaluator.many(batch)``."""
+        return self._node.batched
 
     def new_evaluator(self) -> Evaluator:
         """A fresh evaluator, with its own rolling state (one per rank or scope)."""

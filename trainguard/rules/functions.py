@@ -44,8 +44,18 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
+from typing import Any
 
-from trainguard.rules.dsl import Call, Evaluator, Node, current_context, function
+from trainguard.rules.dsl import (
+    Call,
+    Evaluator,
+    Node,
+    current_context,
+    function,
+    many_of,
+    vector,
+    with_many,
+)
 
 __all__: list[str] = []
 
@@ -108,6 +118,16 @@ class _Moments:
             self.total = sum(ds)
             self.squares = sum(x * x for x in ds)
 
+    def absorb(self, history: list[float], pushed: int) -> None:
+        """Take the state a batch left: the window's values now (oldest first) after
+        ``pushed`` more values; the sums are rebuilt around the window's mean."""
+        self.values = deque(history)
+        self.updates += pushed
+        self.shift = sum(history) / len(history)
+        ds = [x - self.shift for x in history]
+        self.total = sum(ds)
+        self.squares = sum(x * x for x in ds)
+
     def mean(self) -> float:
         assert self.shift is not None
         return self.shift + self.total / len(self.values)
@@ -133,8 +153,11 @@ def _nonfinite(call: Call) -> Node:
             if v is None:
                 return None
             return 0.0 if isfinite(v) else 1.0
+        if operand.batched:
+            fm, nonfinite = many_of(f), vector().nonfinite
+            with_many(evaluate, lambda b: nonfinite(*fm(b)))
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("spike")
@@ -170,8 +193,26 @@ def _spike(call: Call) -> Node:
             values.append(v)
             total += v
             return fired
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal total
+            out, known = V.unknown(b.n)
+            rows, x = V.finite(*fm(b))
+            if len(rows):
+                count, mean = V.rolling_mean(values, x, window, previous=True)
+                ready = count >= min_count
+                r, base = rows[ready], mean[ready]
+                out[r] = (base > 0) & (x[ready] >= factor * base)
+                known[r] = True
+                b.set_baseline(r, base)
+                values.extend(x[-window:].tolist())  # a deque of maxlen window
+                total = sum(values)
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("stale")
@@ -213,8 +254,19 @@ def _stale(call: Call) -> Node:
             seen = now
             ctx.baseline = last
             return 1.0 if now - last >= limit else 0.0
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal last, seen
+            out, known, rows, bases, last, seen = V.stale_marks(
+                b.times if seconds else b.steps, fm(b)[1], last, seen, limit)
+            if len(rows):
+                b.set_baseline(rows, bases)
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, always=True)
+    return Node(make, operand.metrics, always=True, batched=operand.batched)
 
 
 @function("mean")
@@ -236,8 +288,28 @@ def _mean(call: Call) -> Node:
                 return result
             mom.push(v)
             return mom.mean() if len(mom.values) >= min_count else None
+        if operand.batched:
+            with_many(evaluate, _moment_many(many_of(f), mom, min_count, previous, std=False))
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
+
+
+def _moment_many(fm: Any, mom: _Moments, min_count: int, previous: bool, std: bool) -> Any:
+    """The batch entry point of ``mean`` / ``std``, sharing the closure's window ``mom``."""
+    V = vector()
+
+    def many(b: Any) -> tuple[Any, Any]:
+        out, known = V.unknown(b.n)
+        rows, x = V.finite(*fm(b))
+        if len(rows):
+            shift = mom.shift if mom.shift is not None else float(x[0])
+            count, mean, sd = V.moments(mom.values, x, mom.window, previous, shift)
+            ready = count >= min_count
+            out[rows[ready]] = (sd if std else mean)[ready]
+            known[rows[ready]] = True
+            mom.absorb(V.tail(mom.values, x, mom.window), len(x))
+        return out, known
+    return many
 
 
 @function("std")
@@ -259,8 +331,10 @@ def _std(call: Call) -> Node:
                 return result
             mom.push(v)
             return mom.std() if len(mom.values) >= min_count else None
+        if operand.batched:
+            with_many(evaluate, _moment_many(many_of(f), mom, min_count, previous, std=True))
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 def _extreme(call: Call, smallest: bool) -> Node:
@@ -294,8 +368,26 @@ def _extreme(call: Call, smallest: bool) -> Node:
             if previous:
                 return before
             return mono[0][1] if index >= min_count else None
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal index, mono
+            out, known = V.unknown(b.n)
+            rows, x = V.finite(*fm(b))
+            if len(rows):
+                history = V.extreme_history(mono, index, window, smallest)
+                count, value = V.extremes(history, x, window, previous, smallest)
+                ready = (count >= min_count) & (count > 0)
+                out[rows[ready]] = value[ready]
+                known[rows[ready]] = True
+                kept = V.tail(history, x, window)
+                index += len(x)
+                mono = deque(V.monotonic(kept, index - len(kept), smallest))
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("min")
@@ -347,8 +439,26 @@ def _slope(call: Call) -> Node:
             sx = n * (n - 1) / 2.0
             sxx = (n - 1) * n * (2 * n - 1) / 6.0
             return (n * sxy - sx * sy) / (n * sxx - sx * sx)
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal values, sy, sxy, updates
+            out, known = V.unknown(b.n)
+            rows, x = V.finite(*fm(b))
+            if len(rows):
+                count, value = V.slopes(values, x, window)
+                ready = count >= min_count
+                out[rows[ready]] = value[ready]
+                known[rows[ready]] = True
+                values = deque(V.tail(values, x, window))
+                sy = sum(values)
+                sxy = sum(i * y for i, y in enumerate(values))
+                updates += len(x)
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("zscore")
@@ -373,8 +483,23 @@ def _zscore(call: Call) -> Node:
                     result = 0.0 if v == mean else math.copysign(math.inf, v - mean)
             mom.push(v)
             return result
+
+        def many(b: Any) -> tuple[Any, Any]:
+            out, known = V.unknown(b.n)
+            rows, x = V.finite(*fm(b))
+            if len(rows):
+                shift = mom.shift if mom.shift is not None else float(x[0])
+                count, mean, sd = V.moments(mom.values, x, window, True, shift)
+                ready = count >= min_count
+                out[rows[ready]] = V.zscores(x[ready], mean[ready], sd[ready])
+                known[rows[ready]] = True
+                mom.absorb(V.tail(mom.values, x, window), len(x))
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("frac_true")
@@ -405,8 +530,26 @@ def _frac_true(call: Call) -> Node:
             bits.append(bit)
             count += bit
             return count / len(bits) if len(bits) >= min_count else None
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal bits, count
+            out, known = V.unknown(b.n)
+            v, k = fm(b)
+            rows = V.known_rows(k)
+            if len(rows):
+                new = V.truth(v[rows])
+                n, frac = V.frac_window(bits, new, window)
+                ready = n >= min_count
+                out[rows[ready]] = frac[ready]
+                known[rows[ready]] = True
+                bits = deque(int(x) for x in V.tail(bits, new, window))
+                count = sum(bits)
+            return out, known
+        if cond.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, cond.metrics)
+    return Node(make, cond.metrics, batched=cond.batched)
 
 
 def _relative(call: Call, direction: float) -> Node:
@@ -452,8 +595,38 @@ def _relative(call: Call, direction: float) -> Node:
                 return None
             change = (v - base) / abs(base) * direction
             return 1.0 if change >= frac else 0.0
+
+        def many(b: Any) -> tuple[Any, Any]:
+            nonlocal fixed
+            out, known = V.unknown(b.n)
+            rows, x = V.finite(*fm(b))
+            if not len(rows):
+                return out, known
+            base = V.unknown(len(x))[0]
+            if rolling:
+                shift = mom.shift if mom.shift is not None else float(x[0])
+                count, mean, _ = V.moments(mom.values, x, n, True, shift)
+                full = count >= n
+                base[full] = mean[full]
+                mom.absorb(V.tail(mom.values, x, n), len(x))
+            else:
+                skip = 0
+                while fixed is None and skip < len(x):  # the first n values form the baseline
+                    mom.push(float(x[skip]))
+                    skip += 1
+                    if len(mom.values) >= n:
+                        fixed = mom.mean()
+                if fixed is not None:
+                    base[skip:] = fixed
+            value, ok = V.relative_change(x, base, direction, frac)
+            out[rows[ok]] = value[ok]
+            known[rows[ok]] = True
+            return out, known
+        if operand.batched:
+            V, fm = vector(), many_of(f)
+            with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
 
 
 @function("drop")
@@ -488,5 +661,8 @@ def _range(call: Call) -> Node:
             if v is None or not isfinite(v):
                 return None
             return 0.0 if low <= v <= high else 1.0
+        if operand.batched:
+            fm, outside = many_of(f), vector().outside
+            with_many(evaluate, lambda b: outside(*fm(b), low, high))
         return evaluate
-    return Node(make, operand.metrics)
+    return Node(make, operand.metrics, batched=operand.batched)
