@@ -148,7 +148,8 @@ def _throughput(steps: int, repeats: int) -> dict[str, Any]:
 
         def parse_normalize_blocks(blocks: list[Block] = blocks) -> None:
             mon = _ParseAndNormalize(_NoSource(), [], field_map=fmap)  # type: ignore[arg-type]
-            mon.process_blocks(blocks)
+            for block in blocks:  # one read of one file a poll
+                mon.process_blocks([block])
             mon.flush()
             assert mon.counters.events == events, mon.counters
 
