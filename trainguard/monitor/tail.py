@@ -54,9 +54,9 @@ class Block(NamedTuple):
     monitor per read, so no per-line object is built before the monitor decodes the line.
 
     ``raw``, when not ``None``, is exactly ``b"".join(line + b"\n" for line in lines)``: the
-    bytes as read, so the monitor can decode the whole block in one call without joining the
-    lines again. Only set where the lines are the file's bytes unchanged (no CR stripped, no
-    over-long line dropped)."""
+    bytes as read (one copy of the chunk at most), so the monitor can decode the whole block in
+    one call without joining its lines again. Left ``None`` for a chunk whose lines are not
+    its bytes as they stand (a CR stripped, an over-long line dropped)."""
 
     stream: str
     first: int
