@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from trainguard.monitor import tail as tail_module
 from trainguard.monitor.alerts import Alert
 from trainguard.monitor.checkpoint import AlertLedger, load_state
 from trainguard.monitor.sources import DirectorySource, FileSource
@@ -119,6 +124,58 @@ def test_crlf_split_across_two_reads_is_still_stripped(tmp_path: Path):
         handle.write(b'\n{"step": 2}\n')
     assert [(1, b'{"step": 1}'), (2, b'{"step": 2}')] == tail.read_lines()
     tail.close()
+
+
+def test_blocks_read_in_chunks_that_cut_lines_carry_their_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Reads that end inside a line, an over-long line dropped: each block's ``raw`` is its
+    lines' bytes as read (a line begun in the previous read included), newlines and all."""
+    monkeypatch.setattr(tail_module, "_READ_CHUNK", 10)
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"s": 1}\n' + b"x" * 25 + b'\n{}\n{"s": 3}\n')
+    tail = FileTail(str(path), max_line_bytes=12)
+    blocks = []
+    while chunk := tail.read_blocks():
+        blocks += chunk
+    tail.close()
+    assert [(1, b'{"s": 1}\n'), (3, b"{}\n"), (4, b'{"s": 3}\n')] == [
+        (block.first, block.raw) for block in blocks]
+
+
+# Runs of plain bytes (up to twice the length bound), newlines, now and then a CR or a NUL
+# (either sends a whole chunk down the slow path).
+_run = st.text(alphabet="a{}", max_size=24).map(str.encode)
+_write = st.lists(st.one_of(_run, _run, st.just(b"\n"), st.just(b"\n"),
+                            st.sampled_from([b"\r\n", b"\r", b"\x00"])),
+                  max_size=12).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_write, st.booleans()), max_size=8), st.integers(3, 40))
+@example([(b"a" * 10, True), (b"abc\nde\n", True)], 7)  # the first line over the bound
+@example([(b"\n" + b"a" * 13 + b"\n", True)], 15)  # a line over it inside one chunk
+def test_a_block_raw_is_exactly_its_lines_joined(writes: list[tuple[bytes, bool]], chunk: int):
+    """Any writes, read at any points in chunks of any size, CRs, NULs and over-long lines
+    included: the lines are the file's complete lines up to the length bound (NULs dropped, a
+    final CR stripped), and a block that carries ``raw`` carries exactly its lines, each with
+    its newline."""
+    with tempfile.TemporaryDirectory() as tmp, \
+            mock.patch.object(tail_module, "_READ_CHUNK", chunk):
+        path = os.path.join(tmp, "a.jsonl")
+        open(path, "wb").close()
+        tail = FileTail(path, max_line_bytes=12)
+        blocks = []
+        for data, read in [*writes, (b"", True)]:
+            with open(path, "ab") as handle:
+                handle.write(data)
+            while read and (got := tail.read_blocks()):
+                blocks += got
+        tail.close()
+    complete = b"".join(data for data, _ in writes).replace(b"\x00", b"").split(b"\n")[:-1]
+    expected = [x.removesuffix(b"\r") for x in complete if len(x) <= 12]
+    assert (expected, []) == ([x for block in blocks for x in block.lines],
+                              [block for block in blocks if block.raw is not None
+                               and block.raw != b"".join(x + b"\n" for x in block.lines)])
 
 
 def test_recreated_file_while_down_is_read_from_its_start(tmp_path: Path):

@@ -89,7 +89,11 @@ class TailMachine(RuleBasedStateMachine):
         """
         deadline = time.monotonic() + 5.0
         while True:
-            self.delivered.extend(line.data for line in self.source.poll())
+            for block in self.source.poll_blocks():
+                # A block's raw bytes (what the monitor decodes whole) are its lines, read.
+                assert block.raw is None or block.raw == b"".join(
+                    line + b"\n" for line in block.lines)
+                self.delivered.extend(block.lines)
             if len(self.delivered) >= len(self.written) and (
                     self.seen_current or self._reader_holds_current_file()):
                 self.seen_current = True

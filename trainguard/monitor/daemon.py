@@ -16,7 +16,7 @@ from itertools import count, repeat
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 
 from trainguard.events import (
     ParseSkip,
@@ -67,6 +67,33 @@ class _OneMetric(msgspec.Struct, gc=False):
 
 _decode_one_metric = msgspec.json.Decoder(_OneMetric).decode
 _NOT_ONE_METRIC = (msgspec.ValidationError, msgspec.DecodeError)
+
+
+class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """One line of a block decoded in one call (:meth:`Monitor._gather_block`): the
+    one-metric form as :class:`_OneMetric` takes it (``name`` and ``value`` set, ``metrics``
+    absent or null), or the step form with every metric a number (``metrics`` set; ``name``
+    and ``value`` are then ignored, as :func:`~trainguard.events.record_from_object` does).
+
+    Only the envelope's keys (``events.RESERVED_KEYS``): a key of any other name, a string
+    metric such as ``"NaN"``, a float step, a string rank... fail the whole block's decode at
+    that line, and the block is read line by line. A file of another form (a flat log dict)
+    thus fails at its first line, not after a whole block decoded for nothing. A line that
+    decodes but is neither form (no ``name``, or no ``value``) is read on its own."""
+
+    step: int
+    name: str | UnsetType = UNSET
+    value: float | UnsetType = UNSET
+    rank: int = 0
+    time: Any = None
+    kind: Any = "train"
+    metrics: dict[str, float] | None = None
+    run_id: Any = None
+
+
+#: ``decode_lines`` reads a run of JSON values apart by any whitespace; the block path checks
+#: that its lines are exactly those values before it takes them (see _gather_block).
+_decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
 MAX_SKIP_EXAMPLES = 5
 
 #: Turns one line into a record or a counted skip. The default reads canonical JSONL.
@@ -197,11 +224,114 @@ class Monitor:
     def process_blocks(self, blocks: Sequence[Block]) -> None:
         """:meth:`process` for blocks of consecutive lines (what a file source reads)."""
         gather = self._gather
-        for stream, first, lines in blocks:
+        parser = self.parser
+        # Where the per-line fast path would decode the lines (see _gather), a block that
+        # comes with its bytes is decoded in one call (about half the cost a line).
+        whole = parser is json_line_parser or getattr(parser, "json_first", False)
+        for block in blocks:
+            if whole and block.raw is not None and self._gather_block(block):
+                continue
+            stream, first, lines, _ = block
             # zip reuses its result tuple when the loop unpacks it: no object per line here.
             gather(zip(repeat(stream), count(first), lines))
         self._stamp_arrivals()
         self._evaluate_cross_rank()
+
+    def _gather_block(self, block: Block) -> bool:
+        """Decode ``block`` in one call and gather its lines as :meth:`_gather` would, with
+        the same records, counts and skips; False (nothing done) when the block does not
+        decode as a run of canonical lines, to be read line by line.
+
+        ``decode_lines`` reads values apart by any whitespace, so a value spread over two
+        lines, or two values on one line, would not map to lines. So a block is taken only
+        when every newline but the last stands between ``}`` and ``{`` and there are as many
+        values as lines: such a ``}`` closes a top-level value (a string cannot hold a
+        newline, and a nested value needs a ``,`` or a closing bracket after it, not ``{``),
+        so every line ends a value and holds at least one; as many as lines, one each,
+        decoded as a per-line decode would decode it.
+        """
+        stream, first, lines, raw = block
+        assert raw is not None
+        n = len(lines)
+        try:
+            decoded = _decode_block(raw)
+        except _NOT_ONE_METRIC:  # a line of another form, or garbage
+            return False
+        if len(decoded) != n or raw.count(b"}\n{") != n - 1:
+            return False
+        pending = self._pending
+        evaluate = self._evaluate
+        # As in _gather: the step being gathered for the rank of the previous line, also held
+        # in ``pending`` under ``cur_key``; one stream throughout.
+        cur: Record | None = None
+        cur_metrics: dict[str, float] = {}
+        cur_step = 0
+        cur_rank = 0
+        cur_key: tuple[str, int] = (stream, 0)
+        events = 0  # one-metric lines taken (one event each)
+        others = 0  # other lines: their index in the block is events + others
+        for one in decoded:
+            metrics = one.metrics
+            if metrics is None:
+                name, value = one.name, one.value
+                if name is UNSET or value is UNSET:
+                    # Neither form (a flat dict of no metric, a name without its value): the
+                    # general parser reads this line and says what it is.
+                    i = events + others
+                    others += 1
+                    cur = None
+                    self._gather(((stream, first + i, lines[i]),))
+                    continue
+                step, rank = one.step, one.rank
+                events += 1
+                if cur is not None and rank == cur_rank:
+                    if step == cur_step:
+                        cur_metrics[name] = value
+                        continue
+                    del pending[cur_key]
+                    evaluate(cur)
+                else:
+                    key = (stream, rank)
+                    held = pending.get(key)
+                    if held is not None:
+                        if held.step == step:
+                            held.metrics[name] = value
+                            cur, cur_metrics, cur_step, cur_rank, cur_key = (
+                                held, held.metrics, step, rank, key)
+                            continue
+                        del pending[key]
+                        evaluate(held)
+                    cur_rank, cur_key = rank, key
+                t = one.time
+                if t is not None and type(t) is not float and type(t) is not int:
+                    t = None
+                kind = one.kind
+                cur_metrics = {name: value}
+                cur_step = step
+                cur = pending[cur_key] = Record(step, cur_metrics, t, rank,
+                                                kind if type(kind) is str else "train", True)
+                continue
+            # A step line: a complete record, taken as the general path of _gather takes it.
+            others += 1
+            cur = None
+            self.counters.events += len(metrics)
+            step, rank = one.step, one.rank
+            key = (stream, rank)
+            held = pending.get(key)
+            if held is not None:
+                del pending[key]
+                if held.step == step:
+                    held.metrics.update(metrics)
+                    evaluate(held)
+                    continue
+                evaluate(held)
+            t = one.time
+            if t is not None and type(t) is not float and type(t) is not int:
+                t = None
+            kind = one.kind
+            evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train"))
+        self.counters.events += events
+        return True
 
     def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
         """Parse ``lines`` (``(stream, number, data)``) and evaluate every step they complete;

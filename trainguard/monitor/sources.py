@@ -7,7 +7,8 @@ itself degraded instead of healthy.
 
 A file-backed source also offers ``poll_blocks()``: the same lines as :class:`Block` runs of
 consecutive lines (raw bytes and the number of the first), which the monitor prefers, since
-building one :class:`Line` per line costs as much as decoding it.
+building one :class:`Line` per line costs as much as decoding it; most blocks also carry the
+bytes of all their lines as read, which the monitor decodes in one call.
 """
 
 from __future__ import annotations

@@ -51,17 +51,23 @@ class Line(NamedTuple):
 
 class Block(NamedTuple):
     """Consecutive complete lines of one stream, numbered from ``first``: what a file hands the
-    monitor per read, so no per-line object is built before the monitor decodes the line."""
+    monitor per read, so no per-line object is built before the monitor decodes the line.
+
+    ``raw``, when not ``None``, is exactly ``b"".join(line + b"\n" for line in lines)``: the
+    bytes as read (one copy of the chunk at most), so the monitor can decode the whole block in
+    one call without joining its lines again. Left ``None`` for a chunk whose lines are not
+    its bytes as they stand (a CR stripped, an over-long line dropped)."""
 
     stream: str
     first: int
     lines: list[bytes]
+    raw: bytes | None = None
 
 
 def expand_blocks(blocks: list[Block]) -> list[Line]:
     """The lines of ``blocks``, one :class:`Line` each, in order."""
     out: list[Line] = []
-    for stream, first, lines in blocks:
+    for stream, first, lines, _ in blocks:
         out.extend(map(_new_tuple, repeat(Line), zip(
             repeat(stream), range(first, first + len(lines)), lines)))
     return out
@@ -289,21 +295,34 @@ class FileTail:
         rest = pieces.pop()  # after the last newline: the start of a line still being written
         first = self.line_no + 1
         if pieces:
+            start = 0  # where the first line handed out starts in ``chunk``
+            head = self._partial  # its start, read with the previous chunk
             if self._discarding:  # the end of an over-long line: drop it, count its number
                 self._discarding = False
+                start = len(pieces[0]) + 1
                 del pieces[0]
                 first += 1
-            elif self._partial:
-                pieces[0] = self._partial + pieces[0]
+            elif head:
+                pieces[0] = head + pieces[0]
                 self._partial = b""
             count = len(pieces)
             self.line_no = first - 1 + count
             # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
             # (The first piece may end in a CR that came with the last chunk's partial line.)
+            # Only the first line can be longer than a chunk no longer than the limit (it
+            # starts with the partial line): then it is the only one measured.
             if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
-                    and (not count or max(map(len, pieces)) <= limit)):
+                    and (not count or (len(pieces[0]) if len(chunk) <= limit
+                                       else max(map(len, pieces))) <= limit)):
                 if count:
-                    out.append(Block(self.path, first, pieces))
+                    # The lines' bytes as read (one copy at most), for a decoder that takes
+                    # the whole block at once (see Monitor.process_blocks).
+                    end = len(chunk) - len(rest)
+                    if head or start:
+                        raw = b"".join((head, memoryview(chunk)[start:end]))
+                    else:
+                        raw = chunk[:end]  # the chunk itself when it ends with its last line
+                    out.append(Block(self.path, first, pieces, raw))
                     stats.lines += count
             else:
                 run: list[bytes] = []  # consecutive lines kept: one block per run
