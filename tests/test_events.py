@@ -8,7 +8,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trainguard.events import ParseSkip, Record, encode_record, parse_line
+from trainguard.events import ParseSkip, Record, encode_record, parse_line, record_from_object
 
 metric_values = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
@@ -63,3 +63,33 @@ def test_malformed_lines_are_skips_with_reasons_not_exceptions():
     for line, reason in cases.items():
         result = parse_line(line)
         assert isinstance(result, ParseSkip) and result.reason == reason, line
+
+
+def test_numbers_past_float_range_are_counted_never_a_crash(tmp_path):
+    """An integer metric past 1.8e308 reads as infinite (as its decimal form does); a step or
+    a time past 2**53 is no step or time: the line is skipped as bad_step, the time dropped.
+    Through the monitor's real fast paths, from a file (CLI, real process)."""
+    from tests.conftest import run_cli
+
+    huge = "9" * 400
+    lines = [
+        '{"step": 1, "metrics": {"loss": 0.5}}',
+        '{"step": 2, "metrics": {"loss": HUGE}}',
+        '{"step": HUGE, "name": "loss", "value": 0.5}',
+        '{"step": 3, "time": HUGE, "name": "loss", "value": 0.5}',
+        '{"step": 4, "time": -HUGE, "metrics": {"loss": 0.5}}',
+    ]
+    lines = [line.replace("HUGE", huge) for line in lines]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report, alerts = tmp_path / "report.json", tmp_path / "alerts.jsonl"
+    result = run_cli("monitor", str(path), "--once", "--quiet", "--rules", "common",
+                     "--report", str(report), "--alerts", str(alerts))
+    assert result.returncode == 2, result.stderr.decode()  # loss=inf at step 2: critical
+    fired = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert [(a["rule"], a["step"]) for a in fired if a["state"] == "firing"] == [
+        ("common.nonfinite_loss", 2)]
+    data = json.loads(report.read_text())
+    assert (data["records"], data["parse_skips"]) == (4, {"bad_step": 1})
+    assert data["parse_skip_examples"][0]["line"] == 3
+    assert record_from_object({"step": 3, "time": int(huge), "name": "x", "value": 1.0}).time is None

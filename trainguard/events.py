@@ -101,8 +101,13 @@ def decode_value(raw: Any) -> float | None:
     ``null`` reads as NaN; booleans are not metrics.
     """
     kind = type(raw)
-    if kind is float or kind is int:
-        return float(raw)
+    if kind is float:
+        return raw  # type: ignore[no-any-return]
+    if kind is int:
+        try:
+            return float(raw)
+        except OverflowError:  # an integer past 1.8e308: as its decimal form reads, infinite
+            return math.inf if raw > 0 else -math.inf
     if kind is str:
         special = NONFINITE_ENCODING.get(raw)
         if special is not None:
@@ -136,6 +141,11 @@ def _loads(line: bytes | str) -> Any:
         return json.loads(line)
 
 
+#: Steps and integer times beyond this are refused: the monitor computes with them as floats,
+#: which hold every integer up to 2**53 exactly.
+MAX_EXACT_INT = 2**53
+
+
 def record_from_object(obj: Any, default_step: int | None = None) -> Record | ParseSkip:
     """Turn one decoded JSON object (any accepted form) into a :class:`Record`."""
     if type(obj) is not dict:
@@ -148,9 +158,12 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
             return ParseSkip("missing_step")
         else:
             return ParseSkip("bad_step", repr(step)[:40])
+    if not -MAX_EXACT_INT <= step <= MAX_EXACT_INT:  # no trainer counts this far: garbage
+        return ParseSkip("bad_step", repr(step)[:40])
     time = obj.get("time")
-    if time is not None and type(time) is not float and type(time) is not int:
-        time = None
+    if time is not None and not (type(time) is float and math.isfinite(time)
+                                 or type(time) is int and -MAX_EXACT_INT <= time <= MAX_EXACT_INT):
+        time = None  # not a usable clock reading (a string, NaN, an integer past float range)
     rank = obj.get("rank", 0)
     if type(rank) is not int:
         rank = 0

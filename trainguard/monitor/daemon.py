@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count, repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from trainguard.events import (
+    MAX_EXACT_INT,
     ParseSkip,
     Record,
     _fast_loads,  # the same decoder, for the fast path
@@ -48,6 +49,10 @@ EXIT_ALERT = 2
 _HIGH = SEVERITY_ORDER["high"]
 
 
+#: A step the fast paths take; any other goes to events.record_from_object, which says why.
+_Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
+
+
 class _OneMetric(msgspec.Struct, gc=False):
     """The one-metric-per-line form, as the fast path takes it: a typed decoder checks the
     types in C (``bool`` is no ``int`` or ``float`` to it, an ``int`` value becomes a
@@ -58,9 +63,9 @@ class _OneMetric(msgspec.Struct, gc=False):
 
     name: str
     value: float
-    step: int
+    step: _Step
     rank: int = 0
-    time: Any = None
+    time: float | None = None
     kind: Any = "train"
     metrics: Any = UNSET
 
@@ -81,11 +86,11 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     thus fails at its first line, not after a whole block decoded for nothing. A line that
     decodes but is neither form (no ``name``, or no ``value``) is read on its own."""
 
-    step: int
+    step: _Step
     name: str | UnsetType = UNSET
     value: float | UnsetType = UNSET
     rank: int = 0
-    time: Any = None
+    time: float | None = None
     kind: Any = "train"
     metrics: dict[str, float] | None = None
     run_id: Any = None
