@@ -77,3 +77,37 @@ def test_one_batch_of_a_whole_run_raises_the_same_alerts() -> None:
     expected = _alerts(Engine(rules, "grpo"), records, None)
     assert expected
     assert _alerts(Engine(rules, "grpo"), records, [len(records)]) == expected
+
+
+def test_a_poll_of_many_files_is_evaluated_in_bounded_batches(tmp_path, monkeypatch) -> None:
+    """A poll reads a chunk of every rank file; records are evaluated every MAX_HELD_RECORDS,
+    not all at the end of the poll, and the alerts are the same as in one batch."""
+    import json
+
+    from trainguard.monitor import daemon
+    from trainguard.monitor.sources import DirectorySource
+
+    for rank in range(3):
+        with open(tmp_path / f"rank{rank}.jsonl", "w") as handle:
+            for step in range(200):
+                loss = math.nan if step == 150 + rank else 0.5
+                handle.write(json.dumps({"step": step, "rank": rank, "metrics": {"loss": loss}},
+                                        allow_nan=True) + "\n")
+
+    def alerts_and_batches(bound: int) -> tuple[list[tuple], int]:
+        monkeypatch.setattr(daemon, "MAX_HELD_RECORDS", bound)
+        monitor = daemon.Monitor(DirectorySource(tmp_path), load_rules(["common"]))
+        calls = []
+        take = monitor._take_done
+        monkeypatch.setattr(monitor, "_take_done", lambda: (calls.append(len(monitor._done)),
+                                                              take()))
+        monitor.run(once=True)
+        return [(a.rule, a.rank, a.step, a.state) for a in monitor.alerts], max(calls)
+
+    whole, held_whole = alerts_and_batches(10**9)
+    bounded, held_bounded = alerts_and_batches(50)
+    assert [a[:3] for a in whole if a[3] == "firing"] == [
+        ("common.nonfinite_loss", 0, 150), ("common.nonfinite_loss", 1, 151),
+        ("common.nonfinite_loss", 2, 152)]
+    assert bounded == whole
+    assert (held_whole, held_bounded) == (600, 200)  # one file's block at most, not all three

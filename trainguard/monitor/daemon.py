@@ -100,6 +100,9 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
 #: that its lines are exactly those values before it takes them (see _gather_block).
 _decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
 MAX_SKIP_EXAMPLES = 5
+#: Completed step records a batch holds before they are evaluated anyway: a poll of a run
+#: directory reads a chunk of every file, and its records must not all wait at once.
+MAX_HELD_RECORDS = 16_384
 
 #: Turns one line into a record or a counted skip. The default reads canonical JSONL.
 LineParser = Callable[[Line], "Record | ParseSkip | None"]
@@ -235,10 +238,14 @@ class Monitor:
         whole = parser is json_line_parser or getattr(parser, "json_first", False)
         for block in blocks:
             if whole and block.raw is not None and self._gather_block(block):
-                continue
-            stream, first, lines, _ = block
-            # zip reuses its result tuple when the loop unpacks it: no object per line here.
-            gather(zip(repeat(stream), count(first), lines))
+                pass
+            else:
+                stream, first, lines, _ = block
+                # zip reuses its result tuple when the loop unpacks it: no object per line.
+                gather(zip(repeat(stream), count(first), lines))
+            if len(self._done) >= MAX_HELD_RECORDS:  # a poll of many files: bound the memory
+                self._take_done()
+                self._drain_queue()
         self._stamp_arrivals()
         self._evaluate_cross_rank()
 
