@@ -183,3 +183,46 @@ def test_a_block_that_fails_half_way_is_read_line_by_line_from_its_start():
     assert ([(0, 1, {"loss": "0.5", "kl": "1.0"}, None, "train"),
              (0, 2, {"loss": "nan", "kl": "2.0"}, None, "train")], 4) == (
         recorder.records, mon.counters.events)
+
+
+_one_rank_line = st.fixed_dictionaries(
+    {"step": st.integers(0, 4), "name": st.sampled_from(["loss", "actor/kl_loss", "kl"]),
+     "value": _number},
+    optional={"time": st.floats(0, 10), "kind": st.sampled_from(["train", "eval", 3])})
+
+
+@st.composite
+def _one_rank_blocks(draw: st.DrawFn) -> list[Block]:
+    """One rank's one-metric lines (steps that repeat, go back, come again; names repeated
+    within a step), cut into blocks at random: the common case, what a one-metric logger
+    is made of (two files, so that the other stream's step is held meanwhile)."""
+    blocks: list[Block] = []
+    for stream, rank in (("a.jsonl", 0), ("b.jsonl", 1)):
+        objs = draw(st.lists(_one_rank_line, min_size=1, max_size=40))
+        lines = [json.dumps({**o, "rank": rank}).encode() for o in objs]
+        cuts = sorted(draw(st.sets(st.integers(1, max(1, len(lines) - 1)), max_size=5)))
+        start = 0
+        for end in [*cuts, len(lines)]:
+            if end > start:
+                part = lines[start:end]
+                blocks.append(Block(stream, start + 1, part, b"".join(x + b"\n" for x in part)))
+                start = end
+    return _interleave(draw, blocks)
+
+
+def _interleave(draw: st.DrawFn, blocks: list[Block]) -> list[Block]:
+    """The two files' blocks in a random interleaving that keeps each file's order."""
+    per = {s: [b for b in blocks if b.stream == s] for s in ("a.jsonl", "b.jsonl")}
+    order = draw(st.permutations([s for s in per for _ in per[s]]))
+    taken = {s: iter(per[s]) for s in per}
+    return [next(taken[s]) for s in order]
+
+
+@settings(max_examples=400, deadline=None)
+@given(_one_rank_blocks(), st.integers(1, 3))
+def test_one_rank_blocks_evaluate_what_the_general_parser_does(
+        blocks: list[Block], batch: int):
+    """Blocks of one rank's one-metric lines: the records (steps held across blocks, steps
+    seen again, the last value of a repeated name), counts and order of the general parser
+    reading every line."""
+    assert _by_lines(blocks, _general, 3) == _by_blocks(blocks, json_line_parser, batch)
