@@ -107,28 +107,27 @@ class Moments:
         return math.sqrt(max(self.squares / n - m * m, 0.0))
 
 
-@function("mean")
-def _mean(call: Call) -> Node:
-    """``mean(m, N)``: the mean of the last N finite values (``previous=1``: before this one)."""
+def _moment(call: Call, std: bool) -> Node:
     operand, window, min_count, previous = _window_args(call)
 
     def make() -> Evaluator:
         f, mom = operand.make(), Moments(window)
         name, isfinite = operand.name, math.isfinite  # read inline: no call
+        stat = mom.std if std else mom.mean
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
             if v is None or not isfinite(v):
                 return None
             if previous:
-                result = mom.mean() if len(mom.values) >= min_count else None
+                result = stat() if len(mom.values) >= min_count else None
                 mom.push(v)
                 return result
             mom.push(v)
-            return mom.mean() if len(mom.values) >= min_count else None
+            return stat() if len(mom.values) >= min_count else None
         if operand.batched:
             with_many(evaluate, lazy_many(
-                lambda: _moment_many(many_of(f), mom, min_count, previous, std=False)))
+                lambda: _moment_many(many_of(f), mom, min_count, previous, std)))
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched)
 
@@ -151,30 +150,16 @@ def _moment_many(fm: Any, mom: Moments, min_count: int, previous: bool, std: boo
     return many
 
 
+@function("mean")
+def _mean(call: Call) -> Node:
+    """``mean(m, N)``: the mean of the last N finite values (``previous=1``: before this one)."""
+    return _moment(call, std=False)
+
+
 @function("std")
 def _std(call: Call) -> Node:
     """``std(m, N)``: the population standard deviation of the last N finite values."""
-    operand, window, min_count, previous = _window_args(call)
-
-    def make() -> Evaluator:
-        f, mom = operand.make(), Moments(window)
-        name, isfinite = operand.name, math.isfinite
-
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
-                return None
-            if previous:
-                result = mom.std() if len(mom.values) >= min_count else None
-                mom.push(v)
-                return result
-            mom.push(v)
-            return mom.std() if len(mom.values) >= min_count else None
-        if operand.batched:
-            with_many(evaluate, lazy_many(
-                lambda: _moment_many(many_of(f), mom, min_count, previous, std=True)))
-        return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    return _moment(call, std=True)
 
 
 def _extreme(call: Call, smallest: bool) -> Node:
