@@ -84,7 +84,7 @@ def test_a_poll_of_many_files_is_evaluated_in_bounded_batches(tmp_path, monkeypa
     not all at the end of the poll, and the alerts are the same as in one batch."""
     import json
 
-    from trainguard.monitor import daemon
+    from trainguard.monitor import daemon, gather
     from trainguard.monitor.sources import DirectorySource
 
     for rank in range(3):
@@ -95,7 +95,7 @@ def test_a_poll_of_many_files_is_evaluated_in_bounded_batches(tmp_path, monkeypa
                                         allow_nan=True) + "\n")
 
     def alerts_and_batches(bound: int) -> tuple[list[tuple], int]:
-        monkeypatch.setattr(daemon, "MAX_HELD_RECORDS", bound)
+        monkeypatch.setattr(gather, "MAX_HELD_RECORDS", bound)
         monitor = daemon.Monitor(DirectorySource(tmp_path), load_rules(["common"]))
         calls = []
         take = monitor._take_done

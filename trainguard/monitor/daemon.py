@@ -10,30 +10,26 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from itertools import count, repeat
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import msgspec
-from msgspec import UNSET, UnsetType
-
-from trainguard.events import (
-    MAX_EXACT_INT,
-    ParseSkip,
-    Record,
-    _fast_loads,  # the same decoder, for the fast path
-    parse_line,
-    record_from_object,
-)
+from trainguard.events import Record
 from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
 from trainguard.monitor.engine import Engine
+from trainguard.monitor.gather import (
+    Counters,
+    LineParser,
+    SkipExample,
+    StepGathering,
+    json_line_parser,
+)
 from trainguard.monitor.gpu import GPU_KIND
 from trainguard.monitor.normalize import FieldMap
 from trainguard.monitor.ranks import StragglerScores
 from trainguard.monitor.record import Recorder
-from trainguard.monitor.sources import Block, DirectorySource, FileSource, Line, Source
+from trainguard.monitor.sources import DirectorySource, FileSource, Source
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
@@ -41,89 +37,12 @@ if TYPE_CHECKING:  # psutil comes with it: not for a monitor that never signals 
     from trainguard.monitor.actions import Stopper
 
 __all__ = ["EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "LineParser", "Monitor", "SkipExample",
-           "Verdict"]
+           "Verdict", "json_line_parser"]
 
 EXIT_CLEAN = 0
 EXIT_DEGRADED = 1
 EXIT_ALERT = 2
 _HIGH = SEVERITY_ORDER["high"]
-
-
-#: A step the fast paths take; any other goes to events.record_from_object, which says why.
-_Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
-
-
-class _OneMetric(msgspec.Struct, gc=False):
-    """The one-metric-per-line form, as the fast path takes it: a typed decoder checks the
-    types in C (``bool`` is no ``int`` or ``float`` to it, an ``int`` value becomes a
-    ``float``), which is what the checks on an ``orjson`` dict did, at twice the speed.
-    ``metrics`` is only there to tell a step line, which is not this form, from it. Not tracked
-    by the garbage collector (``gc=False``): decoded JSON holds no cycles, and a million of
-    them a second would otherwise keep triggering collections."""
-
-    name: str
-    value: float
-    step: _Step
-    rank: int = 0
-    time: float | None = None
-    kind: Any = "train"
-    metrics: Any = UNSET
-
-
-_decode_one_metric = msgspec.json.Decoder(_OneMetric).decode
-_NOT_ONE_METRIC = (msgspec.ValidationError, msgspec.DecodeError)
-
-
-class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """One line of a block decoded in one call (:meth:`Monitor._gather_block`): the
-    one-metric form as :class:`_OneMetric` takes it (``name`` and ``value`` set, ``metrics``
-    absent or null), or the step form with every metric a number (``metrics`` set; ``name``
-    and ``value`` are then ignored, as :func:`~trainguard.events.record_from_object` does).
-
-    Only the envelope's keys (``events.RESERVED_KEYS``): a key of any other name, a string
-    metric such as ``"NaN"``, a float step, a string rank... fail the whole block's decode at
-    that line, and the block is read line by line. A file of another form (a flat log dict)
-    thus fails at its first line, not after a whole block decoded for nothing. A line that
-    decodes but is neither form (no ``name``, or no ``value``) is read on its own."""
-
-    step: _Step
-    name: str | UnsetType = UNSET
-    value: float | UnsetType = UNSET
-    rank: int = 0
-    time: float | None = None
-    kind: Any = "train"
-    metrics: dict[str, float] | None = None
-    run_id: Any = None
-
-
-#: ``decode_lines`` reads a run of JSON values apart by any whitespace; the block path checks
-#: that its lines are exactly those values before it takes them (see _gather_block).
-_decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
-MAX_SKIP_EXAMPLES = 5
-#: Completed step records a batch holds before they are evaluated anyway: a poll of a run
-#: directory reads a chunk of every file, and its records must not all wait at once.
-MAX_HELD_RECORDS = 16_384
-
-#: Turns one line into a record or a counted skip. The default reads canonical JSONL.
-LineParser = Callable[[Line], "Record | ParseSkip | None"]
-
-
-def json_line_parser(line: Line) -> Record | ParseSkip | None:
-    """The default parser: canonical JSONL in any accepted form; blank lines are ignored."""
-    data = line.data
-    if not data.strip():
-        return None
-    return parse_line(data)
-
-
-@dataclass(frozen=True, slots=True)
-class SkipExample:
-    """Where a line was skipped and why, for the user to go and look."""
-
-    stream: str
-    line: int
-    reason: str
-    detail: str
 
 
 @dataclass(slots=True)
@@ -144,15 +63,7 @@ class Verdict:
         return {EXIT_ALERT: "alert", EXIT_DEGRADED: "degraded"}.get(self.exit_code, "clean")
 
 
-@dataclass(slots=True)
-class _Counters:
-    events: int = 0
-    records: int = 0
-    skips: Counter[str] = field(default_factory=Counter)
-    examples: list[SkipExample] = field(default_factory=list)
-
-
-class Monitor:
+class Monitor(StepGathering):
     """Moves lines from a source through the rules, and alerts to the sinks and the stopper."""
 
     def __init__(
@@ -187,7 +98,7 @@ class Monitor:
         self.stopper = stopper
         self.parser = parser
         self.alerts: list[Alert] = []
-        self.counters = _Counters()
+        self.counters = Counters()
         self._pending: dict[tuple[str, int], Record] = {}
         #: Step records parsed in this batch, waiting for the engine (see _end_batch): rules
         #: with a batch form then run once over a rank's records, not once per record.
@@ -221,245 +132,14 @@ class Monitor:
         self.max_step_interval: float | None = None
         self._progress_polls = 0
 
-    # -- the per-line path -------------------------------------------------------------------
-
-    def process(self, lines: Sequence[Line]) -> None:
-        """Parse, normalize and evaluate ``lines``; route any alerts."""
-        self._gather(lines)
-        self._stamp_arrivals()
-        self._evaluate_cross_rank()
-
-    def process_blocks(self, blocks: Sequence[Block]) -> None:
-        """:meth:`process` for blocks of consecutive lines (what a file source reads)."""
-        gather = self._gather
-        parser = self.parser
-        # Where the per-line fast path would decode the lines (see _gather), a block that
-        # comes with its bytes is decoded in one call (about half the cost a line).
-        whole = parser is json_line_parser or getattr(parser, "json_first", False)
-        for block in blocks:
-            if whole and block.raw is not None and self._gather_block(block):
-                pass
-            else:
-                stream, first, lines, _ = block
-                # zip reuses its result tuple when the loop unpacks it: no object per line.
-                gather(zip(repeat(stream), count(first), lines))
-            if len(self._done) >= MAX_HELD_RECORDS:  # a poll of many files: bound the memory
-                self._take_done()
-                self._drain_queue()
-        self._stamp_arrivals()
-        self._evaluate_cross_rank()
-
-    def _gather_block(self, block: Block) -> bool:
-        """Decode ``block`` in one call and gather its lines as :meth:`_gather` would, with
-        the same records, counts and skips; False (nothing done) when the block does not
-        decode as a run of canonical lines, to be read line by line.
-
-        ``decode_lines`` reads values apart by any whitespace, so a value spread over two
-        lines, or two values on one line, would not map to lines. So a block is taken only
-        when every newline but the last stands between ``}`` and ``{`` and there are as many
-        values as lines: such a ``}`` closes a top-level value (a string cannot hold a
-        newline, and a nested value needs a ``,`` or a closing bracket after it, not ``{``),
-        so every line ends a value and holds at least one; as many as lines, one each,
-        decoded as a per-line decode would decode it.
-        """
-        stream, first, lines, raw = block
-        assert raw is not None
-        n = len(lines)
-        try:
-            decoded = _decode_block(raw)
-        except _NOT_ONE_METRIC:  # a line of another form, or garbage
-            return False
-        if len(decoded) != n or raw.count(b"}\n{") != n - 1:
-            return False
-        pending = self._pending
-        evaluate = self._evaluate
-        # As in _gather: the step being gathered for the rank of the previous line, also held
-        # in ``pending`` under ``cur_key``; one stream throughout.
-        cur: Record | None = None
-        cur_metrics: dict[str, float] = {}
-        cur_step = 0
-        cur_rank = 0
-        cur_key: tuple[str, int] = (stream, 0)
-        events = 0  # one-metric lines taken (one event each)
-        others = 0  # other lines: their index in the block is events + others
-        for one in decoded:
-            metrics = one.metrics
-            if metrics is None:
-                name, value = one.name, one.value
-                if name is UNSET or value is UNSET:
-                    # Neither form (a flat dict of no metric, a name without its value): the
-                    # general parser reads this line and says what it is.
-                    i = events + others
-                    others += 1
-                    cur = None
-                    self._gather(((stream, first + i, lines[i]),))
-                    continue
-                step, rank = one.step, one.rank
-                events += 1
-                if cur is not None and rank == cur_rank:
-                    if step == cur_step:
-                        cur_metrics[name] = value
-                        continue
-                    del pending[cur_key]
-                    evaluate(cur)
-                else:
-                    key = (stream, rank)
-                    held = pending.get(key)
-                    if held is not None:
-                        if held.step == step:
-                            held.metrics[name] = value
-                            cur, cur_metrics, cur_step, cur_rank, cur_key = (
-                                held, held.metrics, step, rank, key)
-                            continue
-                        del pending[key]
-                        evaluate(held)
-                    cur_rank, cur_key = rank, key
-                t = one.time
-                if t is not None and type(t) is not float and type(t) is not int:
-                    t = None
-                kind = one.kind
-                cur_metrics = {name: value}
-                cur_step = step
-                cur = pending[cur_key] = Record(step, cur_metrics, t, rank,
-                                                kind if type(kind) is str else "train", True)
-                continue
-            # A step line: a complete record, taken as the general path of _gather takes it.
-            others += 1
-            cur = None
-            self.counters.events += len(metrics)
-            step, rank = one.step, one.rank
-            key = (stream, rank)
-            held = pending.get(key)
-            if held is not None:
-                del pending[key]
-                if held.step == step:
-                    held.metrics.update(metrics)
-                    evaluate(held)
-                    continue
-                evaluate(held)
-            t = one.time
-            if t is not None and type(t) is not float and type(t) is not int:
-                t = None
-            kind = one.kind
-            evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train"))
-        self.counters.events += events
-        return True
-
-    def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
-        """Parse ``lines`` (``(stream, number, data)``) and evaluate every step they complete;
-        steps that may get more one-metric lines are held in ``_pending``."""
-        parser = self.parser
-        # With the default JSON parser, decode here and take the one-metric-per-line form on a
-        # fast path that builds one Record per step, not per line. Results are the same as
-        # through ``parser``; only cheaper (the JSON decode dominates what is left).
-        # A parser that reads canonical JSON first (the stdout auto parser) shares the fast path;
-        # whatever is not canonical JSON still goes to it.
-        fast = parser is json_line_parser or getattr(parser, "json_first", False)
-        loads = _fast_loads
-        decode_one, not_one = _decode_one_metric, _NOT_ONE_METRIC
-        counters = self.counters
-        pending = self._pending
-        evaluate = self._evaluate
-        # The step being gathered for the stream and rank of the previous line (always also
-        # held in ``pending`` under ``cur_key``, so flush order is as if there were no
-        # shortcut): consecutive lines of one stream and rank then skip building the
-        # (stream, rank) key and its lookup. Reset whenever the general path below may have
-        # evaluated or replaced a pending record.
-        cur: Record | None = None
-        cur_metrics: dict[str, float] = {}
-        cur_step = 0
-        cur_stream: str | None = None
-        cur_rank = 0
-        cur_key: tuple[str, int] = ("", 0)
-        events = 0
-        for stream, number, data in lines:
-            if fast:
-                try:
-                    one = decode_one(data)
-                except not_one:  # any other form, or garbage: decoded in general below
-                    one = None
-                if one is not None and one.metrics is UNSET:
-                    name, value, step, rank = one.name, one.value, one.step, one.rank
-                    events += 1
-                    if cur is not None and stream is cur_stream and rank == cur_rank:
-                        if step == cur_step:
-                            cur_metrics[name] = value
-                            continue
-                        # The next step of the same stream and rank: this one is done.
-                        del pending[cur_key]
-                        evaluate(cur)
-                    else:
-                        key = (stream, rank)
-                        held = pending.get(key)
-                        if held is not None:
-                            if held.step == step:
-                                held.metrics[name] = value
-                                cur, cur_metrics, cur_step = held, held.metrics, step
-                                cur_stream, cur_rank, cur_key = stream, rank, key
-                                continue
-                            del pending[key]
-                            evaluate(held)
-                        cur_stream, cur_rank, cur_key = stream, rank, key
-                    t = one.time
-                    if t is not None and type(t) is not float and type(t) is not int:
-                        t = None
-                    kind = one.kind
-                    cur_metrics = {name: value}
-                    cur_step = step
-                    cur = pending[cur_key] = Record(step, cur_metrics, t, rank,
-                                                    kind if type(kind) is str else "train", True)
-                    continue
-                try:
-                    obj = loads(data)
-                except ValueError:  # bare NaN, blank line, garbage: the general parser says
-                    result = parser(Line(stream, number, data))
-                else:
-                    result = record_from_object(obj)
-                    if type(result) is ParseSkip and parser is not json_line_parser:
-                        result = parser(Line(stream, number, data))
-            else:
-                result = parser(Line(stream, number, data))
-            if result is None:
-                continue
-            if type(result) is ParseSkip:
-                self._skip(Line(stream, number, data), result)
-                continue
-            cur = None
-            record: Record = result  # type: ignore[assignment]
-            counters.events += len(record.metrics)
-            key = (stream, record.rank)
-            held = pending.get(key)
-            if held is not None:
-                if held.step == record.step:
-                    held.metrics.update(record.metrics)
-                    if record.partial:
-                        continue
-                    del pending[key]
-                    evaluate(held)
-                    continue
-                del pending[key]
-                evaluate(held)
-            if record.partial:
-                pending[key] = Record(record.step, dict(record.metrics), record.time,
-                                      record.rank, record.kind, True)
-            else:
-                evaluate(record)
-        counters.events += events
+    # -- after parsing (see gather.py) ----------------------------------------------------------
 
     def flush(self) -> None:
         """Evaluate steps held while waiting for more of their one-metric lines."""
         pending, self._pending = self._pending, {}
         for record in pending.values():
             self._evaluate(record)
-        self._stamp_arrivals()
-        self._evaluate_cross_rank()
-
-    def _skip(self, line: Line, skip: ParseSkip) -> None:
-        counters = self.counters
-        counters.skips[skip.reason] += 1
-        if len(counters.examples) < MAX_SKIP_EXAMPLES:
-            counters.examples.append(SkipExample(line.stream, line.number, skip.reason,
-                                                 skip.detail))
+        self._end_batch()
 
     def _take_done(self) -> None:
         """Normalize the records completed in this batch and queue them for the engine: the
@@ -560,6 +240,11 @@ class Monitor:
                 arrivals[rank] = (record_time, now)
             self._unstamped.clear()
 
+    def _evaluate_held(self) -> None:
+        """Evaluate the records completed so far, in the middle of a long batch."""
+        self._take_done()
+        self._drain_queue()
+
     def _drain_queue(self) -> None:
         """Evaluate the step records queued so far, in order, and route their alerts."""
         if self._queue:
@@ -567,7 +252,7 @@ class Monitor:
             for alert in self.engine.evaluate_many(queue):
                 self._route(alert)
 
-    def _evaluate_cross_rank(self) -> None:
+    def _end_batch(self) -> None:
         """The end of a batch: evaluate its records, then the scores of the steps now
         complete on every rank (see ranks.py)."""
         self._take_done()

@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
-from trainguard.monitor.daemon import LineParser, json_line_parser
+from trainguard.monitor.gather import LineParser, json_line_parser
 from trainguard.monitor.sources import Line
 from trainguard.monitor.stdout_text import decode_token, scan_log_dict, segments
 
