@@ -1,0 +1,270 @@
+"""The compiled form of a condition: nodes, the closures they build, and their batch forms.
+
+A :class:`Node` is what the parser (:mod:`trainguard.rules.dsl`) makes of a sub-expression: a
+factory whose ``make()`` returns a fresh evaluator with its own state, so one compiled rule is
+instantiated once per rank without sharing rolling windows. An evaluator takes one record's
+metrics and returns a number, a truth value (1.0/0.0) or ``None`` (unknown); the built-in ones
+also carry ``.many``, the same evaluation over a batch of records on the same state
+(:mod:`trainguard.rules.vector`). The step and time of a record reach functions through the
+:class:`EvalContext` the engine updates before each call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
+           "lazy_many", "logical", "make_in_context", "many_of", "metric", "negate", "vector",
+           "with_many"]
+
+#: The comparison operators.
+CMP = frozenset({"<", "<=", ">", ">=", "==", "!="})
+
+#: An instantiated condition: the metrics of one step in, a number / truth value or None out.
+Evaluator = Callable[[Mapping[str, float]], float | None]
+
+
+class EvalContext:
+    """What an evaluator knows besides the metrics: updated by the engine before each call.
+
+    ``step`` and ``time`` (record time in seconds, or ``None``) describe the record being
+    evaluated; ``rank`` is the rank the evaluator belongs to (``-1`` for a cross-rank scope).
+    ``baseline`` is written by functions that compare against one (the rolling mean of a
+    spike), and reset to ``None`` by the engine before each call. ``used`` says whether any
+    function of the evaluator asked for the context; the engine skips updating one nobody reads.
+    """
+
+    __slots__ = ("step", "time", "rank", "baseline", "used")
+
+    def __init__(self, rank: int = 0) -> None:
+        self.step = 0
+        self.time: float | None = None
+        self.rank = rank
+        self.baseline: float | None = None
+        self.used = False
+
+
+_BUILDING: list[EvalContext] = []
+
+
+def make_in_context(node: Node, ctx: EvalContext) -> Evaluator:
+    """``node.make()``, its functions reading ``ctx`` (see :func:`current_context`)."""
+    _BUILDING.append(ctx)
+    try:
+        return node.make()
+    finally:
+        _BUILDING.pop()
+
+
+def current_context() -> EvalContext:
+    """The context of the evaluator being built; call it inside a node's ``make()``."""
+    if not _BUILDING:  # made outside Condition.instantiate(): a private, never-updated one
+        return EvalContext()
+    ctx = _BUILDING[-1]
+    ctx.used = True
+    return ctx
+
+
+@dataclass(slots=True)
+class Node:
+    """A compiled sub-expression: ``make()`` builds an evaluator with fresh state."""
+
+    make: Callable[[], Evaluator]
+    metrics: frozenset[str]
+    #: A constant's value, so functions can read literal arguments at compile time.
+    constant: float | None = None
+    #: ``True`` for a percentage literal (``50%``), ``"x"`` suffix sets ``ratio``.
+    percent: bool = False
+    #: A literal's unit: ``"x"`` (``3x``), ``"s"`` (``30s``, seconds) or ``None``.
+    unit: str | None = None
+    #: Evaluate on every step record, even one without this node's metrics (``stale``).
+    always: bool = False
+    #: The metric's key when the node is a bare metric, so a parent can read it inline
+    #: (``m.get(name)``) instead of calling the child's evaluator: one call less per step.
+    name: str | None = None
+    #: Whether the evaluators ``make()`` builds have a batch entry point (``.many``, see
+    #: :mod:`trainguard.rules.vector`): every built-in node does; a function registered
+    #: without one makes its rule evaluated one record at a time.
+    batched: bool = False
+
+
+def vector() -> Any:
+    """:mod:`trainguard.rules.vector`, imported when first needed: it imports numpy, a tenth of
+    a second that a command which evaluates nothing should not pay."""
+    from trainguard.rules import vector as module
+    return module
+
+
+def with_many(evaluate: Evaluator, many: Any) -> Evaluator:
+    """``evaluate`` with its batch entry point (sharing its state) attached as ``.many``."""
+    evaluate.many = many  # type: ignore[attr-defined]
+    return evaluate
+
+
+def lazy_many(build: Callable[[], Any]) -> Any:
+    """A batch entry point that ``build()`` makes on its first call, not before: building one
+    imports numpy, and a rule that only ever sees single records never needs it."""
+    built: list[Any] = []
+
+    def many(batch: Any) -> Any:
+        if not built:
+            built.append(build())
+        return built[0](batch)
+    return many
+
+
+def many_of(evaluate: Evaluator) -> Any:
+    """The batch entry point of an evaluator, or ``None``."""
+    return getattr(evaluate, "many", None)
+
+
+def const(value: float, percent: bool = False, unit: str | None = None) -> Node:
+    return Node(lambda: with_many(lambda m: value, lazy_many(lambda: vector().const(value))),
+                frozenset(),
+                constant=value, percent=percent, unit=unit, batched=True)
+
+
+def metric(name: str) -> Node:
+    return Node(lambda: with_many(lambda m: m.get(name), lazy_many(lambda: vector().metric(name))),
+                frozenset({name}), name=name, batched=True)
+
+
+def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
+    """``x OP constant``, the most common condition, as one closure: the comparison inline and,
+    when ``x`` is a bare metric, its read too. The same results as :func:`_binary`'s generic
+    path (NaN compares false)."""
+    def make() -> Evaluator:
+        lf, name = left.make(), left.name
+        if op == "<":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a < c else 0.0)
+        elif op == "<=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a <= c else 0.0)
+        elif op == ">":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a > c else 0.0)
+        elif op == ">=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a >= c else 0.0)
+        elif op == "==":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a == c else 0.0)
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a = m.get(name) if name is not None else lf(m)
+                return None if a is None else (1.0 if a != c else 0.0)
+        if left.batched:
+            with_many(evaluate, lazy_many(
+                lambda: vector().binary(op, many_of(lf), vector().const(c))))
+        return evaluate
+    return make
+
+
+def binary(op: str, left: Node, right: Node) -> Node:
+    fn: Callable[[float, float], float | None]
+    if op == "+":
+        fn = lambda a, b: a + b  # noqa: E731
+    elif op == "-":
+        fn = lambda a, b: a - b  # noqa: E731
+    elif op == "*":
+        fn = lambda a, b: a * b  # noqa: E731
+    elif op == "/":
+        fn = lambda a, b: a / b if b != 0 else (math.nan if a == 0 else math.copysign(math.inf, a) * math.copysign(1, b))  # noqa: E731,E501
+    elif op == "<":
+        fn = lambda a, b: 1.0 if a < b else 0.0  # noqa: E731
+    elif op == "<=":
+        fn = lambda a, b: 1.0 if a <= b else 0.0  # noqa: E731
+    elif op == ">":
+        fn = lambda a, b: 1.0 if a > b else 0.0  # noqa: E731
+    elif op == ">=":
+        fn = lambda a, b: 1.0 if a >= b else 0.0  # noqa: E731
+    elif op == "==":
+        fn = lambda a, b: 1.0 if a == b else 0.0  # noqa: E731
+    else:
+        fn = lambda a, b: 1.0 if a != b else 0.0  # noqa: E731
+
+    metrics, always = left.metrics | right.metrics, left.always or right.always
+    const = right.constant
+    batched = left.batched and right.batched
+    if const is not None and op in CMP:
+        return Node(_compare_constant(op, left, const), metrics, always=always,
+                    batched=batched)
+
+    def make() -> Evaluator:
+        lf, rf = left.make(), right.make()
+        # Literals and bare metrics are read inline, not through their evaluators: one call
+        # less per operand per step (``loss > 10 * max(...)`` has three such operands).
+        lconst, rconst, lname, rname = left.constant, const, left.name, right.name
+        rstateful = rconst is None and rname is None
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a = (lconst if lconst is not None
+                 else m.get(lname) if lname is not None else lf(m))
+            if a is None:
+                if rstateful:
+                    rf(m)  # a window on the right still sees every step
+                return None
+            b = (rconst if rconst is not None
+                 else m.get(rname) if rname is not None else rf(m))
+            if b is None:
+                return None
+            return fn(a, b)
+        if batched:
+            with_many(evaluate, lazy_many(
+                lambda: vector().binary(op, many_of(lf), many_of(rf))))
+        return evaluate
+    return Node(make, metrics, always=always, batched=batched)
+
+
+def logical(op: str, left: Node, right: Node) -> Node:
+    batched = left.batched and right.batched
+
+    def make() -> Evaluator:
+        lf, rf = left.make(), right.make()
+        if op == "and":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = lf(m), rf(m)  # both sides run: stateful windows must see every step
+                if a is not None and not a or b is not None and not b:
+                    return 0.0
+                if a is None or b is None:
+                    return None
+                return 1.0
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = lf(m), rf(m)
+                if a or b:  # NaN counts as true, as in Python
+                    return 1.0 if (a is not None and a) or (b is not None and b) else 0.0
+                if a is None or b is None:
+                    return None
+                return 0.0
+        if batched:
+            with_many(evaluate, lazy_many(
+                lambda: vector().logical(op, many_of(lf), many_of(rf))))
+        return evaluate
+    return Node(make, left.metrics | right.metrics, always=left.always or right.always,
+                batched=batched)
+
+
+def negate(inner: Node, arithmetic: bool) -> Node:
+    def make() -> Evaluator:
+        f = inner.make()
+        evaluate: Evaluator
+        if arithmetic:
+            evaluate = lambda m: None if (v := f(m)) is None else -v  # noqa: E731
+        else:
+            evaluate = lambda m: None if (v := f(m)) is None else (0.0 if v else 1.0)  # noqa: E731
+        if inner.batched:
+            with_many(evaluate, lazy_many(lambda: vector().negate(many_of(f), arithmetic)))
+        return evaluate
+    return Node(make, inner.metrics,
+                constant=-inner.constant if arithmetic and inner.constant is not None else None,
+                always=inner.always, batched=inner.batched)
