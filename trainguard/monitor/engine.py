@@ -43,15 +43,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 from trainguard.monitor.alerts import Alert
-from trainguard.rules.dsl import EvalContext, Evaluator
+from trainguard.monitor.rulestate import (
+    BATCH_MIN,
+    Entry,
+    Index,
+    MeanStep,
+    RuleState,
+    applies,
+    new_state,
+)
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
-__all__ = ["Engine", "RuleState", "format_value", "MEAN_RANK"]
+__all__ = ["BATCH_MIN", "Engine", "RuleState", "format_value", "MEAN_RANK"]
 
 #: The state key (and context rank) of a rule evaluated on the mean of the ranks.
 MEAN_RANK = -1
@@ -70,109 +77,6 @@ def format_value(value: float | None) -> str:
     return f"{value:.4g}"
 
 
-@dataclass(slots=True)
-class RuleState:
-    """Life-cycle state of one rule for one rank (Prometheus style: pending, firing)."""
-
-    evaluator: Evaluator
-    context: EvalContext
-    evaluations: int = 0
-    consecutive: int = 0
-    firing: bool = False
-    false_while_firing: int = 0
-    quiet_until_step: int = -1
-    fired_at_step: int | None = None
-    notified_at_step: int = 0
-    #: Whether a function of the evaluator reads the context (else it is not updated per step).
-    live_context: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.live_context = self.context.used
-
-
-@dataclass(slots=True)
-class _Entry:
-    compiled: CompiledRule
-    scope: str
-    states: dict[int, RuleState] = field(default_factory=dict)
-    firing_ranks: set[int] = field(default_factory=set)
-    group_firing: bool = False
-    #: A false result on a rank not firing changes nothing but two counters (every scope but
-    #: ``all``, whose group can complete on another rank's change): handled inline.
-    quiet_inline: bool = field(init=False)
-
-    #: Evaluated a batch of records at a time when a batch is large (rules/vector.py): a
-    #: per-rank rule whose evaluator has a batch entry point (``.many``).
-    batched: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.quiet_inline = self.scope != "all"
-        self.batched = self.scope == "rank" and self.compiled.condition.batched
-
-
-@dataclass(slots=True)
-class _MeanStep:
-    """The records of one step being gathered for the ``mean`` scope."""
-
-    step: int = -1
-    time: float | None = None
-    ranks: set[int] = field(default_factory=set)
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-def _new_state(entry: _Entry, rank: int) -> RuleState:
-    """Fresh state of ``entry`` on ``rank``."""
-    evaluator, context = entry.compiled.condition.instantiate(rank)
-    return RuleState(evaluator, context)
-
-
-#: A rank's share of a batch worth evaluating with arrays: below it, the per-record closures
-#: are cheaper than numpy's fixed cost per call (measured: they break even at ~10-30 records).
-BATCH_MIN = 32
-
-
-@dataclass(slots=True)
-class _Index:
-    """Which entries a step's metric keys touch; one for all entries, one for those that are
-    evaluated per record while the batched ones wait for the end of a large batch."""
-
-    by_metric: dict[str, list[_Entry]] = field(default_factory=dict)
-    always: list[_Entry] = field(default_factory=list)
-    #: Metric keys of a step (in the record's order) -> the entries they touch: trainers log
-    #: the same keys every step, so the de-duplicated list is built once per key set.
-    cache: dict[tuple[str, ...], list[_Entry]] = field(default_factory=dict)
-
-    def add(self, entry: _Entry) -> None:
-        if entry.compiled.condition.always:
-            self.always.append(entry)
-        else:
-            for name in entry.compiled.condition.metrics:
-                self.by_metric.setdefault(name, []).append(entry)
-
-    def touched(self, key: tuple[str, ...]) -> list[_Entry]:
-        """The entries a step with these metric keys evaluates, in order, each once."""
-        touched = self.cache.get(key)
-        if touched is not None:
-            return touched
-        touched = list(self.always)
-        seen = {id(e) for e in touched}
-        for name in key:
-            for entry in self.by_metric.get(name, ()):
-                if id(entry) not in seen:
-                    seen.add(id(entry))
-                    touched.append(entry)
-        if len(self.cache) >= 1024:  # a stream whose key sets keep changing: stay bounded
-            self.cache.clear()
-        self.cache[key] = touched
-        return touched
-
-
-def _applies(compiled: CompiledRule, trainer: str | None) -> bool:
-    trainers = compiled.rule.trainers
-    return trainer is None or "any" in trainers or trainer in trainers
-
-
 class Engine:
     """Evaluates compiled rules over step records and yields alerts as they fire and resolve.
 
@@ -181,13 +85,13 @@ class Engine:
     """
 
     def __init__(self, rules: Iterable[CompiledRule], trainer: str | None = None) -> None:
-        self._all: list[_Entry] = []
+        self._all: list[Entry] = []
         self.trainer = trainer
         self.max_severity: int = -1
         self.alerts_fired = 0
         self._known_ranks: set[int] = set()
         self._first_step: int | None = None
-        self._mean = _MeanStep()
+        self._mean = MeanStep()
         self.add_rules(rules)
 
     # -- configuration (not on the hot path) ----------------------------------------------------
@@ -196,7 +100,7 @@ class Engine:
         """Add rules; one with the id of a rule already here replaces it (with fresh state)."""
         new = {r.rule.id: r for r in rules}
         self._all = [e for e in self._all if e.compiled.rule.id not in new]
-        self._all.extend(_Entry(r, r.rule.scope) for r in new.values())
+        self._all.extend(Entry(r, r.rule.scope) for r in new.values())
         self._reindex()
 
     def set_trainer(self, kind: str | None) -> None:
@@ -206,11 +110,11 @@ class Engine:
 
     def _reindex(self) -> None:
         # Index: metric name -> entries reading it, so a step only touches rules it can feed.
-        self._entries = [e for e in self._all if _applies(e.compiled, self.trainer)]
-        self._index = _Index()
-        self._scalar_index = _Index()  # without the batched entries
-        self._mean_entries: list[_Entry] = []
-        self._batched: list[_Entry] = []
+        self._entries = [e for e in self._all if applies(e.compiled, self.trainer)]
+        self._index = Index()
+        self._scalar_index = Index()  # without the batched entries
+        self._mean_entries: list[Entry] = []
+        self._batched: list[Entry] = []
         for entry in self._entries:
             if entry.scope == "mean":
                 self._mean_entries.append(entry)
@@ -260,7 +164,7 @@ class Engine:
             for rank_text, values in saved.get("states", {}).items():
                 rank = int(rank_text)
                 firing, fired_at, notified_at, quiet_until, evaluations = values
-                state = entry.states[rank] = _new_state(entry, rank)
+                state = entry.states[rank] = new_state(entry, rank)
                 state.evaluations, state.firing = evaluations, bool(firing)
                 state.quiet_until_step, state.fired_at_step = quiet_until, fired_at
                 state.notified_at_step = notified_at
@@ -348,7 +252,7 @@ class Engine:
             tagged.sort(key=lambda t: (t[0], t[1]))
         return [a for _, _, a in tagged]
 
-    def _batch_entry(self, entry: _Entry, rank: int, batch: Any, index: list[int] | None,
+    def _batch_entry(self, entry: Entry, rank: int, batch: Any, index: list[int] | None,
                      out: list[tuple[int, int, Alert]]) -> None:
         """One rule over a batch of one rank's records: the condition on every record it
         would be evaluated on, then the life cycle record by record, but only from the first
@@ -368,7 +272,7 @@ class Engine:
                 index = rows.tolist() if index is None else [index[i] for i in rows.tolist()]
         state = entry.states.get(rank)
         if state is None:
-            state = entry.states[rank] = _new_state(entry, rank)
+            state = entry.states[rank] = new_state(entry, rank)
         values, known = state.evaluator.many(batch)  # type: ignore[attr-defined]
         rows = np.flatnonzero(known)
         if not len(rows):
@@ -395,7 +299,7 @@ class Engine:
                     None if math.isnan(base) else float(base))))
 
     def _evaluate_record(self, rank: int, step: int, metrics: Mapping[str, float],
-                         time: float | None, index: _Index) -> list[Alert]:
+                         time: float | None, index: Index) -> list[Alert]:
         """:meth:`evaluate` over the entries of ``index``."""
         by_metric = index.by_metric
         alerts: list[Alert] = []
@@ -405,7 +309,7 @@ class Engine:
                 self._first_step = step
         if self._mean_entries:
             self._gather_mean(rank, step, metrics, time, alerts)
-        touched: list[_Entry] | None
+        touched: list[Entry] | None
         if len(metrics) == 1 and not index.always:  # one-metric events: nothing to de-duplicate
             touched = None
             for name in metrics:
@@ -419,7 +323,7 @@ class Engine:
         for entry in touched:
             state = entry.states.get(rank)
             if state is None:
-                state = entry.states[rank] = _new_state(entry, rank)
+                state = entry.states[rank] = new_state(entry, rank)
             if state.live_context:
                 ctx = state.context
                 ctx.step = step
@@ -450,7 +354,7 @@ class Engine:
         if step > pending.step:
             if pending.ranks:
                 self._flush_mean(alerts)
-            pending = self._mean = _MeanStep(step, time)
+            pending = self._mean = MeanStep(step, time)
         sums, counts = pending.sums, pending.counts
         for name, value in metrics.items():
             sums[name] = sums.get(name, 0.0) + value
@@ -460,7 +364,7 @@ class Engine:
             pending.time = time
         if pending.ranks >= self._known_ranks:
             self._flush_mean(alerts)
-            self._mean = _MeanStep(step + 1)  # the next records of this step are late ones
+            self._mean = MeanStep(step + 1)  # the next records of this step are late ones
 
     def _flush_mean(self, alerts: list[Alert]) -> None:
         pending = self._mean
@@ -481,13 +385,13 @@ class Engine:
                 self._step_entry(entry, rank, step, {}, time, alerts)
         return alerts
 
-    def _step_entry(self, entry: _Entry, rank: int, step: int, metrics: Mapping[str, float],
+    def _step_entry(self, entry: Entry, rank: int, step: int, metrics: Mapping[str, float],
                     time: float | None, alerts: list[Alert]) -> None:
         """Evaluate one rule on one record (the ``mean`` scope's path; :meth:`evaluate` inlines
         the same steps)."""
         state = entry.states.get(rank)
         if state is None:
-            state = entry.states[rank] = _new_state(entry, rank)
+            state = entry.states[rank] = new_state(entry, rank)
         if state.live_context:
             ctx = state.context
             ctx.step = step
@@ -502,7 +406,7 @@ class Engine:
             return
         self._transition(entry, state, rank, step, metrics, time, result, alerts)
 
-    def _transition(self, entry: _Entry, state: RuleState, rank: int, step: int,
+    def _transition(self, entry: Entry, state: RuleState, rank: int, step: int,
                     metrics: Mapping[str, float], time: float | None, result: float,
                     alerts: list[Alert]) -> None:
         """Advance the life cycle by a known result that may change something; route alerts."""
@@ -533,7 +437,7 @@ class Engine:
                                       metrics, time, _FIRING if group else _RESOLVED))
 
     @staticmethod
-    def _life_cycle(entry: _Entry, state: RuleState, step: int, result: float) -> int:
+    def _life_cycle(entry: Entry, state: RuleState, step: int, result: float) -> int:
         """Advance one rank's state by one known result; return the transition (0: none)."""
         rule = entry.compiled.rule
         state.evaluations += 1
@@ -564,7 +468,7 @@ class Engine:
         state.quiet_until_step = step + rule.cooldown
         return _RESOLVED
 
-    def _alert(self, entry: _Entry, state: RuleState, rank: int | None, step: int,
+    def _alert(self, entry: Entry, state: RuleState, rank: int | None, step: int,
                metrics: Mapping[str, float], time: float | None, change: int,
                baseline: float | None | object = _CONTEXT) -> Alert:
         """The alert of a transition; ``baseline`` is the evaluator's context's unless the
