@@ -98,3 +98,22 @@ def test_a_session_killed_before_its_first_checkpoint_leaves_no_duplicate_record
     assert warning is None
     Recorder(record, resume_length=saved["record_length"]).close()
     assert record.stat().st_size == 0
+
+
+def test_an_alert_resolved_before_a_restart_is_still_the_verdict_after_it(run_dir: Path):
+    """A NaN that fired and resolved in one session leaves the next session's exit code at 2:
+    the restarted session reads on from the checkpoint and never sees the NaN again, but the
+    run it reports on had one (real processes and files)."""
+    events = run_dir / "rank0.jsonl"
+    _write_rank(events, 0, 0, 100, nan_at=5)
+    cmd = [sys.executable, "-m", "trainguard", "monitor", str(run_dir), "--once", "--quiet"]
+    first = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert first.returncode == 2, first.stderr.decode()
+    states = [json.loads(x)["state"] for x in (run_dir / "alerts.jsonl").read_text().splitlines()
+              if json.loads(x)["rule"] == "common.nonfinite_loss"]
+    assert ["firing", "resolved"] == states  # nothing is firing when the first session ends
+
+    _write_rank(events, 0, 100, 200, nan_at=None)
+    second = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert second.returncode == 2, second.stderr.decode()
+    assert len((run_dir / "alerts.jsonl").read_text().splitlines()) == len(states)

@@ -71,6 +71,10 @@ class AlertLedger:
         self.raised: OrderedDict[tuple[str, int | None, int, str], None] = OrderedDict(
             ((str(r), k, int(s), str(st)), None) for r, k, s, st in saved.get("raised", []))
         self.stops: set[tuple[str, int | None]] = {(str(r), k) for r, k in saved.get("stops", [])}
+        #: The most severe alert any session raised, resolved since or not: a restart must not
+        #: change the verdict (a NaN at step 500 that resolved before a crash is still a NaN).
+        worst = saved.get("worst", -1)
+        self.worst = worst if type(worst) is int else -1
         self.suppressed = 0
 
     def admit(self, alert: Alert) -> bool:
@@ -85,6 +89,7 @@ class AlertLedger:
                 self.suppressed += 1
                 return False
             self.firing[key] = alert.severity
+            self.worst = max(self.worst, SEVERITY_ORDER.get(alert.severity, -1))
         else:
             self.firing.pop(key, None)
         self.raised[full] = None
@@ -102,14 +107,17 @@ class AlertLedger:
 
     @property
     def max_severity(self) -> int:
-        """The most severe alert still firing from a previous session (-1 for none)."""
-        return max((SEVERITY_ORDER.get(s, -1) for s in self.firing.values()), default=-1)
+        """The most severe alert raised in this or a previous session, firing or resolved since
+        (-1 for none)."""
+        firing = max((SEVERITY_ORDER.get(s, -1) for s in self.firing.values()), default=-1)
+        return max(firing, self.worst)
 
     def to_json(self) -> dict[str, Any]:
         """The ledger as JSON."""
         return {"firing": [[r, k, s] for (r, k), s in self.firing.items()],
                 "raised": [list(key) for key in self.raised],
-                "stops": [list(key) for key in sorted(self.stops, key=str)]}
+                "stops": [list(key) for key in sorted(self.stops, key=str)],
+                "worst": self.worst}
 
 
 class Checkpointer:
