@@ -301,7 +301,7 @@ class Monitor(StepGathering):
         # lines of its own in poll().
         if type(source) is FileSource or type(source) is DirectorySource:
             blocks = source.poll_blocks()
-            n = sum(len(block.lines) for block in blocks)
+            n = sum(block.count for block in blocks)
             process: Callable[[Any], None] = self.process_blocks
             batch: Any = blocks
         else:

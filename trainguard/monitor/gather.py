@@ -81,9 +81,27 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     run_id: Any = None
 
 
+class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """A line of a block of one-metric lines only, the common block of that form: the
+    one-metric form with ``name`` and ``value`` required and no ``metrics`` key. Any other line
+    fails the decode, and the block is decoded again as :class:`_BlockLine` (a file of steps
+    fails at its first line). Its gathering loop (:meth:`StepGathering._gather_metric_lines`)
+    then checks nothing per line but its step and rank. Fields in the order the canonical
+    line writes them, which the decoder tries first."""
+
+    time: float | None = None
+    step: _Step
+    rank: int = 0
+    name: str
+    value: float
+    kind: Any = "train"
+    run_id: Any = None
+
+
 #: ``decode_lines`` reads a run of JSON values apart by any whitespace; the block path checks
 #: that its lines are exactly those values before it takes them (see _gather_block).
 _decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
+_decode_metric_block = msgspec.json.Decoder(_MetricLine).decode_lines
 MAX_SKIP_EXAMPLES = 5
 #: Completed step records a batch holds before they are evaluated anyway: a poll of a run
 #: directory reads a chunk of every file, and its records must not all wait at once.
@@ -160,9 +178,8 @@ class StepGathering:
             if whole and block.raw is not None and self._gather_block(block):
                 pass
             else:
-                stream, first, lines, _ = block
                 # zip reuses its result tuple when the loop unpacks it: no object per line.
-                gather(zip(repeat(stream), count(first), lines))
+                gather(zip(repeat(block.stream), count(block.first), block.lines))
             if len(self._done) >= MAX_HELD_RECORDS:  # a poll of many files: bound the memory
                 self._evaluate_held()
         self._end_batch()
@@ -180,9 +197,17 @@ class StepGathering:
         so every line ends a value and holds at least one; as many as lines, one each,
         decoded as a per-line decode would decode it.
         """
-        stream, first, lines, raw = block
+        stream, first, raw, n = block.stream, block.first, block.raw, block.count
         assert raw is not None
-        n = len(lines)
+        try:
+            metric_lines = _decode_metric_block(raw)
+        except _NOT_ONE_METRIC:  # a line of another form: decoded again below
+            pass
+        else:
+            if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
+                return False
+            self._gather_metric_lines(stream, metric_lines)
+            return True
         try:
             decoded = _decode_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form, or garbage
@@ -210,7 +235,7 @@ class StepGathering:
                     i = events + others
                     others += 1
                     cur = None
-                    self._gather(((stream, first + i, lines[i]),))
+                    self._gather(((stream, first + i, block.lines[i]),))
                     continue
                 step, rank = one.step, one.rank
                 events += 1
@@ -262,6 +287,48 @@ class StepGathering:
             evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train"))
         self.counters.events += events
         return True
+
+    def _gather_metric_lines(self, stream: str, decoded: list[_MetricLine]) -> None:
+        """Gather a block of one-metric lines of ``stream`` into step records, as
+        :meth:`_gather` would: a line of the step and rank of the line before it only adds its
+        metric (most lines, and the only check they get); any other starts a step, completing
+        the one it follows on its rank."""
+        pending = self._pending
+        evaluate = self._evaluate
+        cur: Record | None = None
+        cur_metrics: dict[str, float] = {}
+        # The step being gathered for the rank of the previous line, also held in ``pending``
+        # under ``cur_key``. None before the first line: equal to no step or rank.
+        cur_step: int | None = None
+        cur_rank: int | None = None
+        cur_key: tuple[str, int] = (stream, 0)
+        for one in decoded:
+            step = one.step
+            rank = one.rank
+            if step == cur_step and rank == cur_rank:
+                cur_metrics[one.name] = one.value
+                continue
+            if rank == cur_rank:  # the next step of this rank: the one gathered is complete
+                del pending[cur_key]
+                evaluate(cur)  # type: ignore[arg-type]  # set with cur_rank
+            else:
+                key = (stream, rank)
+                held = pending.get(key)
+                if held is not None:
+                    if held.step == step:
+                        held.metrics[one.name] = one.value
+                        cur, cur_metrics, cur_step, cur_rank, cur_key = (
+                            held, held.metrics, step, rank, key)
+                        continue
+                    del pending[key]
+                    evaluate(held)
+                cur_rank, cur_key = rank, key
+            kind = one.kind
+            cur_metrics = {one.name: one.value}
+            cur_step = step
+            cur = pending[cur_key] = Record(step, cur_metrics, one.time, rank,
+                                            kind if type(kind) is str else "train", True)
+        self.counters.events += len(decoded)
 
     def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
         """Parse ``lines`` (``(stream, number, data)``) and evaluate every step they complete;

@@ -49,27 +49,60 @@ class Line(NamedTuple):
     data: bytes
 
 
-class Block(NamedTuple):
+class Block:
     """Consecutive complete lines of one stream, numbered from ``first``: what a file hands the
     monitor per read, so no per-line object is built before the monitor decodes the line.
 
     ``raw``, when not ``None``, is exactly ``b"".join(line + b"\n" for line in lines)``: the
     bytes as read (one copy of the chunk at most), so the monitor can decode the whole block in
     one call without joining its lines again. Left ``None`` for a chunk whose lines are not
-    its bytes as they stand (a CR stripped, an over-long line dropped)."""
+    its bytes as they stand (a CR stripped, an over-long line dropped).
 
-    stream: str
-    first: int
-    lines: list[bytes]
-    raw: bytes | None = None
+    A block read whole (:meth:`of_raw`) splits ``raw`` into ``lines`` only when they are first
+    asked for: a monitor that decodes the block whole never needs them, and splitting a
+    megabyte into bytes objects costs about a tenth of decoding it.
+    """
+
+    __slots__ = ("stream", "first", "count", "raw", "_lines")
+
+    def __init__(self, stream: str, first: int, lines: list[bytes],
+                 raw: bytes | None = None) -> None:
+        self.stream = stream
+        self.first = first
+        #: How many lines: ``len(lines)``, known without splitting ``raw``.
+        self.count = len(lines)
+        self.raw = raw
+        self._lines: list[bytes] | None = lines
+
+    @classmethod
+    def of_raw(cls, stream: str, first: int, raw: bytes, count: int) -> Block:
+        """The ``count`` lines of ``raw`` (each ending in a newline, the last included)."""
+        block = cls.__new__(cls)
+        block.stream, block.first, block.count, block.raw = stream, first, count, raw
+        block._lines = None
+        return block
+
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines, without their newlines."""
+        lines = self._lines
+        if lines is None:
+            assert self.raw is not None
+            lines = self._lines = self.raw.split(b"\n")
+            lines.pop()  # after the last newline: nothing
+        return lines
+
+    def __repr__(self) -> str:
+        return f"Block({self.stream!r}, {self.first}, {self.count} lines)"
 
 
 def expand_blocks(blocks: list[Block]) -> list[Line]:
     """The lines of ``blocks``, one :class:`Line` each, in order."""
     out: list[Line] = []
-    for stream, first, lines, _ in blocks:
+    for block in blocks:
+        first = block.first
         out.extend(map(_new_tuple, repeat(Line), zip(
-            repeat(stream), range(first, first + len(lines)), lines)))
+            repeat(block.stream), range(first, first + block.count), block.lines)))
     return out
 
 
@@ -92,6 +125,14 @@ class TailStats:
         self.skips[reason] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append((line, reason, detail))
+
+
+def _lines_bytes(head: bytes, chunk: bytes, start: int, end: int) -> bytes:
+    """The bytes of the lines handed out: ``head`` (read with the last chunk), then
+    ``chunk[start:end]``; one copy at most, none when the chunk ends with its last line."""
+    if head or start:
+        return b"".join((head, memoryview(chunk)[start:end]))
+    return chunk if end == len(chunk) else chunk[:end]
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -289,6 +330,43 @@ class FileTail:
             # The hole copytruncate leaves before a non-append writer's next write.
             self.stats.skip(self.line_no + 1, "nul_bytes", f"{chunk.count(0)} NUL bytes dropped")
             chunk = chunk.replace(b"\x00", b"")
+        end = chunk.rfind(b"\n") + 1  # past the last complete line; 0 when there is none
+        if not (end and self._take_whole(chunk, end, out)):
+            self._take_lines(chunk, out)
+            return
+        self._keep_partial(chunk[end:])
+
+    def _take_whole(self, chunk: bytes, end: int, out: list[Block]) -> bool:
+        """The common chunk: every line in it as it stands (no CR, none over the limit) goes
+        out as one block of raw bytes, counted but not split (see :class:`Block`). False,
+        with nothing done, for any other chunk."""
+        limit = self.max_line_bytes
+        if len(chunk) > limit or b"\r" in chunk:
+            return False
+        head = self._partial  # the start of the first line, read with the previous chunk
+        first = self.line_no + 1
+        if self._discarding:  # the end of an over-long line: drop it, count its number
+            start = chunk.index(b"\n") + 1
+            first += 1
+        else:
+            start = 0
+            # Only the first line can be too long (it starts with the partial line), or end in
+            # a CR (one that came with the partial line, before an empty rest of the line).
+            newline = chunk.index(b"\n")
+            if len(head) + newline > limit or (newline == 0 and head.endswith(b"\r")):
+                return False
+        self._discarding = False
+        self._partial = b""
+        count = chunk.count(b"\n", start)
+        self.line_no = first - 1 + count
+        if count:
+            out.append(Block.of_raw(self.path, first, _lines_bytes(head, chunk, start, end),
+                                    count))
+            self.stats.lines += count
+        return True
+
+    def _take_lines(self, chunk: bytes, out: list[Block]) -> None:
+        """Any chunk, line by line: CRs stripped, over-long lines counted and dropped."""
         stats = self.stats
         limit = self.max_line_bytes
         pieces = chunk.split(b"\n")
@@ -317,11 +395,7 @@ class FileTail:
                 if count:
                     # The lines' bytes as read (one copy at most), for a decoder that takes
                     # the whole block at once (see Monitor.process_blocks).
-                    end = len(chunk) - len(rest)
-                    if head or start:
-                        raw = b"".join((head, memoryview(chunk)[start:end]))
-                    else:
-                        raw = chunk[:end]  # the chunk itself when it ends with its last line
+                    raw = _lines_bytes(head, chunk, start, len(chunk) - len(rest))
                     out.append(Block(self.path, first, pieces, raw))
                     stats.lines += count
             else:
@@ -341,10 +415,15 @@ class FileTail:
                     run.append(piece)
                 if run:
                     out.append(Block(self.path, run_first, run))
+        self._keep_partial(rest)
+
+    def _keep_partial(self, rest: bytes) -> None:
+        """Hold ``rest``, the start of a line still being written, for the next chunk."""
         if self._discarding:
             return
+        limit = self.max_line_bytes
         if len(self._partial) + len(rest) > limit:
-            stats.skip(self.line_no + 1, "line_too_long", f"over {limit} bytes")
+            self.stats.skip(self.line_no + 1, "line_too_long", f"over {limit} bytes")
             self._partial, self._discarding = b"", True
             return
         self._partial += rest
