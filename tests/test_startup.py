@@ -217,6 +217,25 @@ def test_monitor_once_quiet_on_a_short_file_does_not_import_numpy(tmp_path: Path
     assert "numpy" not in _quiet_once_run_modules(tmp_path)
 
 
+def test_the_rules_start_numpy_with_one_blas_thread_and_leave_the_environment_alone():
+    """numpy, first imported by the batch kernels, runs no BLAS thread besides the main one
+    (OpenBLAS would start one per core, and spin), and the variable that does it is gone from
+    the environment afterwards, so a trainer started later gets its own default. A thread
+    count the user chose is theirs. (Threads counted in /proc: one task is the main thread.)"""
+    code = ("import os\n"
+            "from trainguard.rules import vector\n"
+            "print(len(os.listdir('/proc/self/task')), os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                         env=env, timeout=60).stdout
+    assert "1 None" == out.decode().strip()
+    chosen = dict(env, OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                         env=chosen, timeout=60).stdout
+    assert out.decode().split()[1] == "2"
+
+
 def test_help_imports_neither_the_monitor_nor_the_rules(tmp_path: Path):
     """`trainguard --help` builds the help from the CLI module alone."""
     modules = _modules_after(tmp_path, ["--help"], runs=1)

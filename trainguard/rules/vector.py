@@ -25,10 +25,32 @@ costs a tenth of a second: it is imported when a rule is first instantiated, not
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
 
-import numpy as np
+
+def _import_numpy_with_one_blas_thread() -> None:
+    """Import numpy with its OpenBLAS on one thread, unless the user chose a number.
+
+    At import OpenBLAS starts a thread per core, and they spin: 0.14 s of CPU on a 2-core
+    machine, and a hundred spinning threads on a GPU node, in a monitor whose BLAS work is a
+    small matrix-vector product per batch. The variable is read once, when the library loads,
+    so the environment is put back at once: a trainer that ``trainguard run`` starts later
+    gets its own default. (numpy already imported, as in a trainer's process: no effect.)
+    """
+    chosen = "OPENBLAS_NUM_THREADS" in os.environ
+    if not chosen:
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        import numpy  # noqa: F401
+    finally:
+        if not chosen:
+            os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
+_import_numpy_with_one_blas_thread()
+import numpy as np  # noqa: E402  # imported above, with the thread count set
 
 __all__ = ["Batch", "Many", "binary", "const", "extremes", "finite", "frac_window", "logical",
            "metric", "moments", "negate", "rolling_mean", "slopes", "window_bounds"]
