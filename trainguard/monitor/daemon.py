@@ -183,7 +183,7 @@ class Monitor(StepGathering):
         ranks = [r.rank for r in done]
         rank = ranks[0]
         if (ranks.count(rank) != len(ranks) or rank not in self._observed_ranks
-                or any(r.kind == GPU_KIND for r in done)):
+                or GPU_KIND in [r.kind for r in done]):  # a list: no generator frame a record
             return False
         metrics = [r.metrics for r in done]
         keys: set[str] = set().union(*metrics)
