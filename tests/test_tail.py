@@ -323,3 +323,25 @@ def test_ledger_suppresses_an_alert_raised_before_a_restart():
     restored = AlertLedger(ledger.to_json())
     assert [False, True, True] == [restored.admit(alert(5)), restored.admit(alert(9, "resolved")),
                                    restored.admit(alert(12))]
+
+
+def test_a_file_behind_hands_out_a_few_reads_a_poll_and_the_rest_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A backlog comes out CATCH_UP_READS reads a poll (a bounded batch, big enough to amortize
+    the rules' cost per batch), in order, every line once, numbered as in the file."""
+    from trainguard.monitor import sources
+
+    monkeypatch.setattr(tail_module, "_READ_CHUNK", 64)
+    path = tmp_path / "a.jsonl"
+    lines = [b'{"step": %d, "name": "loss", "value": 1.0}' % i for i in range(200)]
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    source = FileSource(path)
+    polls = []
+    while blocks := source.poll_blocks():
+        polls.append([(block.first + i, line) for block in blocks
+                      for i, line in enumerate(block.lines)])
+    source.close()
+    per_read = 64 // (len(lines[0]) + 1) + 1  # lines a 64-byte read completes, at most
+    assert max(map(len, polls)) <= sources.CATCH_UP_READS * per_read
+    assert len(polls[0]) > per_read  # more than one read in a poll
+    assert list(enumerate(lines, 1)) == [x for poll in polls for x in poll]

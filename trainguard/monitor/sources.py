@@ -50,6 +50,13 @@ class Source(Protocol):
         """Release files and threads."""
 
 
+#: Reads of a file that is behind (a backlog, a finished run) per poll of one file. The monitor
+#: evaluates a poll's records as one batch, and each rule pays a fixed cost per batch: four
+#: reads (about 5,000 steps of 10 metrics) took a quarter off the rules' CPU time against one.
+#: A directory reads one per file and poll: its files' reads add up already.
+CATCH_UP_READS = 4
+
+
 class FileSource:
     """One file followed like ``tail -F``."""
 
@@ -64,8 +71,15 @@ class FileSource:
         return self._tail.read()
 
     def poll_blocks(self) -> list[Block]:
-        """New complete lines of the file, as blocks of consecutive lines."""
-        return self._tail.read_blocks()
+        """New complete lines of the file, as blocks of consecutive lines: up to
+        :data:`CATCH_UP_READS` reads of the tail (a megabyte each) while it is behind."""
+        tail = self._tail
+        blocks = tail.read_blocks()
+        for _ in range(CATCH_UP_READS - 1):
+            if not tail.behind:
+                break
+            blocks += tail.read_blocks()
+        return blocks
 
     def problems(self) -> list[str]:
         """A missing or unreadable file is a problem: the monitor cannot see the run."""
