@@ -216,59 +216,15 @@ class StepGathering:
             return False
         pending = self._pending
         evaluate = self._evaluate
-        # As in _gather: the step being gathered for the rank of the previous line, also held
-        # in ``pending`` under ``cur_key``; one stream throughout.
-        cur: Record | None = None
-        cur_metrics: dict[str, float] = {}
-        cur_step = 0
-        cur_rank = 0
-        cur_key: tuple[str, int] = (stream, 0)
-        events = 0  # one-metric lines taken (one event each)
-        others = 0  # other lines: their index in the block is events + others
-        for one in decoded:
+        for i, one in enumerate(decoded):
             metrics = one.metrics
             if metrics is None:
-                name, value = one.name, one.value
-                if name is UNSET or value is UNSET:
-                    # Neither form (a flat dict of no metric, a name without its value): the
-                    # general parser reads this line and says what it is.
-                    i = events + others
-                    others += 1
-                    cur = None
-                    self._gather(((stream, first + i, block.lines[i]),))
-                    continue
-                step, rank = one.step, one.rank
-                events += 1
-                if cur is not None and rank == cur_rank:
-                    if step == cur_step:
-                        cur_metrics[name] = value
-                        continue
-                    del pending[cur_key]
-                    evaluate(cur)
-                else:
-                    key = (stream, rank)
-                    held = pending.get(key)
-                    if held is not None:
-                        if held.step == step:
-                            held.metrics[name] = value
-                            cur, cur_metrics, cur_step, cur_rank, cur_key = (
-                                held, held.metrics, step, rank, key)
-                            continue
-                        del pending[key]
-                        evaluate(held)
-                    cur_rank, cur_key = rank, key
-                t = one.time
-                if t is not None and type(t) is not float and type(t) is not int:
-                    t = None
-                kind = one.kind
-                cur_metrics = {name: value}
-                cur_step = step
-                cur = pending[cur_key] = Record(step, cur_metrics, t, rank,
-                                                kind if type(kind) is str else "train", True)
+                # A one-metric line among step lines (a block of one-metric lines alone was
+                # taken above), or a line of neither form (a flat dict of no metric, a name
+                # without its value): the per-line path reads it, and says what it is.
+                self._gather(((stream, first + i, block.lines[i]),))
                 continue
             # A step line: a complete record, taken as the general path of _gather takes it.
-            others += 1
-            cur = None
             self.counters.events += len(metrics)
             step, rank = one.step, one.rank
             key = (stream, rank)
@@ -285,7 +241,6 @@ class StepGathering:
                 t = None
             kind = one.kind
             evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train"))
-        self.counters.events += events
         return True
 
     def _gather_metric_lines(self, stream: str, decoded: list[_MetricLine]) -> None:
