@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainguard.monitor.engine import Engine
+from trainguard.monitor.engine.engine import Engine
 from trainguard.rules.loader import builtin_pack_names, load_rules
 
 #: Keys TRL trainers log, padded to 30 with generic ones.
@@ -129,7 +129,7 @@ def bench_monitor_in_process(events: int, small: int, names: list[str]) -> dict[
     import psutil
 
     from trainguard.monitor.daemon import Monitor
-    from trainguard.monitor.sources import Line
+    from trainguard.monitor.ingest.sources import Line
 
     class _NoSource:
         exhausted = True
@@ -189,7 +189,7 @@ def _write_events(path: Path, events: int, names: list[str]) -> None:
 def bench_source_read(path: Path) -> float:
     """CPU seconds the file source alone spends delivering every line of ``path``, as the
     monitor takes them (blocks of raw lines, ``poll_blocks``)."""
-    from trainguard.monitor.sources import FileSource
+    from trainguard.monitor.ingest.sources import FileSource
 
     source = FileSource(path)
     start = time.process_time()

@@ -18,7 +18,7 @@ import json
 import statistics
 import time
 
-from trainguard.monitor.gpu import NvmlSource
+from trainguard.monitor.ingest.gpu import NvmlSource
 
 
 def main() -> None:

@@ -45,9 +45,9 @@ import orjson
 
 from trainguard.events import Record, parse_line
 from trainguard.monitor.daemon import Monitor
-from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.sources import Block, DirectorySource, Line
-from trainguard.monitor.watch import start_watcher
+from trainguard.monitor.ingest.normalize import load_field_map
+from trainguard.monitor.ingest.sources import Block, DirectorySource, Line
+from trainguard.monitor.ingest.watch import start_watcher
 
 # Keys a verl run logs (shared/reference/frameworks.md); the verl map renames some of them.
 _VERL_KEYS = ["actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm", "actor/lr",

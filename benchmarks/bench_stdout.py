@@ -21,9 +21,9 @@ import argparse
 import json
 import time
 
-from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.sources import Line
-from trainguard.monitor.stdout import make_line_parser
+from trainguard.monitor.ingest.normalize import load_field_map
+from trainguard.monitor.ingest.sources import Line
+from trainguard.monitor.ingest.stdout import make_line_parser
 
 GRPO_KEYS = [
     "loss", "grad_norm", "learning_rate", "num_tokens", "completions/mean_length",

@@ -15,8 +15,8 @@ import tempfile
 import time
 
 from trainguard.control import StopRequest, write_stop_request
-from trainguard.monitor.actions import StopPlan
-from trainguard.monitor.process import ProcessTarget
+from trainguard.monitor.act.actions import StopPlan
+from trainguard.monitor.act.process import ProcessTarget
 
 
 def _per_call_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]

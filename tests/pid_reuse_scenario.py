@@ -14,7 +14,7 @@ import sys
 import time
 
 from trainguard.exceptions import ConfigError
-from trainguard.monitor.process import ProcessTarget
+from trainguard.monitor.act.process import ProcessTarget
 
 
 def main() -> int:

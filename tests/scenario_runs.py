@@ -7,7 +7,7 @@ module imports no pytest.
 A run is captured twice, independently of the real TrainGuardCallback: a small TrainerCallback
 writes each ``on_log`` dict with :class:`trainguard.EventWriter` (the callback events), and the
 Trainer's own printed log dicts are kept as ``stdout.txt`` (the plain-stdout form, for a stdout
-parser to replay). The events file is replayed with :func:`trainguard.rules.testing.replay`
+parser to replay). The events file is replayed with :func:`trainguard.monitor.engine.testing.replay`
 through ``common``, the detected trainer's default pack and, for GRPO, the opt-in strict and KL
 packs, so a healthy run shows that even the strict packs stay quiet.
 
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from trainguard import EventWriter
-from trainguard.monitor.alerts import Alert
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.testing import replay
 from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
 from trainguard.rules.loader import load_rules
-from trainguard.rules.testing import replay
 
 __all__ = ["EXTRA_PACKS", "SCENARIOS", "SERIOUS", "Outcome", "PackRow", "Scenario",
            "pack_rows", "packs_for", "run_scenario", "stdout_verdict"]
@@ -294,9 +294,9 @@ def stdout_verdict(scenario: Scenario, out: Outcome) -> list[str]:
     ``trl`` stdout parser through the real monitor: the named rules that fired on a broken
     run, the high/critical rules that fired on a healthy one (sorted ids; [] = quiet)."""
     from trainguard.monitor.daemon import Monitor
-    from trainguard.monitor.sources import FileSource
-    from trainguard.monitor.stdout import make_line_parser
-    from trainguard.rules.testing import select_rules
+    from trainguard.monitor.engine.testing import select_rules
+    from trainguard.monitor.ingest.sources import FileSource
+    from trainguard.monitor.ingest.stdout import make_line_parser
 
     if out.stdout_path is None:
         raise ValueError(f"{scenario.name}: the run kept no stdout capture")

@@ -17,9 +17,9 @@ import pytest
 from tests.conftest import run_cli
 from trainguard.control import StopRequest, write_stop_request
 from trainguard.emitters.writer import EventWriter
-from trainguard.monitor.actions import ControlFileStopper, StopPlan
-from trainguard.monitor.alerts import Alert
-from trainguard.monitor.sources import STATE_DIRNAME
+from trainguard.monitor.act.actions import ControlFileStopper, StopPlan
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.ingest.sources import STATE_DIRNAME
 
 # A trainer that ignores SIGTERM, forks a child that ignores it too, and logs NaN from step 3.
 STUBBORN = r"""

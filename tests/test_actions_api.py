@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainguard.monitor import actions, postmortem, process, runner
+from trainguard.monitor.act import actions, postmortem, process, runner
 
 
 def test_public_api_of_the_stopping_modules_is_pinned():

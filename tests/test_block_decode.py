@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from tests.test_normalize_fast_path import _general, _ListRecorder, _one_metric, _raw, _step
 from trainguard.monitor.daemon import Monitor, json_line_parser
-from trainguard.monitor.normalize import FieldMap
-from trainguard.monitor.stdout import make_line_parser
-from trainguard.monitor.tail import Block, expand_blocks
+from trainguard.monitor.ingest.normalize import FieldMap
+from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.ingest.tail import Block, expand_blocks
 
 
 def _dumps(obj: dict[str, object], compact: bool) -> bytes:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trainguard.monitor.gpu import GPU_METRICS
-from trainguard.monitor.ranks import SCORE_METRIC
+from trainguard.monitor.engine.ranks import SCORE_METRIC
+from trainguard.monitor.engine.testing import run_rule_tests
+from trainguard.monitor.ingest.gpu import GPU_METRICS
 from trainguard.rules.loader import builtin_pack_names, load_pack, load_yaml
-from trainguard.rules.testing import run_rule_tests
 
 TESTS_DIR = Path(str(resources.files("trainguard.rules") / "tests"))
 TEST_FILES = sorted(TESTS_DIR.glob("*.yaml"))
@@ -57,8 +57,8 @@ def _field_map_targets() -> set[str]:
     return targets
 
 
-# Metrics the monitor derives from what every trainer logs (monitor/ranks.py), and the GPU
-# samples of ``monitor --gpu`` (monitor/gpu.py).
+# Metrics the monitor derives from what every trainer logs (monitor/engine/ranks.py), and the GPU
+# samples of ``monitor --gpu`` (monitor/ingest/gpu.py).
 _DERIVED = {SCORE_METRIC, *GPU_METRICS}
 KNOWN_KEYS = (set((_COMMON + _TRL + _VERL + _OPENRLHF).split()) | _field_map_targets()
               | _DERIVED)

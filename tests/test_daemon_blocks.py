@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from tests.test_normalize_fast_path import _ListRecorder, _one_metric, _raw, _step
 from trainguard.monitor.daemon import YOUNG_COLLECTION_THRESHOLD, Monitor
-from trainguard.monitor.normalize import FieldMap
-from trainguard.monitor.sources import DirectorySource, FileSource, Line
-from trainguard.monitor.tail import FileTail
+from trainguard.monitor.ingest.normalize import FieldMap
+from trainguard.monitor.ingest.sources import DirectorySource, FileSource, Line
+from trainguard.monitor.ingest.tail import FileTail
 from trainguard.rules.loader import load_rules
 
 _line = st.tuples(st.sampled_from(["a.jsonl", "b.jsonl"]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainguard.monitor.engine import Engine
+from trainguard.monitor.engine.engine import Engine
 from trainguard.rules.loader import CompiledRule, compile_rule
 from trainguard.rules.models import Rule
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import random
 
-from trainguard.monitor.engine import BATCH_MIN, Engine
+from trainguard.monitor.engine.engine import BATCH_MIN, Engine
 from trainguard.rules.loader import builtin_pack_names, load_rules
 
 #: Keys TRL trainers log, at healthy levels; faults are injected below.
@@ -84,8 +84,9 @@ def test_a_poll_of_many_files_is_evaluated_in_bounded_batches(tmp_path, monkeypa
     not all at the end of the poll, and the alerts are the same as in one batch."""
     import json
 
-    from trainguard.monitor import daemon, gather
-    from trainguard.monitor.sources import DirectorySource
+    from trainguard.monitor import daemon
+    from trainguard.monitor.ingest import gather
+    from trainguard.monitor.ingest.sources import DirectorySource
 
     for rank in range(3):
         with open(tmp_path / f"rank{rank}.jsonl", "w") as handle:

@@ -1,4 +1,4 @@
-"""GPU health from NVML (monitor/gpu.py), the composite source, and the gpu pack on samples
+"""GPU health from NVML (monitor/ingest/gpu.py), the composite source, and the gpu pack on samples
 recorded on real H200s (tests/data/gpu_*: how they were made is in tests/data/gpu_load.py).
 
 No NVIDIA driver exists on this machine or on CI, so NVML cannot be loaded here. Where a test
@@ -25,10 +25,10 @@ import pytest
 
 from tests.conftest import run_cli
 from trainguard.events import parse_line
-from trainguard.monitor.composite import CompositeSource
 from trainguard.monitor.daemon import EXIT_DEGRADED, Monitor
-from trainguard.monitor.gpu import GPU_KIND, NVML_STREAM, NvmlSource
-from trainguard.monitor.sources import FileSource
+from trainguard.monitor.ingest.composite import CompositeSource
+from trainguard.monitor.ingest.gpu import GPU_KIND, NVML_STREAM, NvmlSource
+from trainguard.monitor.ingest.sources import FileSource
 from trainguard.rules.loader import load_rules
 
 DATA = Path(__file__).resolve().parent / "data"

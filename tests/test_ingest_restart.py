@@ -81,8 +81,8 @@ def test_a_session_killed_before_its_first_checkpoint_leaves_no_duplicate_record
     end of the first session's code before any commit)."""
     from trainguard.events import Record
     from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
-    from trainguard.monitor.record import Recorder
-    from trainguard.monitor.sources import FileSource
+    from trainguard.monitor.ingest.sources import FileSource
+    from trainguard.monitor.sinks.record import Recorder
 
     events = tmp_path / "rank0.jsonl"
     events.write_text('{"step": 0, "metrics": {"loss": 1.0}}\n')

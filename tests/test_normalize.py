@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import run_cli
 from trainguard.exceptions import ConfigError, UnknownPackError
-from trainguard.monitor.normalize import (
+from trainguard.monitor.ingest.normalize import (
     FieldMap,
     builtin_field_maps,
     load_field_map,

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from trainguard.events import Record
 from trainguard.monitor.daemon import Monitor, json_line_parser
-from trainguard.monitor.normalize import FieldMap
-from trainguard.monitor.sources import Line
-from trainguard.monitor.stdout import make_line_parser
+from trainguard.monitor.ingest.normalize import FieldMap
+from trainguard.monitor.ingest.sources import Line
+from trainguard.monitor.ingest.stdout import make_line_parser
 
 
 class _ListRecorder:

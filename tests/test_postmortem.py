@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 
 from trainguard.events import Record
-from trainguard.monitor.alerts import Alert
-from trainguard.monitor.postmortem import describe_exit, find_resume_checkpoint, write_postmortem
+from trainguard.monitor.act.postmortem import (
+    describe_exit,
+    find_resume_checkpoint,
+    write_postmortem,
+)
+from trainguard.monitor.engine.alerts import Alert
 
 
 def test_exit_codes_and_signals_are_described():

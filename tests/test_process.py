@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from trainguard.exceptions import ConfigError
-from trainguard.monitor.process import ProcessTarget, parse_signal
+from trainguard.monitor.act.process import ProcessTarget, parse_signal
 
 ROOT = Path(__file__).resolve().parent.parent
 

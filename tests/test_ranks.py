@@ -1,4 +1,4 @@
-"""Straggler scores across ranks (monitor/ranks.py), reliability matrix T23."""
+"""Straggler scores across ranks (monitor/engine/ranks.py), reliability matrix T23."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from trainguard.monitor.ranks import SCORE_METRIC, StragglerScores
+from trainguard.monitor.engine.ranks import SCORE_METRIC, StragglerScores
 
 
 def _feed(scores: StragglerScores, steps: int, slow: dict[int, float], jitter: float,

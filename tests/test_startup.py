@@ -14,7 +14,7 @@ import pytest
 import trainguard
 import trainguard.rules
 from trainguard import builtin_cache
-from trainguard.monitor.normalize import builtin_field_maps, load_field_map, parse_field_map
+from trainguard.monitor.ingest.normalize import builtin_field_maps, load_field_map, parse_field_map
 from trainguard.rules import loader
 from trainguard.rules.loader import builtin_pack_names, load_pack, parse_pack
 
@@ -161,7 +161,7 @@ def test_a_field_map_preset_from_the_cache_equals_the_preset_parsed(cache: Path,
     text = (resources.files("trainguard.presets") / "fields" / f"{name}.yaml").read_text("utf-8")
     parsed = parse_field_map(text, f"<preset {name}>")
     load_field_map([name])  # a miss: parses, then stores
-    stored = builtin_cache.load("fields", name, text, ("trainguard.monitor.normalize",))
+    stored = builtin_cache.load("fields", name, text, ("trainguard.monitor.ingest.normalize",))
     cached = load_field_map([name])
     assert (True, parsed.mapping, parsed.aliases) == (
         stored is not None, cached.mapping, cached.aliases)
@@ -192,7 +192,7 @@ def _modules_after(tmp_path: Path, argv: list[str], runs: int = 2) -> set[str]:
 
 #: Imports a `monitor FILE --once --quiet` start does not need (and once paid for).
 NOT_FOR_A_QUIET_FILE_RUN = ("ruamel.yaml", "rich", "re2", "trainguard.emitters.writer",
-                            "trainguard.monitor.stdout", "trainguard.monitor.postmortem",
+                            "trainguard.monitor.ingest.stdout", "trainguard.monitor.act.postmortem",
                             "watchdog", "pynvml", "polars")
 
 

@@ -22,15 +22,15 @@ from tests.conftest import ROOT, run_cli
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.daemon import json_line_parser
-from trainguard.monitor.sources import Line
-from trainguard.monitor.stdout import (
+from trainguard.monitor.ingest.sources import Line
+from trainguard.monitor.ingest.stdout import (
     StdoutParser,
     StdoutPreset,
     builtin_stdout_presets,
     load_stdout_preset,
     make_line_parser,
 )
-from trainguard.monitor.stdout_text import scan_log_dict
+from trainguard.monitor.ingest.stdout_text import scan_log_dict
 
 DATA = Path(__file__).resolve().parent / "data"
 TRAINER = Path(__file__).resolve().parent / "trl_stdout_trainer.py"
@@ -251,7 +251,8 @@ def test_every_shipped_preset_and_alias_loads():
 
 def test_public_api_is_pinned():
     """The names the stdout modules export."""
-    from trainguard.monitor import convert, stdout, stdout_text
+    from trainguard.monitor import convert
+    from trainguard.monitor.ingest import stdout, stdout_text
     assert (["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
              "load_stdout_preset", "make_line_parser"],
             ["decode_token", "scan_log_dict", "segments"], ["ConvertResult", "convert"]) == (

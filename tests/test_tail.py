@@ -13,12 +13,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trainguard.monitor import tail as tail_module
-from trainguard.monitor.alerts import Alert
 from trainguard.monitor.checkpoint import AlertLedger, load_state
-from trainguard.monitor.sources import DirectorySource, FileSource
-from trainguard.monitor.tail import FileTail
-from trainguard.monitor.watch import ChangeWatcher
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.ingest import tail as tail_module
+from trainguard.monitor.ingest.sources import DirectorySource, FileSource
+from trainguard.monitor.ingest.tail import FileTail
+from trainguard.monitor.ingest.watch import ChangeWatcher
 
 
 def _lines(tail: FileTail) -> list[bytes]:
@@ -329,7 +329,7 @@ def test_a_file_behind_hands_out_a_few_reads_a_poll_and_the_rest_later(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A backlog comes out CATCH_UP_READS reads a poll (a bounded batch, big enough to amortize
     the rules' cost per batch), in order, every line once, numbered as in the file."""
-    from trainguard.monitor import sources
+    from trainguard.monitor.ingest import sources
 
     monkeypatch.setattr(tail_module, "_READ_CHUNK", 64)
     path = tmp_path / "a.jsonl"

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from trainguard.monitor.sources import DirectorySource
-from trainguard.monitor.watch import ChangeWatcher
+from trainguard.monitor.ingest.sources import DirectorySource
+from trainguard.monitor.ingest.watch import ChangeWatcher
 
 # No shrinking: a failure prints its steps anyway, and shrinking file I/O takes minutes.
 # TG_MODEL_EXAMPLES / TG_MODEL_STEPS raise the effort for a soak run (e.g. 2000 x 30).

@@ -276,7 +276,7 @@ def rules_test(files: Annotated[list[str], typer.Argument(
 
       trainguard rules test          [dim]# every built-in rule's firing and quiet cases[/dim]
     """
-    from trainguard.rules.testing import builtin_test_files, run_rule_tests
+    from trainguard.monitor.engine.testing import builtin_test_files, run_rule_tests
 
     paths = list(files) or [str(p) for p in builtin_test_files()]
     failed = passed = skipped = 0
@@ -350,7 +350,7 @@ def run_cmd(
     Exit codes: the command's own code; 3 trainguard stopped it; 128+N killed by signal N;
     1 could not start.
     """
-    from trainguard.monitor.runner import RunOptions, run_command
+    from trainguard.monitor.act.runner import RunOptions, run_command
 
     options = RunOptions(command=list(command), run_dir=run_dir, rules=list(rules),
                          field_maps=list(field_map), grace=grace, kill_after=kill_after,

@@ -1,1 +1,12 @@
-"""The monitor: sources, normalization, the rule engine, actions, the daemon loop, reports."""
+"""The monitor process: the path of an event, one room each.
+
+    ingest/  -> sources, tailing, stdout parsing, field maps, grouping into steps
+    engine/  -> rules in, alerts out (pure), cross-rank views, alert life cycle, rule tests
+    act/     -> control file, signals, ``trainguard run``, postmortem
+    sinks/   -> console, JSONL record, reports
+
+This package itself keeps the loop (``daemon``), the session that wires a command line to the
+rooms (``session``), the checkpoint (``checkpoint``) and format conversion (``convert``).
+Nothing here imports ``trainguard.cli``; the trainer side (``trainguard.emitters``) never
+imports anything here.
+"""

@@ -14,7 +14,8 @@ The monitor is at-least-once on ingest (like Filebeat or Vector) and idempotent 
 
 The state file is written atomically (:func:`trainguard.control.write_json_atomic`); a missing,
 empty or garbled file is a cold start with a warning, never a crash. The engine stays pure:
-duplicates are suppressed here, from the :class:`~trainguard.monitor.alerts.Alert` fields alone.
+duplicates are suppressed here, from the fields of
+:class:`~trainguard.monitor.engine.alerts.Alert` alone.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from trainguard.control import write_json_atomic
-from trainguard.monitor.alerts import Alert
-from trainguard.monitor.record import Recorder
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.sinks.record import Recorder
 from trainguard.rules.models import SEVERITY_ORDER
 
 __all__ = ["AlertLedger", "Checkpointer", "STATE_VERSION", "load_state"]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from trainguard.exceptions import ConfigError, SourceError
 from trainguard.monitor.daemon import Monitor, SkipExample
-from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.record import Recorder
-from trainguard.monitor.sources import open_source
-from trainguard.monitor.stdout import make_line_parser
+from trainguard.monitor.ingest.normalize import load_field_map
+from trainguard.monitor.ingest.sources import open_source
+from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.sinks.record import Recorder
 
 __all__ = ["ConvertResult", "convert"]
 
@@ -41,7 +41,7 @@ def convert(source: str, out: str | os.PathLike[str], *, regex: str | None = Non
             steps_per_epoch: int | None = None) -> ConvertResult:
     """Read ``source`` once and write its events to ``out`` as canonical JSONL (overwritten).
 
-    ``regex``: a stdout preset or a re2 pattern (see :mod:`trainguard.monitor.stdout`); without
+    ``regex``: a stdout preset or a re2 pattern (:mod:`~trainguard.monitor.ingest.stdout`); without
     it every line is auto-detected (canonical JSON, then the stdout presets). ``field_maps``:
     presets, files or ``a=b`` renames applied to the keys (none: keys as written).
 

@@ -17,26 +17,26 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainguard.events import Record
-from trainguard.monitor.alerts import Alert, AlertSink
 from trainguard.monitor.checkpoint import Checkpointer
-from trainguard.monitor.engine import Engine
-from trainguard.monitor.gather import (
+from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.engine.engine import Engine
+from trainguard.monitor.engine.ranks import StragglerScores
+from trainguard.monitor.ingest.gather import (
     Counters,
     LineParser,
     SkipExample,
     StepGathering,
     json_line_parser,
 )
-from trainguard.monitor.gpu import GPU_KIND
-from trainguard.monitor.normalize import FieldMap
-from trainguard.monitor.ranks import StragglerScores
-from trainguard.monitor.record import Recorder
-from trainguard.monitor.sources import DirectorySource, FileSource, Source
+from trainguard.monitor.ingest.gpu import GPU_KIND
+from trainguard.monitor.ingest.normalize import FieldMap
+from trainguard.monitor.ingest.sources import DirectorySource, FileSource, Source
+from trainguard.monitor.sinks.record import Recorder
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
 if TYPE_CHECKING:  # psutil comes with it: not for a monitor that never signals a process
-    from trainguard.monitor.actions import Stopper
+    from trainguard.monitor.act.actions import Stopper
 
 __all__ = ["EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "LineParser", "Monitor", "SkipExample",
            "Verdict", "json_line_parser"]
@@ -232,7 +232,7 @@ class Monitor(StepGathering):
     def _evaluate_one(self, record: Record) -> None:
         rank = record.rank
         metrics = record.metrics
-        # A GPU sample (monitor/gpu.py) is evaluated by the rules but is no training step: it
+        # A GPU sample (monitor/ingest/gpu.py) is evaluated by the rules but is no training step: it
         # must not count as progress, feed trainer detection or straggler scores, or stand as
         # a rank's last step.
         step_record = record.kind != GPU_KIND

@@ -17,21 +17,22 @@ from typing import TYPE_CHECKING
 
 from trainguard.control import CONTROL_FILENAME
 from trainguard.exceptions import ConfigError, TrainguardError
-from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
-from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.record import Recorder
-from trainguard.monitor.report import build_report, summary_lines, write_report
-from trainguard.monitor.sources import STATE_DIRNAME, open_source
-from trainguard.monitor.watch import start_watcher
+from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.normalize import load_field_map
+from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.ingest.watch import start_watcher
+from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.record import Recorder
+from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
 
 if TYPE_CHECKING:
-    from trainguard.monitor.actions import ControlFileStopper, SentLog, Stopper, StopPlan
-    from trainguard.monitor.console import ConsoleSink
-    from trainguard.monitor.process import ProcessTarget
+    from trainguard.monitor.act.actions import ControlFileStopper, SentLog, Stopper, StopPlan
+    from trainguard.monitor.act.process import ProcessTarget
+    from trainguard.monitor.sinks.console import ConsoleSink
 
 # What only some sessions use is imported where it is used, so `monitor FILE --once --quiet`
 # does not pay for it at start (benchmarks/bench_startup.py): the stop machinery (psutil),
@@ -77,15 +78,15 @@ class MonitorOptions:
     set_rules: list[str] = field(default_factory=list)
     #: Inline rules (``--alert "[trainer:] COND [for N] -> SEVERITY[/stop]: MESSAGE"``).
     inline_alerts: list[str] = field(default_factory=list)
-    #: Sample the local GPUs through NVML every ``gpu_interval`` s (monitor/gpu.py); adds the
+    #: Sample the local GPUs through NVML every ``gpu_interval`` s (monitor/ingest/gpu.py); adds the
     #: ``gpu`` pack when no ``rules`` are given.
     gpu: bool = False
     gpu_interval: float = 5.0
-    #: Signal this process (pinned by identity) on a stop rule; see monitor/process.py.
+    #: Signal this process (pinned by identity) on a stop rule; see monitor/act/process.py.
     pid: int | None = None
     signal: str = "SIGTERM"
     kill_after: float | None = None
-    # -- plain trainer stdout (monitor/stdout.py) --
+    # -- plain trainer stdout (monitor/ingest/stdout.py) --
     #: A stdout preset name (trl, verl, openrlhf, kv) or a re2 pattern with a ``step`` group;
     #: None: stdin auto-detects, files and run directories read canonical JSONL.
     regex: str | None = None
@@ -114,7 +115,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     if options.regex is None and not stdout_auto:
         parser: LineParser = json_line_parser  # what make_line_parser(None, auto=False) returns
     else:
-        from trainguard.monitor.stdout import make_line_parser
+        from trainguard.monitor.ingest.stdout import make_line_parser
 
         parser = make_line_parser(options.regex, auto=stdout_auto,
                                   logging_steps=options.logging_steps,
@@ -143,8 +144,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                          tee=sys.stdout.buffer if tee else None,
                          rescan_interval=options.rescan_interval)
     if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
-        from trainguard.monitor.composite import CompositeSource
-        from trainguard.monitor.gpu import NvmlSource
+        from trainguard.monitor.ingest.composite import CompositeSource
+        from trainguard.monitor.ingest.gpu import NvmlSource
 
         source = CompositeSource(source, NvmlSource(options.gpu_interval,
                                                     step=lambda: monitor.max_step or 0))
@@ -162,7 +163,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     stopper: Stopper | None = None
     control_stopper = None
     if control_path:
-        from trainguard.monitor.actions import ControlFileStopper
+        from trainguard.monitor.act.actions import ControlFileStopper
 
         control_stopper = ControlFileStopper(control_path,
                                              run_dir=run_dir or Path(control_path).parent)
@@ -278,7 +279,7 @@ class _Console:
 
     def _get(self) -> ConsoleSink:
         if self._sink is None:
-            from trainguard.monitor.console import ConsoleSink
+            from trainguard.monitor.sinks.console import ConsoleSink
 
             self._sink = ConsoleSink()
         return self._sink
@@ -321,7 +322,7 @@ class _StaleControlWatch:
         if self.done:
             return
         assert self.run_dir is not None and self.control_path is not None
-        from trainguard.monitor.actions import read_run_id, stale_control_file
+        from trainguard.monitor.act.actions import read_run_id, stale_control_file
 
         run_id = read_run_id(self.run_dir)
         if run_id is None:
@@ -352,8 +353,8 @@ class _StopWatch:
               sinks: list[AlertSink]) -> _StopWatch | None:
         if options.pid is None and control is None:
             return None
-        from trainguard.monitor.actions import SENT_LOG_FILENAME, SentLog, StopPlan
-        from trainguard.monitor.process import ProcessTarget, parse_signal
+        from trainguard.monitor.act.actions import SENT_LOG_FILENAME, SentLog, StopPlan
+        from trainguard.monitor.act.process import ProcessTarget, parse_signal
 
         sig = parse_signal(options.signal)
         sent_log = SentLog(run_dir / SENT_LOG_FILENAME if run_dir else None)
@@ -399,8 +400,8 @@ class _StopWatch:
         self.target.close()
         if self.run_dir is None or not exited:
             return
-        from trainguard.monitor.actions import read_run_id
-        from trainguard.monitor.postmortem import write_postmortem
+        from trainguard.monitor.act.actions import read_run_id
+        from trainguard.monitor.act.postmortem import write_postmortem
 
         record = self.plan.record
         write_postmortem(self.run_dir, status="stopped" if record else "exited", returncode=None,

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from trainguard.control import StopRequest, read_stop_request, write_json_atomic, write_stop_request
-from trainguard.monitor.alerts import Alert
+from trainguard.monitor.engine.alerts import Alert
 
 if TYPE_CHECKING:  # psutil: imported by whoever builds a ProcessTarget
-    from trainguard.monitor.process import ProcessTarget
+    from trainguard.monitor.act.process import ProcessTarget
 
 __all__ = ["ControlFileStopper", "SentLog", "StopPlan", "Stopper", "read_run_id",
            "stale_control_file", "SENT_LOG_FILENAME"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from trainguard.control import write_json_atomic
 from trainguard.events import Record, encode_value
-from trainguard.monitor.alerts import Alert
+from trainguard.monitor.engine.alerts import Alert
 
 __all__ = ["POSTMORTEM_FILENAME", "describe_exit", "find_resume_checkpoint", "write_postmortem"]
 

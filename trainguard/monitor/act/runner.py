@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 from trainguard.control import CONTROL_FILENAME, RUN_DIR_ENV
 from trainguard.events import ParseSkip, Record
 from trainguard.exceptions import ConfigError
-from trainguard.monitor.actions import (
+from trainguard.monitor.act.actions import (
     SENT_LOG_FILENAME,
     ControlFileStopper,
     SentLog,
@@ -39,16 +39,17 @@ from trainguard.monitor.actions import (
     read_run_id,
     stale_control_file,
 )
-from trainguard.monitor.alerts import Alert, AlertSink, JsonlAlertSink
-from trainguard.monitor.composite import CompositeSource
-from trainguard.monitor.console import ConsoleSink
+from trainguard.monitor.act.postmortem import write_postmortem
+from trainguard.monitor.act.process import ProcessTarget
 from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
-from trainguard.monitor.normalize import load_field_map
-from trainguard.monitor.pipe import PipeSource
-from trainguard.monitor.postmortem import write_postmortem
-from trainguard.monitor.process import ProcessTarget
-from trainguard.monitor.sources import DirectorySource, Line
-from trainguard.monitor.stdout import make_line_parser
+from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.composite import CompositeSource
+from trainguard.monitor.ingest.normalize import load_field_map
+from trainguard.monitor.ingest.pipe import PipeSource
+from trainguard.monitor.ingest.sources import DirectorySource, Line
+from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.sinks.console import ConsoleSink
+from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
@@ -81,7 +82,7 @@ class RunOptions:
     quiet: bool = False
     #: Inline rules (``--alert``), as for ``trainguard monitor``.
     inline_alerts: list[str] = field(default_factory=list)
-    #: How the command's plain output is read (see :mod:`trainguard.monitor.stdout`): a preset
+    #: How the command's plain output is read (:mod:`~trainguard.monitor.ingest.stdout`): a preset
     #: or a re2 pattern; None auto-detects. ``logging_steps`` derives the TRL step.
     regex: str | None = None
     logging_steps: int = 1

@@ -1,15 +1,15 @@
-"""Alerts: what a firing rule reports, and the sinks that receive them."""
+"""Alerts: what a firing rule reports, and the one-method contract of the sinks that receive them.
+
+The sinks themselves (files, terminals, notifications) live in ``trainguard.monitor.sinks``.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Alert", "AlertSink", "JsonlAlertSink"]
+__all__ = ["Alert", "AlertSink"]
 
 
 @dataclass(slots=True)
@@ -45,21 +45,3 @@ class AlertSink(Protocol):
 
     def emit(self, alert: Alert) -> None:
         """Deliver one alert."""
-
-
-class JsonlAlertSink:
-    """Appends alerts as JSON lines to a file, flushed per alert so a follower sees them."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
-
-    def emit(self, alert: Alert) -> None:
-        """Append one alert line."""
-        self._file.write(json.dumps(alert.to_json(), allow_nan=False) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        """Close the file."""
-        self._file.close()

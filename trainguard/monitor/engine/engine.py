@@ -45,8 +45,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, cast
 
-from trainguard.monitor.alerts import Alert
-from trainguard.monitor.rulestate import (
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.rulestate import (
     BATCH_MIN,
     Entry,
     Index,

@@ -1,5 +1,5 @@
 """What the rule engine keeps per rule: life-cycle state per rank, and which rules a step's
-metric keys touch (:mod:`trainguard.monitor.engine` runs them)."""
+metric keys touch (:mod:`trainguard.monitor.engine.engine` runs them)."""
 
 from __future__ import annotations
 

@@ -25,13 +25,14 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from trainguard.exceptions import ConfigError
-from trainguard.monitor.alerts import Alert
-from trainguard.monitor.engine import Engine
-from trainguard.monitor.ranks import StragglerScores
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.engine import Engine
+from trainguard.monitor.engine.ranks import StragglerScores
 from trainguard.rules.dsl import FUNCTIONS
 from trainguard.rules.loader import CompiledRule, builtin_pack_names, load_rules, load_yaml
 
@@ -232,4 +233,6 @@ def run_rule_tests(path: str | os.PathLike[str]) -> list[CaseResult]:
 
 def builtin_test_files() -> list[Path]:
     """The rule test files shipped for the built-in packs (``trainguard/rules/tests/*.yaml``)."""
-    return sorted((Path(__file__).resolve().parent / "tests").glob("*.yaml"))
+    # The test files are data of the rules package, next to the packs they test.
+    root = Path(str(resources.files("trainguard.rules") / "tests"))
+    return sorted(root.glob("*.yaml"))

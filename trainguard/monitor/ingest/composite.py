@@ -1,6 +1,6 @@
 """One source made of several: the run's own events plus side channels (GPU samples, output).
 
-:class:`CompositeSource` is the :class:`~trainguard.monitor.sources.Source` the monitor sees
+:class:`CompositeSource` is the :class:`~trainguard.monitor.ingest.sources.Source` the monitor sees
 when it reads more than one place at once. The *primary* source (a file, a run directory,
 stdin, the trainer's output) decides the session: its name, whether it is exhausted or still
 streaming, and its checkpoint positions and watched directories (any attribute not defined here
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainguard.monitor.sources import Line, Source
-from trainguard.monitor.tail import TailStats
+from trainguard.monitor.ingest.sources import Line, Source
+from trainguard.monitor.ingest.tail import TailStats
 
 __all__ = ["CompositeSource"]
 

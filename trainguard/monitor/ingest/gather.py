@@ -28,7 +28,7 @@ from trainguard.events import (
     parse_line,
     record_from_object,
 )
-from trainguard.monitor.tail import Block, Line
+from trainguard.monitor.ingest.tail import Block, Line
 
 __all__ = ["Counters", "LineParser", "MAX_HELD_RECORDS", "MAX_SKIP_EXAMPLES", "SkipExample",
            "StepGathering", "json_line_parser"]

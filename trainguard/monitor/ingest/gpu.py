@@ -1,6 +1,6 @@
 """GPU health from NVML, as canonical events: ``trainguard monitor ... --gpu``.
 
-:class:`NvmlSource` is a :class:`~trainguard.monitor.sources.Source` that samples every local
+:class:`NvmlSource` is a :class:`~trainguard.monitor.ingest.sources.Source` that samples every local
 GPU through NVML (the ``nvidia-ml-py`` package, imported as ``pynvml`` when the source is
 opened, never at import time) once per ``interval`` seconds, on the monitor's own poll: no
 thread. Each sample is one canonical JSONL line on stream ``nvml`` per GPU::
@@ -44,8 +44,8 @@ from collections.abc import Callable
 from typing import Any
 
 from trainguard.events import Record, encode_record
-from trainguard.monitor.sources import Line
-from trainguard.monitor.tail import TailStats
+from trainguard.monitor.ingest.sources import Line
+from trainguard.monitor.ingest.tail import TailStats
 
 __all__ = ["GPU_KIND", "GPU_METRICS", "NVML_STREAM", "NvmlSource"]
 

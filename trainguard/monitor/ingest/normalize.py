@@ -168,7 +168,7 @@ def load_field_map(specs: Iterable[str]) -> FieldMap:
 
 
 #: What decides a cached preset's content besides its YAML (part of the cache key).
-_CACHE_CODE = ("trainguard.monitor.normalize",)
+_CACHE_CODE = ("trainguard.monitor.ingest.normalize",)
 
 
 def _builtin_field_map(name: str, text: str) -> FieldMap:

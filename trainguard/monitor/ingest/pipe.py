@@ -16,7 +16,7 @@ import time
 from collections import deque
 from typing import BinaryIO
 
-from trainguard.monitor.tail import Line, TailStats
+from trainguard.monitor.ingest.tail import Line, TailStats
 
 __all__ = ["MAX_LINE", "PipeSource"]
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from trainguard.exceptions import SourceError
-from trainguard.monitor.pipe import PipeSource
-from trainguard.monitor.tail import Block, FileTail, Line, TailStats, expand_blocks
+from trainguard.monitor.ingest.pipe import PipeSource
+from trainguard.monitor.ingest.tail import Block, FileTail, Line, TailStats, expand_blocks
 
 __all__ = ["Block", "DirectorySource", "FileSource", "Line", "Source", "StdinSource", "open_source"]
 
@@ -290,7 +290,7 @@ class DirectorySource:
 
 
 class StdinSource(PipeSource):
-    """Lines from standard input (see :mod:`trainguard.monitor.pipe`); ``tee`` receives every
+    """Lines from standard input (see :mod:`trainguard.monitor.ingest.pipe`); ``tee`` receives every
     byte unchanged before it is parsed."""
 
     def __init__(self, stream: BinaryIO | None = None, *, tee: BinaryIO | None = None) -> None:

@@ -43,9 +43,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
-from trainguard.monitor.gather import LineParser, json_line_parser
-from trainguard.monitor.sources import Line
-from trainguard.monitor.stdout_text import decode_token, scan_log_dict, segments
+from trainguard.monitor.ingest.gather import LineParser, json_line_parser
+from trainguard.monitor.ingest.sources import Line
+from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
 __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
            "load_stdout_preset", "make_line_parser"]

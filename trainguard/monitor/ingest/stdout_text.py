@@ -1,6 +1,6 @@
 """Console text as trainers print it: terminal noise removed, printed Python dicts read safely.
 
-Pure functions used by the stdout presets (see :mod:`trainguard.monitor.stdout`):
+Pure functions used by the stdout presets (see :mod:`trainguard.monitor.ingest.stdout`):
 
 * :func:`segments` turns one physical line of console output into the pieces a person would see:
   ANSI escape sequences (colours, tqdm's cursor-up) removed, split on carriage returns (tqdm

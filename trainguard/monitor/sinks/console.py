@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
-from trainguard.monitor.alerts import Alert
+from trainguard.monitor.engine.alerts import Alert
 
 __all__ = ["ConsoleSink"]
 

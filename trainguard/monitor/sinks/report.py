@@ -8,11 +8,13 @@ alerts. The terminal summary prints the same counts (:func:`summary_lines`).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainguard.control import write_json_atomic
-from trainguard.monitor.daemon import Verdict
-from trainguard.monitor.tail import TailStats
+
+if TYPE_CHECKING:
+    from trainguard.monitor.daemon import Verdict
+    from trainguard.monitor.ingest.tail import TailStats
 
 __all__ = ["build_report", "summary_lines", "write_report"]
 

@@ -1,0 +1,8 @@
+"""Sinks: where alerts and verdicts go (console, JSONL record, reports; later notifications,
+Prometheus and the live view).
+
+A sink receives alerts and summaries; it never changes them and never decides a verdict.
+
+May import: ``trainguard.events``, ``trainguard.exceptions``, ``monitor.engine`` (alert types).
+Never ``monitor.ingest``, ``monitor.act`` or the CLI.
+"""
