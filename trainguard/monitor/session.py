@@ -404,7 +404,8 @@ class _StopWatch:
         from trainguard.monitor.act.postmortem import write_postmortem
 
         record = self.plan.record
-        write_postmortem(self.run_dir, status="stopped" if record else "exited", returncode=None,
+        stopped = record is not None and record.reached_a_running_trainer
+        write_postmortem(self.run_dir, status="stopped" if stopped else "exited", returncode=None,
                          last_records=monitor.last_records, alerts=monitor.alerts,
                          stop=record.to_json() if record else None,
                          extra={"pid": self.target.pid, "run_dir": str(self.run_dir),
