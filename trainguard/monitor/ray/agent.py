@@ -221,6 +221,7 @@ class NodeAgent:
         idle = not chunks
         now = time.monotonic()
         if idle and self._metadata is None and now < self._next_heartbeat and self._said_idle:
+            self._pending = None  # nothing waits: the next turn reads again
             return False
         batch = AgentBatch(self.config.node, chunks, self.problems(), self._metadata, idle,
                            self._stop_written)

@@ -106,16 +106,18 @@ class RayMonitor:
         self.agents = agents
         self.head_run_dir = head_run_dir
 
-    def status(self) -> dict[str, Any]:
+    def status(self, idle_after: int = 0) -> dict[str, Any]:
         """The monitor actor's view: lost and idle nodes, stops written, spool counters."""
-        status: dict[str, Any] = ray.get(self.service.status.remote())
+        status: dict[str, Any] = ray.get(self.service.status.remote(idle_after))
         return status
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
-        """Wait until every node's agent (lost ones aside) said it had read everything."""
+        """Wait until every node's agent (lost ones aside) has said, since this call, that it
+        had read everything (an idle agent says so once a heartbeat)."""
         deadline = time.monotonic() + timeout
+        ticket = self.status()["batches"]
         while time.monotonic() < deadline:
-            status = self.status()
+            status = self.status(ticket)
             if set(self.agents) <= set(status["idle"]) | set(status["lost"]):
                 return True
             time.sleep(0.1)

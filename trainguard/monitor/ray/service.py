@@ -44,7 +44,10 @@ class NodeHealth:
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}
         self._problems: dict[str, list[str]] = {}
-        self._idle: set[str] = set()
+        #: node -> number of the batch in which it last said it had read everything.
+        self._idle: dict[str, int] = {}
+        #: Batches received so far: a ticket to tell idle reports after a moment from before.
+        self.batches = 0
         self.stops_written: dict[str, str] = {}
 
     def saw(self, batch: AgentBatch) -> None:
@@ -52,10 +55,11 @@ class NodeHealth:
         with self._lock:
             self._seen[batch.node] = time.monotonic()
             self._problems[batch.node] = list(batch.problems)
+            self.batches += 1
             if batch.idle:
-                self._idle.add(batch.node)
+                self._idle[batch.node] = self.batches
             else:
-                self._idle.discard(batch.node)
+                self._idle.pop(batch.node, None)
             if batch.stop_written:
                 self.stops_written[batch.node] = batch.stop_written
 
@@ -66,10 +70,10 @@ class NodeHealth:
             return [node for node in self.nodes
                     if now - self._seen.get(node, self._started) > self.lost_after]
 
-    def idle(self) -> set[str]:
-        """Nodes whose agent last said it had read everything."""
+    def idle(self, after: int = 0) -> set[str]:
+        """Nodes whose agent last said it had read everything, in a batch after ``after``."""
         with self._lock:
-            return set(self._idle)
+            return {node for node, number in self._idle.items() if number > after}
 
     def poll(self) -> list[Line]:
         """No lines: the agents' lines come through the spool."""
@@ -146,6 +150,7 @@ class MonitorService:
         self.options = opts = copy.copy(options)
         opts.source = str(self.spool.root)
         opts.poll = True  # no watcher: DrainingStop relies on waits after quiet polls
+        opts.once = False  # follows the spool until finish(), which drains it (--once too)
         opts.local_gpus = False  # each node's agent samples its own GPUs
         opts.extra_sources = [self.health, _SpoolProblems(self.spool)]
         opts.tee = False
@@ -217,9 +222,11 @@ class MonitorService:
                 self._stop = request.to_json()
         return self._stop
 
-    def status(self) -> dict[str, Any]:
-        """Nodes lost, idle and stopped; spool counters; whether the session still runs."""
-        return {"lost": self.health.lost(), "idle": sorted(self.health.idle()),
+    def status(self, idle_after: int = 0) -> dict[str, Any]:
+        """Nodes lost, idle (since batch ``idle_after``) and stopped; spool counters; whether
+        the session still runs."""
+        return {"lost": self.health.lost(), "idle": sorted(self.health.idle(idle_after)),
+                "batches": self.health.batches,
                 "stops_written": dict(self.health.stops_written),
                 "stop": self._stop, "running": self._thread.is_alive(), "error": self.error,
                 "duplicates": self.spool.duplicates,
