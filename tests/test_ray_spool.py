@@ -7,9 +7,13 @@ The agent ships through a plain function that calls the real spool (what the mon
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+from tests.conftest import run_cli
 from trainguard.control import read_stop_request
 from trainguard.emitters.writer import EventWriter
 from trainguard.monitor.ray.agent import AGENT_STATE, AgentBatch, AgentConfig, NodeAgent
@@ -161,3 +165,19 @@ def test_the_agent_ignores_the_monitor_outputs_and_its_own_state(tmp_path):
     shipped = sorted(p.relative_to(spool.root).as_posix() for p in spool.root.rglob("*.jsonl"))
     assert shipped == ["node1/events.rank0.jsonl"]
     shutil.rmtree(run_dir)
+
+
+def test_monitor_ray_without_the_extra_names_it_and_exits_1(tmp_path):
+    """A machine without Ray: ``--ray`` says to install trainguard[ray], exit 1, no traceback."""
+    code = ("import sys; sys.modules['ray'] = None; from trainguard.cli import run; "
+            f"sys.argv = ['trainguard', 'monitor', '--ray', {str(tmp_path)!r}]; run()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          env=dict(os.environ, COLUMNS="200"), check=False)
+    assert done.returncode == 1
+    assert "trainguard[ray]" in done.stderr.decode() and "Traceback" not in done.stderr.decode()
+
+
+def test_monitor_ray_refuses_a_pid_of_this_host(tmp_path):
+    """--pid with --ray is a mistake the message explains (stops go through control files)."""
+    done = run_cli("monitor", "--ray", str(tmp_path), "--pid", "1")
+    assert done.returncode == 1 and "--stop" in done.stderr.decode()

@@ -62,5 +62,8 @@ def run_ray_monitor(run_dir: str, options: MonitorOptions,
     """The session behind ``trainguard monitor --ray RUN_DIR``; see :mod:`.launch`."""
     if not run_dir or run_dir == "-":
         raise ConfigError("--ray needs RUN_DIR: the run directory on each node's local disk")
+    if options.pid is not None:
+        raise ConfigError("--pid signals a process of this host; with --ray a stop reaches every "
+                          "node through its control file (use --stop)")
     verdict: Verdict = _launch().run_ray_monitor(run_dir, options, stop_event)
     return verdict
