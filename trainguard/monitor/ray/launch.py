@@ -13,6 +13,7 @@ the same local path everywhere).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -171,7 +172,7 @@ def start_ray_monitor(run_dir: str, options: MonitorOptions | None = None, *,
         scheduling_strategy=NodeAffinitySchedulingStrategy(head["NodeID"], soft=False),
         runtime_env={"env_vars": {"COLUMNS": "160"}},  # rich wraps at 80 off a terminal
     ).remote(str(spool_dir(head_run_dir)), options, [labels[n["NodeID"]] for n in ordered],
-             lost_after)
+             lost_after, functools.partial(_named_agents, name, len(ordered)))
     agents = {}
     for index, node in enumerate(ordered):
         node_id = node["NodeID"]
@@ -181,11 +182,21 @@ def start_ray_monitor(run_dir: str, options: MonitorOptions | None = None, *,
             node_index=index, gpu=options.gpu, gpu_interval=options.gpu_interval,
             poll=options.poll, heartbeat=heartbeat, rescan_interval=options.rescan_interval)
         agents[labels[node_id]] = ray.remote(AgentActor).options(
-            num_cpus=0, max_restarts=MAX_RESTARTS, max_concurrency=4,
+            name=f"{name}.agent{index}", num_cpus=0, max_restarts=MAX_RESTARTS, max_concurrency=4,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         ).remote(config, name)
-    ray.get(service.set_agents.remote(list(agents.values())))
     return RayMonitor(service, agents, head_run_dir)
+
+
+def _named_agents(prefix: str, count: int) -> list[Any]:
+    """The agent actors of a monitor, by name (those that exist now)."""
+    found = []
+    for index in range(count):
+        try:
+            found.append(ray.get_actor(f"{prefix}.agent{index}"))
+        except ValueError:  # its node is gone
+            continue
+    return found
 
 
 def _copy(options: MonitorOptions) -> MonitorOptions:

@@ -19,6 +19,7 @@ import copy
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +145,8 @@ class MonitorService:
     """The monitor actor (see the module docstring); ``spool`` is a folder on the head."""
 
     def __init__(self, spool: str, options: MonitorOptions, nodes: list[str],
-                 lost_after: float = 10.0) -> None:
+                 lost_after: float = 10.0,
+                 agents: Callable[[], list[Any]] | None = None) -> None:
         self.spool = Spool(spool)
         self.health = NodeHealth(nodes, lost_after)
         self.options = opts = copy.copy(options)
@@ -162,8 +164,9 @@ class MonitorService:
         self._stop_event = DrainingStop()
         self.verdict: Verdict | None = None
         self.error: str | None = None
-        #: Agent actor handles, to push a stop at once (see set_agents); replies carry it too.
-        self._agents: list[Any] = []
+        #: Finds the agent actors (by name, so a restarted monitor finds them too), to push a
+        #: stop at once; every reply carries it as well.
+        self._find_agents = agents
         self._thread = threading.Thread(target=self._run, name="trainguard-monitor",
                                         daemon=True)
         self._thread.start()
@@ -171,19 +174,19 @@ class MonitorService:
                                         daemon=True)
         self._pusher.start()
 
-    def set_agents(self, agents: list[Any]) -> None:
-        """The agents to push a stop request to as soon as the session writes one."""
-        self._agents = list(agents)
-
     def _push_stops(self) -> None:
         """Every 20 ms, look at the session's control file; push a new request to every agent
         (an idle agent would otherwise hear of it only at its next heartbeat)."""
         pushed: dict[str, Any] | None = None
         while not self._stop_event.is_set():
             request = self._stop_request()
-            if request is not None and request is not pushed and self._agents:
+            if request is not None and request is not pushed and self._find_agents is not None:
                 pushed = request
-                for agent in self._agents:
+                try:
+                    agents = self._find_agents()
+                except Exception:  # noqa: BLE001 - the replies still carry the request
+                    agents = []
+                for agent in agents:
                     agent.deliver_stop.remote(request)  # fire and forget: replies repeat it
             time.sleep(0.02)
 
