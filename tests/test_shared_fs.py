@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 
 import pytest
 
+from tests.conftest import run_cli
 from trainguard.emitters.writer import EventWriter
 
 pytestmark = pytest.mark.slow
@@ -63,3 +65,20 @@ def test_polling_follows_rank_files_in_nested_node_folders_and_names_the_node(tm
     nan = [a for a in alerts if a["rule"] == "common.nonfinite_loss" and a["state"] == "firing"]
     assert [(a["rank"], a["host"], a["local_rank"], a["step"]) for a in nan] == [
         (77, "node9", 5, 2)]
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux prlimit")
+def test_a_low_soft_open_files_limit_is_raised_so_every_rank_file_is_read(tmp_path):
+    """Started with a soft limit of 256 open files (hard 4,096), the monitor still reads 400
+    rank files: it raises its soft limit to the hard one."""
+    for rank in range(400):
+        folder = tmp_path / f"node{rank // 8}"
+        folder.mkdir(exist_ok=True)
+        (folder / f"events.rank{rank}.jsonl").write_text(
+            json.dumps({"step": 1, "rank": rank, "metrics": {"loss": 1.0}}) + "\n")
+    report = tmp_path / "report.json"
+    done = run_cli("monitor", str(tmp_path), "--once", "-q", "--report", str(report),
+                   "--alerts", str(tmp_path / "a.out"), prefix=["prlimit", "--nofile=256:4096"])
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    streams = json.loads(report.read_text())["streams"]
+    assert len(streams) == 400 and {s["lines"] for s in streams.values()} == {1}

@@ -20,6 +20,7 @@ from trainguard.exceptions import ConfigError, TrainguardError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
 from trainguard.monitor.ingest.watch import start_watcher
@@ -143,6 +144,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
+    raise_open_files_limit()  # one descriptor per rank file: 4,096 ranks pass 1,024
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
     source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
                          positions=saved.get("positions") or None,

@@ -39,6 +39,7 @@ from trainguard.control import (
     write_stop_request,
 )
 from trainguard.events import MAX_EXACT_INT
+from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.gpu import NvmlSource
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, DirectorySource
 from trainguard.monitor.ingest.watch import ChangeWatcher, start_watcher
@@ -119,6 +120,7 @@ class NodeAgent:
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.run_dir / STATE_DIRNAME / AGENT_STATE
+        raise_open_files_limit()
         state = self._load_state()
         #: stream -> bytes of it acknowledged by the monitor.
         self.offsets: dict[str, int] = {str(k): int(v) for k, v in
