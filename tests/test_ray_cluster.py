@@ -200,6 +200,16 @@ def test_cli_ray_once_reads_every_node_and_names_the_node_of_the_alert(cluster, 
     assert [(a["rank"], a["host"], a["local_rank"]) for a in nan] == [(26, "node3", 2)]
 
 
+def test_cli_ray_with_rules_that_do_not_load_exits_1_with_the_reason(cluster, tmp_path):
+    """The monitor actor's session cannot start: the command says why, exit 1, no hang."""
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, COLUMNS="200")
+    done = subprocess.run([sys.executable, "-m", "trainguard", "monitor", "--ray",
+                           str(tmp_path / "{node_id}"), "--once", "-r", "no_such_pack"],
+                          capture_output=True, timeout=180, env=env, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 1 and "no_such_pack" in err and "Traceback" not in err, err[-2000:]
+
+
 def test_a_node_removed_mid_run_is_reported_lost_and_never_clean(cluster, tmp_path):
     """A fifth node leaves the cluster mid-run: the verdict is degraded and names it."""
     extra = cluster.add_node(num_cpus=1)

@@ -27,7 +27,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from trainguard.exceptions import ConfigError
+from trainguard.exceptions import ConfigError, TrainguardError
 from trainguard.monitor.daemon import Verdict
 from trainguard.monitor.ray.agent import AgentBatch, AgentConfig, NodeAgent, Reply
 from trainguard.monitor.ray.service import MonitorService, spool_dir
@@ -65,8 +65,12 @@ class AgentActor:
         interval = agent.config.poll_interval
         while not stop.is_set():
             before = agent.failures
-            if agent.turn():
-                continue  # shipped: read on at once while there is more
+            try:
+                if agent.turn():
+                    continue  # shipped: read on at once while there is more
+            except Exception as exc:  # noqa: BLE001 - a full disk on the node: say, retry
+                agent.failures += 1
+                agent.last_failure = f"{type(exc).__name__}: {exc}"[:300]
             agent.wait(0.5 if agent.failures != before else interval)
 
     def status(self) -> dict[str, Any]:
@@ -108,8 +112,13 @@ class RayMonitor:
         self.head_run_dir = head_run_dir
 
     def status(self, idle_after: int = 0) -> dict[str, Any]:
-        """The monitor actor's view: lost and idle nodes, stops written, spool counters."""
+        """The monitor actor's view: lost and idle nodes, stops written, spool counters.
+
+        Raises :class:`~trainguard.exceptions.TrainguardError` when its session could not run
+        (rules that do not load, an unreadable spool): nothing would ever be monitored."""
         status: dict[str, Any] = ray.get(self.service.status.remote(idle_after))
+        if status["error"]:
+            raise TrainguardError(f"the monitor actor could not run: {status['error']}")
         return status
 
     def wait_idle(self, timeout: float = 120.0) -> bool:
@@ -128,8 +137,13 @@ class RayMonitor:
         """Stop the agents, let the monitor read what they shipped, return its verdict."""
         closing = [agent.close.remote() for agent in self.agents.values()]
         ray.wait(closing, num_returns=len(closing), timeout=15)
-        verdict: Verdict = ray.get(self.service.finish.remote(timeout), timeout=timeout + 10)
-        self.shutdown()
+        try:
+            verdict: Verdict = ray.get(self.service.finish.remote(timeout),
+                                       timeout=timeout + 10)
+        except ray.exceptions.RayError as exc:
+            raise TrainguardError(f"the monitor actor gave no verdict: {exc}") from exc
+        finally:
+            self.shutdown()
         return verdict
 
     def shutdown(self) -> None:
@@ -217,7 +231,7 @@ def run_ray_monitor(run_dir: str, options: MonitorOptions,
             monitor.wait_idle()
         else:
             while not stop_event.wait(0.5):
-                pass
+                monitor.status()  # raises if the session could not run
         verdict = monitor.finish()
     finally:
         restore()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.control import CONTROL_FILENAME, read_stop_request, write_json_atomic
+from trainguard.exceptions import TrainguardError
 from trainguard.monitor.daemon import Verdict
 from trainguard.monitor.ingest.tail import Line, TailStats
 from trainguard.monitor.ray.agent import METADATA_FILENAME, AgentBatch, Reply
@@ -242,7 +243,8 @@ class MonitorService:
         self._stop_event.set()
         self._thread.join(timeout)
         if self.verdict is None:
-            raise RuntimeError(f"the monitor session did not finish: {self.error or 'timeout'}")
+            raise TrainguardError(
+                f"the monitor session did not finish: {self.error or 'timed out'}")
         return self.verdict
 
 
