@@ -181,3 +181,14 @@ def test_monitor_ray_refuses_a_pid_of_this_host(tmp_path):
     """--pid with --ray is a mistake the message explains (stops go through control files)."""
     done = run_cli("monitor", "--ray", str(tmp_path), "--pid", "1")
     assert done.returncode == 1 and "--stop" in done.stderr.decode()
+
+
+def test_importing_the_ray_room_or_the_cli_does_not_import_ray():
+    """Only starting a Ray session loads Ray: the room's public API is importable without it."""
+    code = ("import sys, trainguard.cli, trainguard.monitor.ray as r; "
+            "assert 'ray' not in sys.modules, 'ray imported'; print(sorted(r.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == str(["MISSING_RAY", "run_ray_monitor",
+                                                "start_ray_monitor"])
