@@ -27,8 +27,16 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from trainguard.rules.dsl import Call, Evaluator, Node, current_context, function, many_of, \
-    vector, with_many
+from trainguard.rules.dsl import (
+    Call,
+    Evaluator,
+    Node,
+    current_context,
+    function,
+    many_of,
+    vector,
+    with_many,
+)
 
 __all__ = ["RollingMedian"]
 

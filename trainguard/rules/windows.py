@@ -53,12 +53,11 @@ def _window_args(call: Call, what: str = "window N",
     return operand, window, min_count, previous
 
 
-def _timing(operand: Node, min_count: int, previous: bool, window: int) -> dict[str, int]:
+def _timing(operand: Node, min_count: int, previous: bool, window: int) -> tuple[int, int]:
     """A window's ``fill`` and ``reaction`` (see :class:`~trainguard.rules.nodes.Node`): known
     from its ``min_count``-th value (one more with ``previous=1``); a window of the values
     before the current one is a baseline, the current value's comparison shows a change."""
-    return {"fill": operand.fill + min_count - 1 + (1 if previous else 0),
-            "reaction": 1 if previous else window}
+    return operand.fill + min_count - 1 + (1 if previous else 0), 1 if previous else window
 
 
 class Moments:
@@ -137,8 +136,8 @@ def _moment(call: Call, std: bool) -> Node:
             with_many(evaluate, lazy_many(
                 lambda: _moment_many(many_of(f), mom, min_count, previous, std)))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched,
-                **_timing(operand, min_count, previous, window))
+    fill, reaction = _timing(operand, min_count, previous, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 def _moment_many(fm: Any, mom: Moments, min_count: int, previous: bool, std: bool) -> Any:
@@ -222,8 +221,8 @@ def _extreme(call: Call, smallest: bool) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched,
-                **_timing(operand, min_count, previous, window))
+    fill, reaction = _timing(operand, min_count, previous, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 @function("min")
@@ -295,8 +294,8 @@ def _slope(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched,
-                **_timing(operand, min_count, False, window))
+    fill, reaction = _timing(operand, min_count, False, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 @function("zscore")

@@ -21,6 +21,8 @@ gave a known result (a step without the metric is unknown: it neither fires nor 
   its metrics, where ``fill`` is the record its condition is first known at
   (:func:`trainguard.rules.timing.earliest_firing`).
 * ``for``: N consecutive true evaluations fire; one false evaluation resets the pending count.
+  They are counted during the warmup too, so a rule fires at the first record past its warmup
+  whose last N results were true.
 * ``keep_firing_for``: once firing, up to N false evaluations are tolerated (a true one resets
   the count); the N+1st resolves. A metric flapping around its threshold therefore fires once
   and stays firing instead of firing on every crossing.
@@ -252,8 +254,23 @@ class Engine:
             for entry in self._batched:
                 self._batch_entry(entry, rank, batch, rows, tagged)
         if len(tagged) > 1:
-            tagged.sort(key=lambda t: (t[0], t[1]))
+            tagged.sort(key=self._record_order(metrics))
         return [a for _, _, a in tagged]
+
+    def _record_order(self, metrics: Sequence[Mapping[str, float]]) -> Any:
+        """Sort key putting the alerts of a batch in the order :meth:`evaluate` gives: by
+        record, then by the rule's place among those the record touches (``mean`` rules,
+        gathered first, before all). Computed only for records that raised alerts."""
+        places: dict[int, dict[str, int]] = {}
+
+        def key(tag: tuple[int, int, Alert]) -> tuple[int, int]:
+            i = tag[0]
+            place = places.get(i)
+            if place is None:
+                place = places[i] = {e.compiled.rule.id: n for n, e in
+                                     enumerate(self._index.touched(tuple(metrics[i])))}
+            return i, place.get(tag[2].rule, -1)
+        return key
 
     def _batch_entry(self, entry: Entry, rank: int, batch: Any, index: list[int] | None,
                      out: list[tuple[int, int, Alert]]) -> None:
@@ -451,8 +468,6 @@ class Engine:
         """Advance one rank's state by one known result; return the transition (0: none)."""
         rule = entry.compiled.rule
         state.evaluations += 1
-        if state.evaluations + state.unknown <= rule.warmup:
-            return 0
         if result:  # NaN counts as true: a NaN comparison result is itself a finding
             state.false_while_firing = 0
             if state.firing:
@@ -461,8 +476,10 @@ class Engine:
                     state.notified_at_step = step
                     return _REPEAT
                 return 0
+            # `for` counts during the warmup too: the two overlap instead of adding up.
             state.consecutive += 1
-            if state.consecutive < rule.for_ or step <= state.quiet_until_step:
+            if (state.consecutive < rule.for_ or step <= state.quiet_until_step
+                    or state.evaluations + state.unknown <= rule.warmup):
                 return 0
             state.firing = True
             state.fired_at_step = state.notified_at_step = step
