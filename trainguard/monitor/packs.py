@@ -26,7 +26,7 @@ METADATA_FILENAME = "run_metadata.json"  # as the writer names it (emitters/writ
 
 
 #: Fields of the trainer's config (recorded by the TRL callback) that rules read, as
-#: ``config/NAME`` metrics of one record at step 0 (common.warmup_longer_than_run).
+#: ``config/NAME`` metrics of one record at the first step (common.warmup_longer_than_run).
 CONFIG_FIELDS = ("max_steps", "warmup_steps", "warmup_ratio", "learning_rate")
 
 
@@ -59,8 +59,8 @@ class PackSelector:
     """Called by the loop with the metric keys seen so far until it returns True: reads the
     recorded trainer kind, asks :func:`choose_packs`, adds the pack and sets the engine's
     trainer (so rules scoped to other trainers stop applying), and says so through ``say``.
-    The recorded config's :data:`CONFIG_FIELDS` are then evaluated as one record at step 0
-    (a warmup longer than the run shows there, before any step); its alerts go to ``route``."""
+    The recorded config's :data:`CONFIG_FIELDS` are then evaluated as one record at the step
+    being read (a warmup longer than the run shows at the first one); alerts go to ``route``."""
 
     def __init__(self, explicit: Sequence[str], run_dir: str | Path | None,
                  say: Callable[[str], None], overrides: Sequence[str] = ()) -> None:
@@ -70,12 +70,14 @@ class PackSelector:
         self.overrides = list(overrides)
         self.engine: Engine | None = None
         self.route: Callable[[Alert], None] | None = None
+        self.step: Callable[[], int] = lambda: 0
         self.choice: PackChoice | None = None
 
-    def attach(self, engine: Engine, route: Callable[[Alert], None] | None = None) -> None:
-        """The engine to configure and where its config alerts go (the loop's, made after
-        this selector)."""
-        self.engine, self.route = engine, route
+    def attach(self, engine: Engine, route: Callable[[Alert], None] | None = None,
+               step: Callable[[], int] = lambda: 0) -> None:
+        """The engine to configure, where its config alerts go, and the step they carry (the
+        record being read when the trainer became known): the loop's, made after this."""
+        self.engine, self.route, self.step = engine, route, step
 
     def __call__(self, keys: set[str]) -> bool:
         assert self.engine is not None, "attach() the engine first"
@@ -96,7 +98,7 @@ class PackSelector:
                  + (f" ({len(added)} rules)" if added else ""))
         config = config_metrics(self.run_dir) if choice.source == "run_metadata.json" else {}
         if config:
-            for alert in self.engine.evaluate(0, 0, config):
+            for alert in self.engine.evaluate(0, self.step(), config):
                 if self.route is not None:
                     self.route(alert)
         return True
