@@ -304,6 +304,10 @@ class Monitor(StepGathering):
             self._trainer_rules = None
             self._keys_seen = set()
 
+    def route(self, alert: Alert) -> None:
+        """Deliver an alert raised outside the loop's own evaluation (sinks, stop, ledger)."""
+        self._route(alert)
+
     def _route(self, alert: Alert) -> None:
         if alert.rank is not None and alert.host is None:
             # Name the node, as the rank's (or the GPU's) events said: on many nodes a global
