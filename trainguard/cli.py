@@ -75,6 +75,28 @@ _LOGGING_STEPS_OPT = typer.Option(
 _STEPS_PER_EPOCH_OPT = typer.Option(
     "--steps-per-epoch", help="When known: the TRL step is round(epoch x N) instead of the "
     "count of logs.")
+_NOTIFY_OPT = typer.Option(
+    "--notify", help="Send alerts to this apprise URL (slack://, discord://, tgram://, ntfy://, "
+    "mailto://, json://host/path...); repeatable. Needs trainguard\\[notify].")
+_NOTIFY_SEVERITY_OPT = typer.Option(
+    "--notify-severity", help="Lowest severity notified: info, low, medium, high, critical.")
+_NOTIFY_RESOLVED_OPT = typer.Option(
+    "--notify-resolved", help="Also notify when an alert resolves.")
+
+
+def _outputs(source: str, notify: list[str], notify_severity: str, notify_resolved: bool,
+             live: bool = False, metrics_port: int | None = None,
+             metrics_address: str = "127.0.0.1") -> tuple[list, list]:  # type: ignore[type-arg]
+    """The notifier, live view and /metrics a command asked for (reach: monitor/outputs.py)."""
+    from trainguard.monitor.outputs import OutputOptions, build_outputs
+
+    def say(text: str) -> None:
+        _err().print(f"[yellow]trainguard: {_escape(text)}[/]")
+
+    return build_outputs(OutputOptions(notify=list(notify), notify_severity=notify_severity,
+                                       notify_resolved=notify_resolved, live=live,
+                                       metrics_port=metrics_port,
+                                       metrics_address=metrics_address), run=source, say=say)
 
 
 @app.command()
@@ -138,6 +160,17 @@ def monitor(
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
     steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="A live view in the terminal: ranks, key metrics with sparklines, "
+        "firing alerts, the stop. Off when stdout is not a terminal.")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        "--metrics-port", help="Serve Prometheus /metrics on this port (needs "
+        "trainguard\\[prometheus]).")] = None,
+    metrics_address: Annotated[str, typer.Option(
+        "--metrics-address", help="Address /metrics listens on.")] = "127.0.0.1",
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -153,6 +186,8 @@ def monitor(
 
       trainguard monitor runs/exp1 --pid 4242 --kill-after 30   [dim]# SIGTERM, then SIGKILL[/dim]
 
+      trainguard monitor runs/exp1 --live --metrics-port 9108 --notify ntfy://my-topic
+
     Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
@@ -166,7 +201,12 @@ def monitor(
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps
     options.steps_per_epoch = steps_per_epoch
+    if live and tee is None:
+        options.tee = False  # the live view owns the terminal
     try:
+        options.sinks, options.observers = _outputs(options.source or "stdin", notify,
+                                                    notify_severity, notify_resolved, live,
+                                                    metrics_port, metrics_address)
         verdict = run_monitor(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
@@ -331,6 +371,9 @@ def run_cmd(
         "SEVERITY\\[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
 ) -> None:
     """Run a trainer under watch: pass its output through, apply the rules, stop it if needed.
 
@@ -358,6 +401,8 @@ def run_cmd(
                          quiet=quiet, inline_alerts=list(alert), regex=regex,
                          logging_steps=logging_steps)
     try:
+        options.sinks, options.observers = _outputs(run_dir or " ".join(command), notify,
+                                                    notify_severity, notify_resolved)
         result = run_command(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
@@ -410,6 +455,15 @@ def convert(
     for problem in result.problems:
         _err().print(f"  [bold yellow]DEGRADED:[/] {_escape(problem)}")
     raise typer.Exit(EXIT_DEGRADED if result.problems else 0)
+
+
+def _register_run_commands() -> None:
+    from trainguard.cli_runs import register
+
+    register(app)
+
+
+_register_run_commands()  # check, report, diff (cli_runs.py)
 
 
 def run() -> None:

@@ -50,6 +50,7 @@ from trainguard.monitor.ingest.sources import DirectorySource, Line
 from trainguard.monitor.ingest.stdout import make_line_parser
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
@@ -86,6 +87,9 @@ class RunOptions:
     #: or a re2 pattern; None auto-detects. ``logging_steps`` derives the TRL step.
     regex: str | None = None
     logging_steps: int = 1
+    #: More alert sinks (``--notify``) and session observers (started, closed), as for monitor.
+    sinks: list[AlertSink] = field(default_factory=list)
+    observers: list[SessionObserver] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +223,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     console = ConsoleSink()
     jsonl = JsonlAlertSink(alerts_path)
     sinks: list[AlertSink] = [jsonl] if options.quiet else [jsonl, console]
+    sinks.extend(options.sinks)
 
     def emit(alert: Alert) -> None:
         monitor.alerts.append(alert)
@@ -239,6 +244,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
                       parser=_dispatching_parser(output_parser,
                                                  lambda: source.event_lines > 0))
+    for observer in options.observers:
+        observer.start(monitor)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
                      f"{run_dir}; {len(rules)} rules; stops via {control_path} then SIGTERM",
@@ -322,6 +329,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
             target.close()
         if proc.stdout is not None:
             proc.stdout.close()
+        for observer in options.observers:
+            observer.close()
 
     stopped = plan.record is not None and any(
         d.get("delivered", True) for d in plan.record.deliveries)
