@@ -52,5 +52,5 @@ def build_outputs(options: OutputOptions, *, run: str,
     if options.live and sys.stdout.isatty():  # a pipe or a file gets the plain lines
         from trainguard.monitor.sinks.live import LiveView
 
-        observers.append(LiveView())
+        observers.append(LiveView(source=run))
     return sinks, observers
