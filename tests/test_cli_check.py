@@ -20,9 +20,9 @@ def test_check_prints_a_line_per_run_and_exits_with_the_worst(tmp_path: Path):
     good = grpo_run(tmp_path / "good", steps=60, kl_from=None, nan_step=None)
     bad = grpo_run(tmp_path / "bad")
     result = run_cli("check", str(good), str(bad))
-    lines = [l for l in result.stdout.decode().splitlines() if not l.startswith("  ")]
+    lines = [ln for ln in result.stdout.decode().splitlines() if not ln.startswith("  ")]
     assert result.returncode == 2, result.stderr
-    assert [l.split(":")[0] for l in lines] == [str(good), str(bad)]
+    assert [ln.split(":")[0] for ln in lines] == [str(good), str(bad)]
     assert "CLEAN exit 0" in lines[0] and "ALERT exit 2" in lines[1]
     assert f"step {NAN_STEP}" in result.stdout.decode()
 
@@ -60,7 +60,7 @@ def test_check_raises_the_alerts_monitor_once_raises(tmp_path: Path):
     once = run_cli("monitor", str(run), "--once", "-q", "--alerts", str(alerts_file),
                    "--state", str(tmp_path / "state.json"))
     check = run_cli("check", str(run), "--json")
-    expected = [_key(json.loads(l)) for l in alerts_file.read_text().splitlines()]
+    expected = [_key(json.loads(ln)) for ln in alerts_file.read_text().splitlines()]
     (verdict,) = json.loads(check.stdout)
     assert (once.returncode, check.returncode) == (2, 2)
     assert expected and [_key(a) for a in verdict["alerts"]] == expected
