@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.reach_runs import NAN_STEP, grpo_run
 
@@ -82,3 +84,12 @@ def test_check_report_writes_the_report_of_its_runs(tmp_path: Path):
     assert result.returncode == 2
     text = out.read_text()
     assert "grpo.kl_blowup" in text and "**ALERT**" in text
+
+
+@pytest.mark.parametrize("command", ["check", "report", "diff"])
+def test_help_of_the_run_commands_has_examples_and_exit_codes(command: str):
+    """--help of check, report and diff renders whole, with examples and exit codes."""
+    result = run_cli(command, "--help")
+    text = result.stdout.decode()
+    assert (0, b"") == (result.returncode, result.stderr)
+    assert "Example" in text and "Exit codes" in text

@@ -33,7 +33,7 @@ table{border-collapse:collapse;font-size:13px;margin:6px 0}
 td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f5f5f5}
 .plots{display:flex;flex-wrap:wrap;gap:12px}
-.plot{border:1px solid #e5e5e5;border-radius:6px;padding:6px}
+.plot{border:1px solid #e5e5e5;border-radius:6px;padding:6px;width:552px}
 .plot h4{margin:0 0 2px;font-size:13px;font-family:monospace}
 .sev{font-weight:700}
 .do{color:#333}.why{color:#666;font-size:12px}

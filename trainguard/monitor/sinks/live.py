@@ -63,6 +63,7 @@ class LiveView:
         self._firing: dict[tuple[str, int | None], Any] = {}
         self._alerts_read = 0
         self._stop: str | None = None
+        self._outcome: str | None = None
         self._order: list[str] = []
 
     def start(self, monitor: RunView) -> None:
@@ -117,7 +118,7 @@ class LiveView:
             elif alert.state == "resolved":
                 self._firing.pop(key, None)
             elif alert.state == "stop_outcome":
-                self._stop = f"{alert.message} ({alert.delivery})"
+                self._outcome = f"{alert.message} ({alert.delivery})"
         self._alerts_read = len(alerts)
 
     def _render(self, monitor: RunView) -> Group:
@@ -143,7 +144,7 @@ class LiveView:
         metrics = Table(title="key metrics (lowest rank)", title_justify="left")
         metrics.add_column("metric")
         metrics.add_column("latest", justify="right")
-        metrics.add_column("recent steps")
+        metrics.add_column("recent (a point per refresh)")
         for key in self._keys(monitor):
             metrics.add_row(key, f"{self._latest[key]:.4g}",
                             sparkline(list(self._history[key]), width=HISTORY))
@@ -159,6 +160,7 @@ class LiveView:
                            str(alert.step), alert.message[:80])
         if not self._firing:
             alerts.add_row("-", "none", "", "", "")
-        stop = Text("stop: " + (self._stop or "none"),
+        stop = Text("stop: " + (self._stop or "none")
+                    + (f"\n  then: {self._outcome}" if self._outcome else ""),
                     style="bold red" if self._stop else "green")
         return Group(head, ranks, metrics, alerts, stop)
