@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from trainguard.control import CONTROL_FILENAME, read_stop_request
@@ -29,12 +30,15 @@ MAX_RANKS_DRAWN = 8
 
 def frame(columns: Columns) -> pl.DataFrame:
     """The collected columns as a frame: ``step, rank, name, value, time, kind``."""
-    return pl.DataFrame({
-        "step": pl.Series(columns.steps, dtype=pl.Int64),
-        "rank": pl.Series(columns.ranks, dtype=pl.Int32),
+    return pl.DataFrame({  # the typed arrays go in through numpy views, not copied as objects
+        "step": pl.Series(np.frombuffer(columns.steps, dtype=np.int64) if columns.steps
+                          else np.zeros(0, np.int64)),
+        "rank": pl.Series(columns.ranks, dtype=pl.Int64),
         "name": pl.Series(columns.names, dtype=pl.Categorical),
-        "value": pl.Series(columns.values, dtype=pl.Float64),
-        "time": pl.Series(columns.times, dtype=pl.Float64),
+        "value": pl.Series(np.frombuffer(columns.values, dtype=np.float64) if columns.values
+                           else np.zeros(0)),
+        "time": pl.Series(np.frombuffer(columns.times, dtype=np.float64) if columns.times
+                          else np.zeros(0)),
         "kind": pl.Series(columns.kinds, dtype=pl.Categorical),
     })
 
