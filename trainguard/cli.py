@@ -17,6 +17,9 @@ from trainguard.exceptions import TrainguardError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from trainguard.monitor.engine.alerts import AlertSink
+    from trainguard.monitor.sinks.observer import SessionObserver
+
 # Each command imports what it needs (the monitor, the rules, rich) when it runs: `trainguard
 # --help` and a `monitor --once` CI gate start in a fraction of the time (bench_startup.py).
 #: Mirrors trainguard.monitor.daemon.EXIT_DEGRADED (pinned by tests/test_startup.py).
@@ -86,7 +89,8 @@ _NOTIFY_RESOLVED_OPT = typer.Option(
 
 def _outputs(source: str, notify: list[str], notify_severity: str, notify_resolved: bool,
              live: bool = False, metrics_port: int | None = None,
-             metrics_address: str = "127.0.0.1") -> tuple[list, list]:  # type: ignore[type-arg]
+             metrics_address: str = "127.0.0.1",
+             ) -> tuple[list[AlertSink], list[SessionObserver]]:
     """The notifier, live view and /metrics a command asked for (reach: monitor/outputs.py)."""
     from trainguard.monitor.outputs import OutputOptions, build_outputs
 
