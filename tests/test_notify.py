@@ -175,3 +175,21 @@ def test_check_and_run_notify_too(tmp_path: Path):
         posts = hook.wait_for(2)
     assert result.returncode != 0
     assert "common.nonfinite_loss" in posts[1]["title"]
+
+
+def test_close_gives_up_on_held_notices_within_the_flush_timeout():
+    """Alerts held by the rate limit when the session ends: close() returns within its flush
+    timeout, says they were not delivered, and leaves no thread running."""
+    reports: list[str] = []
+    with Webhook() as hook:
+        notifier = Notifier([hook.url], run="r", burst=1, window=60.0, flush_timeout=0.5,
+                            report=reports.append)
+        for step in range(3):
+            notifier.emit(_alert(step))
+        assert len(hook.wait_for(1)) == 1
+        started = time.monotonic()
+        notifier.close()
+        took = time.monotonic() - started
+    assert took < 3
+    assert not any(t.thread.is_alive() for t in notifier.targets)
+    assert any("2 notification(s) not delivered" in r for r in reports)

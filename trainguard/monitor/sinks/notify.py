@@ -115,7 +115,7 @@ class _Target:
 
     def __init__(self, url: str, owner: Notifier) -> None:
         self.url, self.name, self.owner = url, redact(url), owner
-        self.queue: queue.Queue[Notice | None] = queue.Queue()
+        self.queue: queue.Queue[Notice] = queue.Queue()
         self.sent_at: deque[float] = deque()
         self.held: list[Notice] = []
         self.busy = False
@@ -130,24 +130,15 @@ class _Target:
 
     def _run(self) -> None:
         owner = self.owner
-        while True:
+        while not owner.abandon.is_set():
             try:
-                notice = self.queue.get(timeout=0.2)
+                notice: Notice | None = self.queue.get(timeout=0.1)
             except queue.Empty:
                 notice = None
-                if owner.closing.is_set() and not self.held:
-                    return
-            else:
-                if notice is None:  # the close sentinel: drain what is held, then end
-                    if not self.held:
-                        return
-                    self.queue.put(None)
-                    notice = None
             self.busy = True
             try:
-                now = time.monotonic()
                 if notice is not None:
-                    if self._allowed(now):
+                    if self._allowed(time.monotonic()):
                         self._deliver(notice)
                     else:
                         self.held.append(notice)
@@ -158,6 +149,9 @@ class _Target:
                     owner.stats.summaries += 1
             finally:
                 self.busy = False
+            if (notice is None and owner.closing.is_set() and not self.held
+                    and self.queue.empty()):
+                return
 
     def _deliver(self, notice: Notice, notices: list[Notice] | None = None) -> None:
         owner = self.owner
@@ -348,8 +342,6 @@ class Notifier:
         pending in the ledger), and save the ledger once more."""
         deadline = time.monotonic() + self.flush_timeout
         self.closing.set()
-        for target in self.targets:
-            target.queue.put(None)
         for target in self.targets:
             target.thread.join(max(0.0, deadline - time.monotonic()))
         self.abandon.set()
