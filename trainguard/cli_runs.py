@@ -173,8 +173,10 @@ def report(
     alert: Annotated[list[str], _ALERT_OPT] = [],  # noqa: B006
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
 ) -> None:
-    """A report of runs: a plot per watched metric (a line per rank, alerts and the stop
-    marked), the alerts with what to do, the run's metadata, and what ingest skipped.
+    """Write a report of runs: plots, alerts with what to do, metadata, ingest health.
+
+    A plot per watched metric (a line per rank, alerts and the stop marked), the alerts with
+    what to do and why, the run's metadata, and what ingest skipped, by reason.
 
     The HTML file is self-contained (inline SVG, no script, no network reference): it opens
     offline and can be attached anywhere. Markdown (.md) suits a PR comment or a CI summary.
@@ -208,9 +210,11 @@ def diff(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")
                        ] = False,
 ) -> None:
-    """Compare two runs: the first step where each metric diverges beyond a tolerance
-    (|a - b| > atol + rtol x |b|, rank by rank), and the config differences recorded in
-    run_metadata.json. On a resume it says which settings drifted from the run it resumes.
+    """Compare two runs: where each metric first diverges, and what config drifted.
+
+    For each metric and rank, the first step both runs have where |a - b| > atol + rtol x |b|;
+    then the differences between their run_metadata.json. On a resume it says which settings
+    drifted from the run it resumes.
 
     [bold]Examples[/bold]
 
