@@ -72,11 +72,10 @@ def _series(df: pl.DataFrame, rank: int) -> RankSeries:
 
 def _plots(df: pl.DataFrame, result: RunCheck) -> list[MetricPlot]:
     train = df.filter(pl.col("kind") == "train") if df.height else df
-    present = set(train["name"].cast(pl.Utf8).unique().to_list()) if train.height else set()
-    names = [m for m in result.watched if m in present]
-    if not names:
-        names = list(dict.fromkeys(train["name"].cast(pl.Utf8).to_list()))[:FALLBACK_PLOTS] \
-            if train.height else []
+    train = train.select("step", "rank", "name", "value")  # the plots need no more
+    seen = (train["name"].cast(pl.Utf8).unique(maintain_order=True).to_list()
+            if train.height else [])
+    names = [m for m in result.watched if m in set(seen)] or seen[:FALLBACK_PLOTS]
     alerts = [a for a in result.verdict.alerts if a.state == "firing"]
     plots = []
     for name in names:
