@@ -17,6 +17,9 @@ from trainguard.exceptions import TrainguardError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from trainguard.monitor.engine.alerts import AlertSink
+    from trainguard.monitor.sinks.observer import SessionObserver
+
 # Each command imports what it needs (the monitor, the rules, rich) when it runs: `trainguard
 # --help` and a `monitor --once` CI gate start in a fraction of the time (bench_startup.py).
 #: Mirrors trainguard.monitor.daemon.EXIT_DEGRADED (pinned by tests/test_startup.py).
@@ -79,6 +82,29 @@ _LINE_SIGNAL_OPT = typer.Option(
 _STEPS_PER_EPOCH_OPT = typer.Option(
     "--steps-per-epoch", help="When known: the TRL step is round(epoch x N) instead of the "
     "count of logs.")
+_NOTIFY_OPT = typer.Option(
+    "--notify", help="Send alerts to this apprise URL (slack://, discord://, tgram://, ntfy://, "
+    "mailto://, json://host/path...); repeatable. Needs trainguard\\[notify].")
+_NOTIFY_SEVERITY_OPT = typer.Option(
+    "--notify-severity", help="Lowest severity notified: info, low, medium, high, critical.")
+_NOTIFY_RESOLVED_OPT = typer.Option(
+    "--notify-resolved", help="Also notify when an alert resolves.")
+
+
+def _outputs(source: str, notify: list[str], notify_severity: str, notify_resolved: bool,
+             live: bool = False, metrics_port: int | None = None,
+             metrics_address: str = "127.0.0.1",
+             ) -> tuple[list[AlertSink], list[SessionObserver]]:
+    """The notifier, live view and /metrics a command asked for (reach: monitor/outputs.py)."""
+    from trainguard.monitor.outputs import OutputOptions, build_outputs
+
+    def say(text: str) -> None:
+        _err().print(f"[yellow]trainguard: {_escape(text)}[/]")
+
+    return build_outputs(OutputOptions(notify=list(notify), notify_severity=notify_severity,
+                                       notify_resolved=notify_resolved, live=live,
+                                       metrics_port=metrics_port,
+                                       metrics_address=metrics_address), run=source, say=say)
 
 
 @app.command()
@@ -147,6 +173,17 @@ def monitor(
         "$RAY_ADDRESS: one agent per node ships its events to a monitor actor here, and stops "
         "reach every node. Needs trainguard\\[ray].")] = False,
     line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="A live view in the terminal: ranks, key metrics with sparklines, "
+        "firing alerts, the stop. Off when stdout is not a terminal.")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        "--metrics-port", help="Serve Prometheus /metrics on this port (needs "
+        "trainguard\\[prometheus]).")] = None,
+    metrics_address: Annotated[str, typer.Option(
+        "--metrics-address", help="Address /metrics listens on.")] = "127.0.0.1",
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -164,6 +201,8 @@ def monitor(
 
       trainguard monitor --ray /local/runs/exp1 --stop   [dim]# every node of a Ray cluster[/dim]
 
+      trainguard monitor runs/exp1 --live --metrics-port 9108 --notify ntfy://my-topic
+
     Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
@@ -177,7 +216,12 @@ def monitor(
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps
     options.steps_per_epoch, options.signals = steps_per_epoch, list(line_signal)
+    if live and tee is None:
+        options.tee = False  # the live view owns the terminal
     try:
+        options.sinks, options.observers = _outputs(options.source or "stdin", notify,
+                                                    notify_severity, notify_resolved, live,
+                                                    metrics_port, metrics_address)
         if ray_nodes:
             from trainguard.monitor.ray import run_ray_monitor
 
@@ -348,6 +392,9 @@ def run_cmd(
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
     line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
 ) -> None:
     """Run a trainer under watch: pass its output through, apply the rules, stop it if needed.
 
@@ -375,6 +422,8 @@ def run_cmd(
                          quiet=quiet, inline_alerts=list(alert), regex=regex,
                          logging_steps=logging_steps, signals=list(line_signal))
     try:
+        options.sinks, options.observers = _outputs(run_dir or " ".join(command), notify,
+                                                    notify_severity, notify_resolved)
         result = run_command(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
@@ -427,6 +476,15 @@ def convert(
     for problem in result.problems:
         _err().print(f"  [bold yellow]DEGRADED:[/] {_escape(problem)}")
     raise typer.Exit(EXIT_DEGRADED if result.problems else 0)
+
+
+def _register_run_commands() -> None:
+    from trainguard.cli_runs import register
+
+    register(app)
+
+
+_register_run_commands()  # check, report, diff (cli_runs.py)
 
 
 def run() -> None:

@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
 from trainguard.monitor.packs import PackSelector
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.monitor.sinks.record import Recorder
 from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
 from trainguard.rules.inline import parse_inline_rule
@@ -104,6 +105,15 @@ class MonitorOptions:
     local_gpus: bool = True
     #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
     signals: list[str] = field(default_factory=list)
+    # -- reaching people (monitor/sinks/notify.py, prometheus.py, live.py; monitor/check.py) --
+    #: More alert sinks (notifications), after the alerts file and the console.
+    sinks: list[AlertSink] = field(default_factory=list)
+    #: Told of the session: ``start(monitor)`` once built, ``tick(monitor)`` every loop turn,
+    #: ``close()`` at the end (the live view, ``/metrics``, the notifier's queue).
+    observers: list[SessionObserver] = field(default_factory=list)
+    #: ``trainguard check``: neither resume from nor write the checkpoint, and no default
+    #: alerts file: a batch verdict leaves a followed run as it found it.
+    stateless: bool = False
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -135,7 +145,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
     alerts_path = options.alerts
-    if alerts_path is None and run_dir is not None:
+    if alerts_path is None and run_dir is not None and not options.stateless:
         alerts_path = str(run_dir / ALERTS_FILENAME)
     control_path = options.control
     if control_path is None and options.stop:
@@ -144,7 +154,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         control_path = str(run_dir / CONTROL_FILENAME)
 
     state_path = options.state
-    if state_path is None and run_dir is not None:
+    if state_path is None and run_dir is not None and not options.stateless:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
@@ -176,6 +186,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
     if jsonl is not None:
         sinks.insert(0, jsonl)
+    sinks.extend(options.sinks)
     stopper: Stopper | None = None
     control_stopper = None
     if control_path:
@@ -217,7 +228,9 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     stale_watch = _StaleControlWatch(control_path or (run_dir / CONTROL_FILENAME if run_dir
                                                      else None), run_dir, console, sinks)
     stop_event = stop_event or threading.Event()
-    monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event)
+    monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event, options.observers)
+    for observer in options.observers:
+        observer.start(monitor)
     restore = _install_signal_handlers(stop_event,
                                        watcher.wake if watcher is not None else None)
     try:
@@ -235,6 +248,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             jsonl.close()
         if recorder is not None:
             recorder.close()
+        for observer in options.observers:
+            observer.close()
     if options.report:
         write_report(options.report, build_report(options.source, streams, verdict,
                                                   suppressed_alerts=ledger.suppressed))
@@ -424,9 +439,12 @@ def _recorded_create_time(sent_log: SentLog, pid: int) -> float | None:
 
 
 def _ticks(stale: _StaleControlWatch, stop_watch: _StopWatch | None, monitor: Monitor,
-           stop_event: threading.Event) -> Callable[[], None]:
+           stop_event: threading.Event,
+           observers: Sequence[SessionObserver] = ()) -> Callable[[], None]:
     def tick() -> None:
         stale.tick()
         if stop_watch is not None:
             stop_watch.tick(monitor, stop_event)
+        for observer in observers:
+            observer.tick(monitor)
     return tick

@@ -52,6 +52,7 @@ from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser
 from trainguard.monitor.packs import DEFAULT_RULES, PackSelector
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
@@ -90,6 +91,9 @@ class RunOptions:
     logging_steps: int = 1
     #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
     signals: list[str] = field(default_factory=list)
+    #: More alert sinks (``--notify``) and session observers (started, closed), as for monitor.
+    sinks: list[AlertSink] = field(default_factory=list)
+    observers: list[SessionObserver] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +237,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     console = ConsoleSink()
     jsonl = JsonlAlertSink(alerts_path)
     sinks: list[AlertSink] = [jsonl] if options.quiet else [jsonl, console]
+    sinks.extend(options.sinks)
 
     def emit(alert: Alert) -> None:
         monitor.alerts.append(alert)
@@ -263,6 +268,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
                                                  lambda: monitor.max_step or 0),
                       trainer_rules=selector)
     selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
+    for observer in options.observers:
+        observer.start(monitor)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
                      f"{run_dir}; {len(rules)} rules ("
@@ -359,6 +366,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
             target.close()
         if proc.stdout is not None:
             proc.stdout.close()
+        for observer in options.observers:
+            observer.close()
 
     stopped = plan.record is not None and plan.record.reached_a_running_trainer
     if stopped:
