@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainguard.events import Record
@@ -45,6 +45,12 @@ EXIT_CLEAN = 0
 EXIT_DEGRADED = 1
 EXIT_ALERT = 2
 _HIGH = SEVERITY_ORDER["high"]
+#: Fewer step records than this fraction of the lines read (at least FEW_EVENTS_MIN_LINES of
+#: them) is said in the verdict: most of the input was not understood.
+FEW_EVENTS_FRACTION = 0.1
+FEW_EVENTS_MIN_LINES = 20
+#: Names of unread metrics the verdict lists; the count says the rest.
+UNREAD_LISTED = 8
 
 
 @dataclass(slots=True)
@@ -58,6 +64,14 @@ class Verdict:
     records: int
     skips: Counter[str]
     skip_examples: list[SkipExample]
+    #: What was seen, said even when the verdict is clean: few events for the lines read,
+    #: metrics no loaded rule reads, nothing judged at all (see :meth:`Monitor.verdict`).
+    notes: list[str] = field(default_factory=list)
+    #: Lines read from every stream.
+    lines: int = 0
+    #: Whether any loaded rule evaluated any value: False means nothing could be judged, and
+    #: the verdict is ``degraded`` (exit 1), never clean.
+    judged: bool = True
 
     @property
     def status(self) -> str:
@@ -114,6 +128,11 @@ class Monitor(StepGathering):
         self.stragglers = StragglerScores()
         self._step_time_keys = frozenset(self.stragglers.keys)
         self._observed_ranks: set[int] = set()
+        #: The (mapped) metric keys of each rank's first record; with the last records, what
+        #: the verdict says about metrics no rule reads (no per-record cost).
+        self._first_keys: dict[int, tuple[str, ...]] = {}
+        #: More reasons the verdict is degraded (a stop that cannot be written...).
+        self.problem_sources: list[Callable[[], list[str]]] = []
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
@@ -199,6 +218,8 @@ class Monitor(StepGathering):
             if record.time is not None:
                 unstamped[rank] = record.time
             if rank not in observed or not step_time_keys.isdisjoint(metrics):
+                if rank not in observed:
+                    self._first_keys[rank] = tuple(metrics)
                 observed.add(rank)
                 self.stragglers.observe(rank, record.step, metrics, record.time)
         self.counters.records += steps
@@ -254,6 +275,8 @@ class Monitor(StepGathering):
         # would change nothing there, so the call is skipped.
         if step_record and (rank not in self._observed_ranks
                             or not self._step_time_keys.isdisjoint(mapped)):
+            if rank not in self._observed_ranks:
+                self._first_keys[rank] = tuple(mapped)
             self._observed_ranks.add(rank)
             self.stragglers.observe(rank, record.step, mapped, record.time)
 
@@ -422,8 +445,16 @@ class Monitor(StepGathering):
             cp.commit()
 
     def verdict(self) -> Verdict:
-        """The exit code and what led to it."""
-        problems = self.source.problems()
+        """The exit code and what led to it. A session that judged nothing (no events, or no
+        loaded rule reads any metric it saw) is degraded, never clean."""
+        problems = list(self.source.problems())
+        for more in self.problem_sources:
+            problems += more()
+        c = self.counters
+        lines = sum(st.lines for st in self.source.stats().values())
+        notes, judged = self._what_was_seen(lines)
+        if not judged:
+            problems.append(notes[-1])
         restored = self.ledger.max_severity if self.ledger is not None else -1
         if max(self.engine.max_severity, restored) >= _HIGH:
             code = EXIT_ALERT
@@ -431,6 +462,38 @@ class Monitor(StepGathering):
             code = EXIT_DEGRADED
         else:
             code = EXIT_CLEAN
-        c = self.counters
         return Verdict(code, list(self.alerts), problems, c.events, c.records, c.skips,
-                       list(c.examples))
+                       list(c.examples), notes, lines, judged)
+
+    def _what_was_seen(self, lines: int) -> tuple[list[str], bool]:
+        """Notes on what the session saw, and whether anything was judged (the last note then
+        says why not)."""
+        c = self.counters
+        notes: list[str] = []
+        if c.records == 0:
+            skipped = sum(c.skips.values())
+            how = (f"{lines} lines read" if lines else "no line read") + (
+                f", {skipped} skipped" if skipped else "")
+            notes.append(f"nothing judged: no metric events ({how}); is the format right? "
+                         "(--regex for trainer stdout; a run directory reads *.jsonl)")
+            return notes, False
+        if lines >= FEW_EVENTS_MIN_LINES and c.records < FEW_EVENTS_FRACTION * lines:
+            notes.append(f"few events: {c.records} steps from {lines} lines; the rest was not "
+                         "understood (prose, or a format that needs --regex)")
+        seen = {key for keys in self._first_keys.values() for key in keys}
+        for record in self.last_records.values():
+            seen.update(self._apply_field_map(record.metrics))
+        rules = self.engine.rules
+        read = {name for r in rules for name in r.condition.metrics}
+        unread = sorted(k for k in seen if k not in read)
+        judged = self.engine.judged()
+        if unread:
+            listed = ", ".join(unread[:UNREAD_LISTED]) + (
+                f" and {len(unread) - UNREAD_LISTED} more" if len(unread) > UNREAD_LISTED else "")
+            notes.append(f"{len(unread)} of {len(seen)} metrics are read by no loaded rule: "
+                         f"{listed}")
+        if not judged:
+            notes.append(f"nothing judged: {c.records} steps read, but none of their metrics is "
+                         f"read by the {len(rules)} loaded rules; load a pack for this trainer "
+                         "(--rules) or map its names (--field-map)")
+        return notes, judged

@@ -173,7 +173,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         stopper = stop_watch.plan
 
     def report_problem(problem: str) -> None:
-        console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+        if not options.quiet:  # -q: the exit code alone says it
+            console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
 
     def say(text: str) -> None:
         if not options.quiet:
@@ -187,6 +188,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
                       if auto else None)
+    if stop_watch is not None:
+        monitor.problem_sources.append(stop_watch.plan.problems)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
@@ -305,6 +308,9 @@ def _print_summary(console: _Console, verdict: Verdict) -> None:
         console.line(f"  skipped {count} x {reason}", style="yellow")
     for ex in verdict.skip_examples:
         console.line(f"    {ex.stream}:{ex.line}: {ex.reason} {ex.detail}", style="dim")
+    for note in verdict.notes:
+        if note not in verdict.problems:
+            console.line(f"  note: {note}", style="yellow")
     for problem in verdict.problems:
         console.line(f"  DEGRADED: {problem}", style="bold yellow")
 

@@ -130,6 +130,12 @@ class Engine:
         """The rules this engine evaluates now (after trainer filtering)."""
         return [e.compiled for e in self._entries]
 
+    def judged(self) -> bool:
+        """Whether any rule gave a known result on any record (a session that judged nothing
+        must not be called clean)."""
+        return any(state.evaluations for entry in self._entries
+                   for state in entry.states.values()) or bool(self.alerts_fired)
+
     # -- restart without re-notifying (T19) -----------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
