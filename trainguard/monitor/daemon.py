@@ -131,6 +131,9 @@ class Monitor(StepGathering):
         #: The (mapped) metric keys of each rank's first record; with the last records, what
         #: the verdict says about metrics no rule reads (no per-record cost).
         self._first_keys: dict[int, tuple[str, ...]] = {}
+        #: A batch verdict over the whole input (--once): alerts an earlier session already
+        #: delivered are in this verdict too (not delivered again).
+        self.batch = False
         #: More reasons the verdict is degraded (a stop that cannot be written...).
         self.problem_sources: list[Callable[[], list[str]]] = []
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
@@ -324,6 +327,9 @@ class Monitor(StepGathering):
     def _route(self, alert: Alert) -> None:
         ledger = self.ledger
         if ledger is not None and not ledger.admit(alert):
+            if self.batch:  # --once re-reads the whole run: in the verdict, not delivered
+                alert.delivery = "reported by an earlier session"
+                self.alerts.append(alert)
             return  # raised before a restart: already delivered
         if alert.state == "firing" and alert.action == "stop":
             if ledger is not None and ledger.stop_sent(alert):

@@ -136,11 +136,19 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     if state_path is None and run_dir is not None:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
+    # --once is a batch verdict over the whole run: every file is read from its start (a
+    # verdict from where an earlier session stopped would judge the rest without the rules'
+    # windows, or judge nothing and say clean), the record is written anew, and the alert
+    # ledger keeps what was already delivered from being delivered or stopped twice.
+    positions = None if options.once else (saved.get("positions") or None)
+    record_length = saved.get("record_length")
+    if options.once and record_length is not None:
+        record_length = 0  # this run's record, written anew from the start of the run
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
     source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
-                         positions=saved.get("positions") or None,
+                         positions=positions,
                          tee=sys.stdout.buffer if tee else None,
                          rescan_interval=options.rescan_interval)
     if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
@@ -149,7 +157,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
 
         source = CompositeSource(source, NvmlSource(options.gpu_interval,
                                                     step=lambda: monitor.max_step or 0))
-    recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
+    recorder = (Recorder(options.record, resume_length=record_length)
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
@@ -188,6 +196,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
                       if auto else None)
+    monitor.batch = options.once
     if stop_watch is not None:
         monitor.problem_sources.append(stop_watch.plan.problems)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval

@@ -241,7 +241,6 @@ class StopPlan:
         self._killed = False
         self._grace_ends: float | None = None
 
-    @property
     def problems(self) -> list[str]:
         """What keeps the stop from being delivered (a control file that cannot be written)."""
         control = self.control
@@ -250,6 +249,7 @@ class StopPlan:
                     f"{control.failure}; retrying"]
         return []
 
+    @property
     def can_stop(self) -> bool:
         """Whether any way to stop was given."""
         return self.control is not None or self.target is not None
