@@ -134,6 +134,8 @@ class Monitor(StepGathering):
         #: A batch verdict over the whole input (--once): alerts an earlier session already
         #: delivered are in this verdict too (not delivered again).
         self.batch = False
+        #: Whether the verdict says what was not judged (off for ``convert``, which has no rules).
+        self.judging = True
         #: More reasons the verdict is degraded (a stop that cannot be written...).
         self.problem_sources: list[Callable[[], list[str]]] = []
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
@@ -458,7 +460,7 @@ class Monitor(StepGathering):
             problems += more()
         c = self.counters
         lines = sum(st.lines for st in self.source.stats().values())
-        notes, judged = self._what_was_seen(lines)
+        notes, judged = self._what_was_seen(lines) if self.judging else ([], True)
         if not judged:
             problems.append(notes[-1])
         restored = self.ledger.max_severity if self.ledger is not None else -1

@@ -110,16 +110,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     field_map = load_field_map(options.field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
-    # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
-    stdout_auto = options.regex is not None or options.source == "-"
-    if options.regex is None and not stdout_auto:
-        parser: LineParser = json_line_parser  # what make_line_parser(None, auto=False) returns
-    else:
-        from trainguard.monitor.ingest.stdout import make_line_parser
-
-        parser = make_line_parser(options.regex, auto=stdout_auto,
-                                  logging_steps=options.logging_steps,
-                                  steps_per_epoch=options.steps_per_epoch)
+    parser, detected_format = _line_parser(options)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
@@ -203,6 +194,9 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
         " + the detected trainer's pack" if auto else "")
+    if detected_format is not None:
+        say(f"trainguard: {options.source} reads as {detected_format} (detected from its first "
+            "lines; --regex to choose)")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")
         + (f"; signals pid {options.pid}" if options.pid else "")
@@ -236,6 +230,36 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         for text in summary_lines(streams):
             console.line(text, style="dim")
     return verdict
+
+
+def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
+    """The parser for the source, and the format detected when none was given.
+
+    stdin auto-detects each line (canonical JSON, trainer stdout). A file or run directory is
+    told by its first lines (:mod:`~trainguard.monitor.ingest.sniff`): canonical JSONL gets the
+    plain parser (re2 and the presets are not even imported), trainer stdout or an empty file
+    the same auto-detection as stdin, a registered JSON format its own parser."""
+    if options.regex is None and options.source != "-":
+        from trainguard.monitor.ingest.sniff import (
+            CANONICAL,
+            STDOUT,
+            UNKNOWN,
+            json_format_parser,
+            sniff_source,
+        )
+
+        detected = sniff_source(options.source)
+        if detected == CANONICAL:
+            return json_line_parser, None  # what make_line_parser(None, auto=False) returns
+        if detected not in (STDOUT, UNKNOWN):
+            return json_format_parser(detected), detected
+        shown: str | None = "trainer stdout" if detected == STDOUT else None
+    else:
+        shown = None
+    from trainguard.monitor.ingest.stdout import make_line_parser
+
+    return make_line_parser(options.regex, auto=True, logging_steps=options.logging_steps,
+                            steps_per_epoch=options.steps_per_epoch), shown
 
 
 def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,

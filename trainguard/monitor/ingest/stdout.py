@@ -33,6 +33,8 @@ with ``\\r``), the last is returned (the step count still counts each TRL log);
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -278,11 +280,14 @@ class _Progress:
 class StdoutParser:
     """Turns physical console lines into records; a :data:`~trainguard.monitor.daemon.LineParser`.
 
-    Stateful per stream (the derived TRL step), otherwise pure: no files, clocks or threads.
+    Stateful per stream (the derived TRL step), otherwise pure: no files or threads; the one
+    clock it reads (``clock``, the time a line was read, stamped on its record because a printed
+    log has none) is injected.
     """
 
     def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
-                 logging_steps: int = 1, steps_per_epoch: int | None = None) -> None:
+                 logging_steps: int = 1, steps_per_epoch: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if logging_steps < 1:
             raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
                               "trainer's logging_steps)")
@@ -299,6 +304,9 @@ class StdoutParser:
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
+        #: A printed log carries no time: its record's time is when it was read (``clock``,
+        #: injected so the parser stays a function of its input in tests).
+        self._clock = clock
 
     def __call__(self, line: Line) -> Record | ParseSkip | None:
         """The last record of the line, or a skip, or ``None`` for prose."""
@@ -360,7 +368,7 @@ class StdoutParser:
             else:
                 step = progress.step
         progress.step = step
-        return Record(step, metrics, None, 0, kind)
+        return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
