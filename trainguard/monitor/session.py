@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # does not pay for it at start (benchmarks/bench_startup.py): the stop machinery (psutil),
 # rich (nothing is printed), the stdout parsers (re2; a file is canonical JSONL).
 
-__all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES"]
+__all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES", "add_trainer_pack"]
 
 DEFAULT_RULES = ("common",)
 ALERTS_FILENAME = "alerts.jsonl"
@@ -107,7 +107,12 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
-    field_map = load_field_map(options.field_maps)
+    field_maps = options.field_maps
+    if options.regex is not None:  # --regex verl brings verl's field map
+        from trainguard.monitor.ingest.stdout import preset_field_maps
+
+        field_maps = preset_field_maps(options.regex, field_maps)
+    field_map = load_field_map(field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
     parser, detected_format = _line_parser(options)
@@ -185,7 +190,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
-                      trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
+                      trainer_rules=(lambda keys: add_trainer_pack(monitor, keys, options.set_rules,
+                                                                  say))
                       if auto else None)
     monitor.batch = options.once
     if stop_watch is not None:
@@ -262,9 +268,11 @@ def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
                             steps_per_epoch=options.steps_per_epoch), shown
 
 
-def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,
-                      say: Callable[[str], None]) -> bool:
-    """Auto-selection: once the keys tell the trainer, add its pack; True when done."""
+def add_trainer_pack(monitor: Monitor, keys: set[str], set_rules: list[str],
+                     say: Callable[[str], None]) -> bool:
+    """Auto-selection: once the keys tell the trainer, add its pack (with ``--set-rule``
+    settings ``set_rules``) to the monitor's engine; True when done. ``trainguard monitor``
+    and ``trainguard run`` both use it."""
     from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
 
     kind = detect_trainer(keys)
@@ -278,7 +286,7 @@ def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,
         except TrainguardError as exc:  # a broken built-in pack must not blind the monitor
             say(f"trainguard: detected trainer {kind}; cannot load pack {pack}: {exc}")
             return True
-        added = apply_overrides(added, options.set_rules, missing_ok=True)
+        added = apply_overrides(added, set_rules, missing_ok=True)
     monitor.engine.add_rules(added)
     monitor.engine.set_trainer(kind)
     say(f"trainguard: detected trainer {kind}; added pack {pack} ({len(added)} rules)"

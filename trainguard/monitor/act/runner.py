@@ -47,7 +47,8 @@ from trainguard.monitor.ingest.composite import CompositeSource
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
 from trainguard.monitor.ingest.sources import DirectorySource, Line
-from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.ingest.stdout import make_line_parser, preset_field_maps
+from trainguard.monitor.session import add_trainer_pack
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.rules.inline import parse_inline_rule
@@ -194,7 +195,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     rules = load_rules(options.rules or ("common",))
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     output_parser = choose_output_parser(options.regex, options.logging_steps)
-    field_map = load_field_map(options.field_maps)
+    field_map = load_field_map(preset_field_maps(options.regex, options.field_maps))
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     control_path = run_dir / CONTROL_FILENAME
@@ -236,9 +237,17 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         kill_after=options.kill_after, sent_log=SentLog(run_dir / SENT_LOG_FILENAME),
         grace=grace, cooperative=lambda: source.event_lines > 0,
         progress=lambda: monitor.max_step, exited=lambda: proc.poll() is not None, emit=emit)
+    def said(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    # Without --rules, as `trainguard monitor` does: common, plus the pack of the trainer its
+    # keys show (verl's NaN actor/pg_loss is read by ppo_safe, not common).
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
                       parser=_dispatching_parser(output_parser,
-                                                 lambda: source.event_lines > 0))
+                                                 lambda: source.event_lines > 0),
+                      trainer_rules=(lambda keys: add_trainer_pack(monitor, keys, [], said))
+                      if not options.rules else None)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
                      f"{run_dir}; {len(rules)} rules; stops via {control_path} then SIGTERM",

@@ -50,7 +50,7 @@ from trainguard.monitor.ingest.sources import Line
 from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
 __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
-           "load_stdout_preset", "make_line_parser"]
+           "load_stdout_preset", "make_line_parser", "preset_field_maps"]
 
 #: The order in which auto-detection tries the presets (most specific first).
 AUTO_ORDER: Final = ("openrlhf", "trl", "verl", "kv")
@@ -79,6 +79,9 @@ class StdoutPreset(BaseModel):
     step_key: str = "step"
     #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
     require_any: list[str] = []
+    #: The field map (a preset in ``presets/fields/``) that goes with this trainer's names:
+    #: ``--regex NAME`` applies it unless ``--field-map`` is given (see preset_field_maps).
+    field_map: str | None = None
 
     @field_validator("line", "pair")
     @classmethod
@@ -126,6 +129,16 @@ def builtin_stdout_presets() -> dict[str, StdoutPreset]:
         for name in (preset.name, *preset.aliases):
             out[name] = preset
     return out
+
+
+def preset_field_maps(regex: str | None, field_maps: list[str]) -> list[str]:
+    """The field maps a session applies: the user's, or, when there are none and ``regex``
+    names a preset that brings one (verl: ``actor/pg_loss`` stays and ``actor/grad_norm``
+    also feeds ``grad_norm``...), that preset's map."""
+    if field_maps or regex is None:
+        return list(field_maps)
+    preset = builtin_stdout_presets().get(regex)
+    return [preset.field_map] if preset is not None and preset.field_map else []
 
 
 def load_stdout_preset(name: str) -> StdoutPreset:
