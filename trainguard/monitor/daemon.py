@@ -51,6 +51,14 @@ FEW_EVENTS_FRACTION = 0.1
 FEW_EVENTS_MIN_LINES = 20
 #: Names of unread metrics the verdict lists; the count says the rest.
 UNREAD_LISTED = 8
+#: Step alignment across ranks (Monitor._aligned): a rank this many steps behind the newest
+#: is not waited for, and no record is held longer than this many seconds.
+ALIGN_LAG_STEPS = 256
+ALIGN_HOLD_SECONDS = 2.0
+
+
+def _step_rank(record: tuple[int, int, dict[str, float], float | None]) -> tuple[int, int]:
+    return record[1], record[0]
 
 
 @dataclass(slots=True)
@@ -131,6 +139,11 @@ class Monitor(StepGathering):
         #: The (mapped) metric keys of each rank's first record; with the last records, what
         #: the verdict says about metrics no rule reads (no per-record cost).
         self._first_keys: dict[int, tuple[str, ...]] = {}
+        #: Records held for step alignment across ranks (see _aligned), each rank's latest
+        #: step, and since when the oldest held record waits.
+        self._held: list[tuple[int, int, dict[str, float], float | None]] = []
+        self._rank_high: dict[int, int] = {}
+        self._held_since = 0.0
         #: A batch verdict over the whole input (--once): alerts an earlier session already
         #: delivered are in this verdict too (not delivered again).
         self.batch = False
@@ -233,6 +246,8 @@ class Monitor(StepGathering):
         """The common case of :meth:`_take_done` without a loop per record: training steps of
         one rank already seen, no field map to apply, no step-time key for the straggler
         scores. Evaluates them as columns and returns True, or returns False."""
+        if self._held or self.engine.cross_rank:
+            return False  # records go through the step alignment (_aligned)
         ranks = [r.rank for r in done]
         rank = ranks[0]
         if (ranks.count(rank) != len(ranks) or rank not in self._observed_ranks
@@ -300,12 +315,59 @@ class Monitor(StepGathering):
         self._take_done()
         self._drain_queue()
 
-    def _drain_queue(self) -> None:
-        """Evaluate the step records queued so far, in order, and route their alerts."""
-        if self._queue:
+    def _drain_queue(self, release_all: bool = False) -> None:
+        """Evaluate the step records queued so far, in order, and route their alerts. With
+        rules across ranks and several streams, in step order across the ranks (see
+        :meth:`_aligned`)."""
+        if self._queue or self._held:  # held records also wait for their time bound
             queue, self._queue = self._queue, []
-            for alert in self.engine.evaluate_many(queue):
-                self._route(alert)
+            if self._held or (self.engine.cross_rank and self._multi_stream()):
+                queue = self._aligned(queue, release_all)
+            if queue:
+                for alert in self.engine.evaluate_many(queue):
+                    self._route(alert)
+
+    def _multi_stream(self) -> bool:
+        return len(self.source.stats()) > 1
+
+    def _aligned(self, queue: list[tuple[int, int, dict[str, float], float | None]],
+                 release_all: bool) -> list[tuple[int, int, dict[str, float], float | None]]:
+        """The records that may be evaluated now, in (step, rank) order; the rest held.
+
+        A rule of scope ``any``, ``all`` or ``mean`` combines the ranks' results, so its
+        alerts depend on the order in which their records are evaluated; and that order is the
+        order of arrival: a run read whole (``--once``) brings every record of rank 0 before
+        rank 1's, a run followed live interleaves them however the writes fell. So with such
+        rules and several streams, a record is evaluated only once every rank has reported its
+        step (the watermark: the lowest of the ranks' latest steps), in step order across the
+        ranks; batch and stream then give the same alerts. A rank that has not written yet
+        (fewer ranks than streams) or falls more than :data:`ALIGN_LAG_STEPS` behind is not
+        waited for, and nothing is held longer than :data:`ALIGN_HOLD_SECONDS`, so a hung rank
+        delays the others' alerts by that much at most."""
+        held = self._held
+        if not held:
+            self._held_since = time.monotonic()
+        held += queue
+        high = self._rank_high
+        for rank, step, _, _ in queue:
+            if step > high.get(rank, step - 1):
+                high[rank] = step
+        if not high:
+            return []
+        top = max(high.values())
+        if release_all or time.monotonic() - self._held_since > ALIGN_HOLD_SECONDS:
+            mark = top
+        elif len(high) < len(self.source.stats()):
+            mark = top - ALIGN_LAG_STEPS  # a rank not yet seen: wait for it, boundedly
+        else:
+            mark = min(h for h in high.values() if h >= top - ALIGN_LAG_STEPS)
+        ready = [r for r in held if r[1] <= mark]
+        if not ready:
+            return []
+        self._held = [r for r in held if r[1] > mark]
+        self._held_since = time.monotonic()
+        ready.sort(key=_step_rank)  # stable: one rank's records of one step keep their order
+        return ready
 
     def _end_batch(self) -> None:
         """The end of a batch: evaluate its records, then the scores of the steps now
@@ -314,7 +376,7 @@ class Monitor(StepGathering):
         self._stamp_arrivals()
         self._drain_queue()
         for rank, step, derived, at in self.stragglers.scores():
-            for alert in self.engine.evaluate(rank, step, derived, at):
+            for alert in self.engine.evaluate_derived(rank, step, derived, at):
                 self._route(alert)
 
     def _detect(self, keys: set[str]) -> None:
@@ -416,6 +478,7 @@ class Monitor(StepGathering):
                 self.tick_clock()
                 (self._wait or stop.wait)(poll_interval)
         self.flush()
+        self._drain_queue(release_all=True)
         for alert in self.engine.finish():
             self._route(alert)
         self._checkpoint(force=True)
@@ -445,10 +508,11 @@ class Monitor(StepGathering):
         cp = self.checkpointer
         if cp is None:
             return
-        if self._pending:
+        if self._pending or self._held:  # read, not yet evaluated: a restart must re-read it
             if not (force or cp.due(10.0)):
                 return
             self.flush()
+            self._drain_queue(release_all=True)
         if force or cp.due():
             cp.commit()
 
