@@ -239,22 +239,29 @@ class _UserPattern:
     def __init__(self, pattern: str) -> None:
         options = re2.Options()
         options.log_errors = False  # the ConfigError below says it; re2 would also print it
+        shown = _quoted(pattern)
         try:
             self._regex = re2.compile(pattern, options)
         except re2.error as exc:
             reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            raise ConfigError(f"--regex {pattern!r}: re2 cannot compile it: {reason}. re2 has no "
+            try:
+                re.compile(pattern)
+            except re.error as plain:  # a mistake in any regex dialect: say where, no re2 talk
+                where = f" at position {plain.pos}" if plain.pos is not None else ""
+                raise ConfigError(f"--regex {shown}: not a valid pattern: {plain.msg}{where}"
+                                  ) from None
+            raise ConfigError(f"--regex {shown}: re2 cannot compile it: {reason}. re2 has no "
                               "backreferences or lookarounds (they can take exponential time); "
                               "rewrite the pattern without them") from None
         names = dict(self._regex.groupindex)
         if "step" not in names:
-            raise ConfigError(f"--regex {pattern!r}: not a preset name ("
+            raise ConfigError(f"--regex {shown}: not a preset name ("
                               + ", ".join(sorted(builtin_stdout_presets()))
                               + ") and has no (?P<step>...) group; name the step group, and one "
                               "group per metric, e.g. 'step (?P<step>\\d+) loss (?P<loss>\\S+)'")
         self._names = [(n, n.replace("__", "/")) for n in names if n != "step"]
         if not self._names:
-            raise ConfigError(f"--regex {pattern!r}: no metric group; add a named group per "
+            raise ConfigError(f"--regex {shown}: no metric group; add a named group per "
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
         self.needle = b""
@@ -277,6 +284,11 @@ class _UserPattern:
                 return ParseSkip("bad_value", f"{name}={raw!r}"[:60])
             metrics[name] = value
         return (step, metrics, _kind(metrics, text)) if metrics else None
+
+
+def _quoted(pattern: str) -> str:
+    """A pattern as the user typed it, in quotes: ``repr`` would double every backslash."""
+    return f'"{pattern}"' if "'" in pattern and '"' not in pattern else f"'{pattern}'"
 
 
 _Matcher = _PresetMatcher | _UserPattern
