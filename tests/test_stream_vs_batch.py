@@ -78,7 +78,8 @@ def _alerts(run_dir: Path, rank_lines: dict[int, list[str]], cuts: list[tuple[in
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    handles = {r: open(run_dir / f"events.rank{r}.jsonl", "w") for r in rank_lines}
+    handles = {r: open(run_dir / f"events.rank{r}.jsonl", "w")  # noqa: SIM115 - closed below
+               for r in rank_lines}
     try:
         monitor = Monitor(DirectorySource(run_dir), rules)
         if cuts is None:

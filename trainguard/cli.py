@@ -48,7 +48,7 @@ class _Commands(TyperGroup):
 def _usage_exit(exc: typer.TyperException) -> typer.TyperException:
     """``exc`` (typer's usage errors carry click's code 2) with the usage exit code."""
     if getattr(exc, "exit_code", None) == 2:  # noqa: PLR2004 - click's usage code
-        exc.exit_code = EXIT_USAGE  # type: ignore[attr-defined]
+        exc.exit_code = EXIT_USAGE
     return exc
 
 

@@ -171,8 +171,8 @@ def read_small_json(path: str | os.PathLike[str], limit: int = MAX_CONTROL_BYTES
                     max_nesting: int | None = MAX_NESTING) -> Any:
     """The JSON value in a small regular file, or ``None``: absent, not a regular file (a FIFO
     is never read, so this never blocks), unreadable, longer than ``limit`` bytes, nested
-    deeper than ``max_nesting`` (None: as deep as the decoder goes), or not strict JSON (``NaN``/``Infinity`` refused).
-    Never raises."""
+    deeper than ``max_nesting`` (None: as deep as the decoder goes), or not strict JSON
+    (``NaN``/``Infinity`` refused). Never raises."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError):

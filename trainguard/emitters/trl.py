@@ -37,16 +37,19 @@ __all__ = ["STOPPED_FILENAME", "TrainGuardCallback", "detect_trainer_kind", "jso
 
 STOPPED_FILENAME: Final = "stopped.json"
 
-#: Exact config class name -> trainer kind. Checked before the class hierarchy, because some
-#: configs subclass others (GKDConfig and GOLDConfig < SFTConfig, GMPOConfig < GRPOConfig).
+#: Exact config class name -> trainer kind: the trainer configs TRL 1.16 ships (``trl`` and
+#: ``trl.experimental``; PPO, BCO, XPO, Nash-MD and PRM trainers are gone from it). Checked
+#: before the class hierarchy, because some configs subclass others (GKDConfig and GOLDConfig
+#: < SFTConfig, GMPOConfig < GRPOConfig). Pinned against the installed trl by
+#: tests/test_trl_callback.py.
 CONFIG_KINDS: Final[dict[str, str]] = {
     "SFTConfig": "sft", "DPOConfig": "dpo", "KTOConfig": "kto", "RewardConfig": "reward",
-    "GRPOConfig": "grpo", "RLOOConfig": "rloo", "PPOConfig": "ppo", "OnlineDPOConfig": "online_dpo",
+    "GRPOConfig": "grpo", "RLOOConfig": "rloo", "OnlineDPOConfig": "online_dpo",
     "ORPOConfig": "orpo", "CPOConfig": "cpo", "GKDConfig": "gkd", "GOLDConfig": "gold",
-    "DistillationConfig": "distillation", "TPOConfig": "tpo", "A2POConfig": "a2po",
-    "GMPOConfig": "gmpo", "SDFTConfig": "sdft", "SDPOConfig": "sdpo", "IWOPDConfig": "iwopd",
-    "BCOConfig": "bco", "XPOConfig": "xpo", "NashMDConfig": "nash_md", "PRMConfig": "prm",
-    "AsyncGRPOConfig": "async_grpo",
+    "DistillationConfig": "distillation", "AsyncDistillationConfig": "async_distillation",
+    "ServerDistillationConfig": "server_distillation", "TPOConfig": "tpo",
+    "A2POConfig": "a2po", "GMPOConfig": "gmpo", "SDFTConfig": "sdft", "SDPOConfig": "sdpo",
+    "IWOPDConfig": "iwopd", "AsyncGRPOConfig": "async_grpo",
 }
 #: TRL model tags (``model.model_tags``) whose kind is not the tag itself with ``-`` -> ``_``.
 TAG_KINDS: Final[dict[str, str]] = {"reward-trainer": "reward"}
