@@ -105,3 +105,35 @@ def test_a_new_session_in_a_reused_run_dir_ignores_the_old_sessions_stop(run_dir
     assert other_rank.session_id == second.session_id
     assert other_rank.should_stop is False
     other_rank.close()
+
+
+@pytest.mark.slow
+def test_trl_callback_ranks_stop_after_the_same_step(tmp_path: Path):
+    """torchrun, 2 gloo ranks of a real SFTTrainer with TrainGuardCallback, rank 0 slower at
+    each step end, the monitor's stop rule firing at step 2: both ranks end at the same step,
+    and the group still answers an all-reduce after training."""
+    pytest.importorskip("trl")
+    from tests.tiny_trl import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "llama")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="0")
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "trainguard", "monitor", str(run_dir), "--stop", "--quiet",
+         "--rules", str(ROOT / "tests" / "data" / "trl_stop_at_step_2.yaml")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        trainer = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+             "2", str(Path(__file__).with_name("ddp_trl_stop.py")), model, str(tmp_path / "out"),
+             str(run_dir)], env=env, capture_output=True, timeout=300, check=False)
+    finally:
+        monitor.terminate()
+        monitor.wait(30)
+    output = (trainer.stdout + trainer.stderr).decode(errors="replace")
+    assert trainer.returncode == 0, output[-3000:]
+    ended = [json.loads((run_dir / f"ended.rank{r}").read_text()) for r in (0, 1)]
+    assert ended[0]["global_step"] == ended[1]["global_step"] < 30, ended
+    assert ended[0]["stopped_at"] == ended[1]["stopped_at"] == ended[0]["global_step"], ended
+    assert [2.0, 2.0] == [e["all_reduce"] for e in ended]
