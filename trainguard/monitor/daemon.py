@@ -542,7 +542,7 @@ class Monitor(StepGathering):
         says why not)."""
         c = self.counters
         notes: list[str] = []
-        if c.records == 0:
+        if c.records == 0 and not self.engine.judged():  # GPU samples alone can be judged
             skipped = sum(c.skips.values())
             how = (f"{lines} lines read" if lines else "no line read") + (
                 f", {skipped} skipped" if skipped else "")

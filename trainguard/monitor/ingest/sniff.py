@@ -13,9 +13,10 @@ stdout log given as a file was "clean: 0 events, 30 lines skipped". Now the head
 * ``unknown``: nothing to tell from yet (an empty or absent file that a run will write): read
   as stdin is, auto-detecting each line.
 
-A run directory is sniffed over the files already in it; one file of trainer stdout among
-canonical ones makes the whole directory read with auto-detection (canonical lines still take
-the fast path). Pure apart from reading heads: no parser is imported here.
+A run directory is sniffed over the files already in it (the first 8 KiB of at most 64); one
+file of trainer stdout among canonical ones makes the whole directory read with auto-detection
+(canonical lines still take the fast path). Pure apart from reading heads: no parser is
+imported here.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from trainguard.events import ParseSkip, Record, _fast_loads
 __all__ = ["JSON_FORMATS", "JsonFormat", "SNIFF_BYTES", "json_format_parser", "sniff_head",
            "sniff_source"]
 
-#: Bytes of a file's head that decide its format.
+#: Bytes of a file's head that decide its format; of a run directory, fewer bytes of at most
+#: SNIFF_DIR_FILES files (1,024 rank files must not cost 64 MiB of reads at start).
 SNIFF_BYTES: Final = 1 << 16
+SNIFF_DIR_BYTES: Final = 1 << 13
+SNIFF_DIR_FILES: Final = 64
 #: Non-blank lines of a head looked at.
 SNIFF_LINES: Final = 200
 CANONICAL: Final = "canonical"
@@ -80,7 +84,7 @@ def sniff_head(head: bytes) -> str:
     return CANONICAL if json_lines >= other else STDOUT
 
 
-def _head(path: str) -> bytes | None:
+def _head(path: str, size: int = SNIFF_BYTES) -> bytes | None:
     """The first :data:`SNIFF_BYTES` of a regular file; None if it is not one or unreadable
     (never blocks: a FIFO is not read)."""
     try:
@@ -90,7 +94,7 @@ def _head(path: str) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return os.read(fd, SNIFF_BYTES)
+        return os.read(fd, size)
     except OSError:
         return None
     finally:
@@ -101,11 +105,15 @@ def sniff_source(spec: str, files: Iterable[str] | None = None) -> str:
     """The format of a file, or of a run directory's ``*.jsonl`` files (``files`` when the
     caller knows them), as :func:`sniff_head` tells it."""
     path = Path(spec)
-    if files is None:
-        files = sorted(str(p) for p in path.rglob("*.jsonl")) if path.is_dir() else [spec]
+    size = SNIFF_BYTES
+    if files is None and path.is_dir():
+        files = sorted(str(p) for p in path.rglob("*.jsonl"))[:SNIFF_DIR_FILES]
+        size = SNIFF_DIR_BYTES
+    elif files is None:
+        files = [spec]
     found: set[str] = set()
     for name in files:
-        head = _head(name)
+        head = _head(name, size)
         if head is not None:
             found.add(sniff_head(head))
     for fmt in JSON_FORMATS:
