@@ -279,3 +279,29 @@ def test_docs_cite_nothing_outside_the_repository():
             if needle in text:
                 cited.append(f"{path.relative_to(ROOT)}: {needle}")
     assert [] == cited
+
+
+def test_a_registered_json_format_gets_the_files_it_recognises(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    """The hook for trackers' own JSON lines: a JsonFormat in sniff.JSON_FORMATS that
+    recognises a file's head reads it (here {"step": N, "data": {...}}, null as NaN, the shape
+    of verl's file logger), and a NaN loss in it fires."""
+    from trainguard.events import Record
+    from trainguard.monitor.ingest import sniff
+    from trainguard.monitor.session import MonitorOptions, run_monitor
+
+    def detects(obj: object) -> bool:
+        return isinstance(obj, dict) and set(obj) == {"step", "data"}
+
+    def convert(obj: dict) -> Record:  # type: ignore[type-arg]
+        return Record(int(obj["step"]), {k: float("nan") if v is None else float(v)
+                                         for k, v in obj["data"].items()})
+
+    monkeypatch.setattr(sniff, "JSON_FORMATS", [sniff.JsonFormat("steps_data", detects, convert)])
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "data": {"loss": None if i == 3 else 1.0}})
+                            + "\n" for i in range(1, 6)))
+    verdict = run_monitor(MonitorOptions(source=str(path), once=True, quiet=True,
+                                         rules=["common"]))
+    assert verdict.exit_code == 2
+    assert ["common.nonfinite_loss"] == [a.rule for a in verdict.alerts if a.state == "firing"]
