@@ -5,9 +5,11 @@
 
 It writes every ``on_log`` dict as an event (``RUN_DIR/events.rank{R}.jsonl``), the run's
 metadata (trainer kind, versions, config and its hash, git commit) into ``run_metadata.json`` at
-train start, and checks the control file at each step end. On a stop request for this run it
-sets ``should_save`` and ``should_training_stop`` so that the run ends with a checkpoint; every
-rank polls the file itself, because the Trainer has no cross-rank broadcast of ``control``.
+train start, and checks the control file at each step end. On a stop request for this session
+it sets ``should_save`` and ``should_training_stop`` so that the run ends with a checkpoint. The
+Trainer has no cross-rank broadcast of ``control``, so under a process group the writer's
+``should_stop`` does it: rank 0 reads the file and broadcasts its answer at every step end, and
+every rank stops after the same step (see :mod:`trainguard.emitters.writer`).
 
 ``RUN_DIR`` is ``run_dir=``, else ``$TRAINGUARD_RUN_DIR``, else ``args.output_dir/trainguard``.
 
