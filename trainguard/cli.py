@@ -184,7 +184,8 @@ def monitor(
 
       trainguard monitor runs/exp1 --pid 4242 --kill-after 30   [dim]# SIGTERM, then SIGKILL[/dim]
 
-    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
+    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable,
+    nothing judged (no events, or no rule reads their metrics), or a usage error.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
 
