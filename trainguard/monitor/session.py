@@ -127,20 +127,15 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
-    field_map = load_field_map(options.field_maps)
+    field_maps = options.field_maps
+    if options.regex is not None:  # --regex verl brings verl's field map
+        from trainguard.monitor.ingest.stdout import preset_field_maps
+
+        field_maps = preset_field_maps(options.regex, field_maps)
+    field_map = load_field_map(field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
-    # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
-    stdout_auto = options.regex is not None or options.source == "-"
-    if options.regex is None and not stdout_auto:
-        parser: LineParser = json_line_parser  # what make_line_parser(None, auto=False) returns
-    else:
-        from trainguard.monitor.ingest.stdout import make_line_parser
-
-        parser = make_line_parser(options.regex, auto=stdout_auto,
-                                  logging_steps=options.logging_steps,
-                                  steps_per_epoch=options.steps_per_epoch,
-                                  signals=options.signals)
+    parser, detected_format = _line_parser(options)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
@@ -157,12 +152,20 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     if state_path is None and run_dir is not None and not options.stateless:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
+    # --once is a batch verdict over the whole run: every file is read from its start (a
+    # verdict from where an earlier session stopped would judge the rest without the rules'
+    # windows, or judge nothing and say clean), the record is written anew, and the alert
+    # ledger keeps what was already delivered from being delivered or stopped twice.
+    positions = None if options.once else (saved.get("positions") or None)
+    record_length = saved.get("record_length")
+    if options.once and record_length is not None:
+        record_length = 0  # this run's record, written anew from the start of the run
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
     raise_open_files_limit()  # one descriptor per rank file: 4,096 ranks pass 1,024
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
     source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
-                         positions=saved.get("positions") or None,
+                         positions=positions,
                          tee=sys.stdout.buffer if tee else None,
                          rescan_interval=options.rescan_interval)
     if options.gpu and options.local_gpus:  # GPU samples carry the monitor's latest step
@@ -175,7 +178,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         from trainguard.monitor.ingest.composite import CompositeSource
 
         source = CompositeSource(source, *options.extra_sources)
-    recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
+    recorder = (Recorder(options.record, resume_length=record_length)
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
@@ -200,7 +203,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         stopper = stop_watch.plan
 
     def report_problem(problem: str) -> None:
-        console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+        if not options.quiet:  # -q: the exit code alone says it
+            console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
 
     def say(text: str) -> None:
         if not options.quiet:
@@ -216,11 +220,17 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=selector)
     selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
+    monitor.batch = options.once
+    if stop_watch is not None:
+        monitor.problem_sources.append(stop_watch.plan.problems)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
         " + the trainer's pack" if auto else "; rules for other trainers skip once the trainer "
         "is known")
+    if detected_format is not None:
+        say(f"trainguard: {options.source} reads as {detected_format} (detected from its first "
+            "lines; --regex to choose)")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")
         + (f"; signals pid {options.pid}" if options.pid else "")
@@ -267,6 +277,37 @@ def _metadata_dir(source: Path, run_dir: Path | None) -> Path | None:
     if str(source) != "-" and source.parent.joinpath("run_metadata.json").exists():
         return source.parent
     return None
+
+
+def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
+    """The parser for the source, and the format detected when none was given.
+
+    stdin auto-detects each line (canonical JSON, trainer stdout). A file or run directory is
+    told by its first lines (:mod:`~trainguard.monitor.ingest.sniff`): canonical JSONL gets the
+    plain parser (re2 and the presets are not even imported), trainer stdout or an empty file
+    the same auto-detection as stdin, a registered JSON format its own parser."""
+    if options.regex is None and options.source != "-":
+        from trainguard.monitor.ingest.sniff import (
+            CANONICAL,
+            STDOUT,
+            UNKNOWN,
+            json_format_parser,
+            sniff_source,
+        )
+
+        detected = sniff_source(options.source)
+        if detected == CANONICAL:
+            return json_line_parser, None  # what make_line_parser(None, auto=False) returns
+        if detected not in (STDOUT, UNKNOWN):
+            return json_format_parser(detected), detected
+        shown: str | None = "trainer stdout" if detected == STDOUT else None
+    else:
+        shown = None
+    from trainguard.monitor.ingest.stdout import make_line_parser
+
+    return make_line_parser(options.regex, auto=True, logging_steps=options.logging_steps,
+                            steps_per_epoch=options.steps_per_epoch,
+                            signals=options.signals), shown
 
 
 def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-untyped-def]
@@ -324,6 +365,9 @@ def _print_summary(console: _Console, verdict: Verdict) -> None:
         console.line(f"  skipped {count} x {reason}", style="yellow")
     for ex in verdict.skip_examples:
         console.line(f"    {ex.stream}:{ex.line}: {ex.reason} {ex.detail}", style="dim")
+    for note in verdict.notes:
+        if note not in verdict.problems:
+            console.line(f"  note: {note}", style="yellow")
     for problem in verdict.problems:
         console.line(f"  DEGRADED: {problem}", style="bold yellow")
 

@@ -48,7 +48,7 @@ from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
 from trainguard.monitor.ingest.signals import load_scanner
 from trainguard.monitor.ingest.sources import DirectorySource, Line
-from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser
+from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser, preset_field_maps
 from trainguard.monitor.packs import DEFAULT_RULES, PackSelector
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
@@ -212,7 +212,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     output_parser = choose_output_parser(options.regex, options.logging_steps, options.signals)
     signal_parser = StdoutParser([], json_lines=False, signals=load_scanner(options.signals))
-    field_map = load_field_map(options.field_maps)
+    field_map = load_field_map(preset_field_maps(options.regex, options.field_maps))
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     control_path = run_dir / CONTROL_FILENAME

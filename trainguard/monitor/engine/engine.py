@@ -120,11 +120,18 @@ class Engine:
         self._scalar_index = Index()  # without the batched entries
         self._mean_entries: list[Entry] = []
         self._batched: list[Entry] = []
+        self._derived_index = Index()  # records derived by the monitor (straggler scores)
         for entry in self._entries:
             if entry.scope == "mean":
                 self._mean_entries.append(entry)
                 continue
             self._index.add(entry)
+            for name in entry.compiled.condition.metrics:
+                # Only the rules that read a derived metric see its record, ``always`` rules
+                # (stale) included: such a record is no new step of its rank, and it arrives
+                # after the rank's later steps, so a rule of every record would see time run
+                # backwards (a stale alert resolving "at step 1").
+                self._derived_index.by_metric.setdefault(name, []).append(entry)
             if entry.batched:
                 self._batched.append(entry)
             else:
@@ -134,6 +141,12 @@ class Engine:
     def rules(self) -> list[CompiledRule]:
         """The rules this engine evaluates now (after trainer filtering)."""
         return [e.compiled for e in self._entries]
+
+    def judged(self) -> bool:
+        """Whether any rule gave a known result on any record (a session that judged nothing
+        must not be called clean)."""
+        return any(state.evaluations for entry in self._entries
+                   for state in entry.states.values()) or bool(self.alerts_fired)
 
     # -- restart without re-notifying (T19) -----------------------------------------------------
 
@@ -186,6 +199,19 @@ class Engine:
                  time: float | None = None) -> list[Alert]:
         """Feed one step record of one rank; return the alerts that fired or resolved."""
         return self._evaluate_record(rank, step, metrics, time, self._index)
+
+    def evaluate_derived(self, rank: int, step: int, metrics: Mapping[str, float],
+                         time: float | None = None) -> list[Alert]:
+        """Feed a record the monitor derived for ``rank`` (``ranks/straggler_score``): only
+        the per-rank rules that read one of its metrics see it; no ``mean`` gathering."""
+        return self._evaluate_record(rank, step, metrics, time, self._derived_index,
+                                     mean=False)
+
+    @property
+    def cross_rank(self) -> bool:
+        """Whether a rule of scope ``any``, ``all`` or ``mean`` applies: their results depend
+        on the order in which the ranks' records arrive (see Monitor's step alignment)."""
+        return any(e.scope != "rank" for e in self._entries)
 
     def evaluate_many(self, records: Sequence[tuple[int, int, Mapping[str, float],
                                                     float | None]]) -> list[Alert]:
@@ -328,7 +354,7 @@ class Engine:
         state.unknown = unknown0 + n - len(rows)
 
     def _evaluate_record(self, rank: int, step: int, metrics: Mapping[str, float],
-                         time: float | None, index: Index) -> list[Alert]:
+                         time: float | None, index: Index, mean: bool = True) -> list[Alert]:
         """:meth:`evaluate` over the entries of ``index``."""
         by_metric = index.by_metric
         alerts: list[Alert] = []
@@ -336,7 +362,7 @@ class Engine:
             self._known_ranks.add(rank)
             if self._first_step is None:
                 self._first_step = step
-        if self._mean_entries:
+        if self._mean_entries and mean:
             self._gather_mean(rank, step, metrics, time, alerts)
         touched: list[Entry] | None
         if len(metrics) == 1 and not index.always:  # one-metric events: nothing to de-duplicate

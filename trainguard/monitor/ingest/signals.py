@@ -12,6 +12,7 @@ whatever the pattern, so no pattern can hang the monitor.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -36,13 +37,25 @@ def compile_safe(pattern: str, what: str) -> Any:
     """
     options = re2.Options()
     options.log_errors = False  # the ConfigError says it; re2 would also print it
+    shown = quoted(pattern)
     try:
         return re2.compile(pattern, options)
     except re2.error as exc:
         reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-        raise ConfigError(f"{what} {pattern!r}: re2 cannot compile it: {reason}. re2 has no "
+        try:
+            re.compile(pattern)
+        except re.error as plain:  # a mistake in any regex dialect: say where, no re2 talk
+            where = f" at position {plain.pos}" if plain.pos is not None else ""
+            raise ConfigError(f"{what} {shown}: not a valid pattern: {plain.msg}{where}"
+                              ) from None
+        raise ConfigError(f"{what} {shown}: re2 cannot compile it: {reason}. re2 has no "
                           "backreferences or lookarounds (they can take exponential time); "
                           "rewrite the pattern without them") from None
+
+
+def quoted(pattern: str) -> str:
+    """A pattern as the user typed it, in quotes: ``repr`` would double every backslash."""
+    return f'"{pattern}"' if "'" in pattern and '"' not in pattern else f"'{pattern}'"
 
 
 class Signal(BaseModel):

@@ -33,6 +33,8 @@ with ``\\r``), the last is returned (the step count still counts each TRL log);
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -43,12 +45,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.ingest.gather import LineParser, json_line_parser
-from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_scanner
+from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_scanner, quoted
 from trainguard.monitor.ingest.sources import Line
 from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
 __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
-           "load_stdout_preset", "make_line_parser"]
+           "load_stdout_preset", "make_line_parser", "preset_field_maps"]
 
 #: The order in which auto-detection tries the presets (most specific first).
 AUTO_ORDER: Final = ("openrlhf", "trl", "verl", "kv")
@@ -77,6 +79,9 @@ class StdoutPreset(BaseModel):
     step_key: str = "step"
     #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
     require_any: list[str] = []
+    #: The field map (a preset in ``presets/fields/``) that goes with this trainer's names:
+    #: ``--regex NAME`` applies it unless ``--field-map`` is given (see preset_field_maps).
+    field_map: str | None = None
 
     @field_validator("line", "pair")
     @classmethod
@@ -124,6 +129,16 @@ def builtin_stdout_presets() -> dict[str, StdoutPreset]:
         for name in (preset.name, *preset.aliases):
             out[name] = preset
     return out
+
+
+def preset_field_maps(regex: str | None, field_maps: list[str]) -> list[str]:
+    """The field maps a session applies: the user's, or, when there are none and ``regex``
+    names a preset that brings one (verl: ``actor/pg_loss`` stays and ``actor/grad_norm``
+    also feeds ``grad_norm``...), that preset's map."""
+    if field_maps or regex is None:
+        return list(field_maps)
+    preset = builtin_stdout_presets().get(regex)
+    return [preset.field_map] if preset is not None and preset.field_map else []
 
 
 def load_stdout_preset(name: str) -> StdoutPreset:
@@ -222,16 +237,17 @@ class _UserPattern:
     __slots__ = ("counted", "needle", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
+        shown = quoted(pattern)
         self._regex = compile_safe(pattern, "--regex")
         names = dict(self._regex.groupindex)
         if "step" not in names:
-            raise ConfigError(f"--regex {pattern!r}: not a preset name ("
+            raise ConfigError(f"--regex {shown}: not a preset name ("
                               + ", ".join(sorted(builtin_stdout_presets()))
                               + ") and has no (?P<step>...) group; name the step group, and one "
                               "group per metric, e.g. 'step (?P<step>\\d+) loss (?P<loss>\\S+)'")
         self._names = [(n, n.replace("__", "/")) for n in names if n != "step"]
         if not self._names:
-            raise ConfigError(f"--regex {pattern!r}: no metric group; add a named group per "
+            raise ConfigError(f"--regex {shown}: no metric group; add a named group per "
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
         self.needle = b""
@@ -273,12 +289,15 @@ class _Progress:
 class StdoutParser:
     """Turns physical console lines into records; a :data:`~trainguard.monitor.daemon.LineParser`.
 
-    Stateful per stream (the derived TRL step), otherwise pure: no files, clocks or threads.
+    Stateful per stream (the derived TRL step), otherwise pure: no files or threads; the one
+    clock it reads (``clock``, the time a line was read, stamped on its record because a printed
+    log has none) is injected.
     """
 
     def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
                  logging_steps: int = 1, steps_per_epoch: int | None = None,
-                 signals: SignalScanner | None = None) -> None:
+                 signals: SignalScanner | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if logging_steps < 1:
             raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
                               "trainer's logging_steps)")
@@ -297,6 +316,9 @@ class StdoutParser:
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
+        #: A printed log carries no time: its record's time is when it was read (``clock``,
+        #: injected so the parser stays a function of its input in tests).
+        self._clock = clock
 
     def __call__(self, line: Line) -> Record | ParseSkip | None:
         """The last record of the line, or a skip, or ``None`` for prose."""
@@ -384,7 +406,7 @@ class StdoutParser:
             for name in progress.signals_seen - progress.signals_since:
                 metrics.setdefault(name, 0.0)
             progress.signals_since.clear()
-        return Record(step, metrics, None, 0, kind)
+        return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
