@@ -115,6 +115,8 @@ class _MetricLineISOTime(msgspec.Struct, gc=False, forbid_unknown_fields=True, k
     name: str
     value: float
     rank: int = 0
+    host: str | None = None
+    local_rank: int | None = None
     kind: Any = "train"
     run_id: Any = None
 
