@@ -138,6 +138,9 @@ def monitor(
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
     steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
+    max_ranks: Annotated[int, typer.Option(
+        "--max-ranks", min=1, help="Ranks are 0 to N-1; a line of any other rank is a counted "
+        "bad_rank skip (each rank holds its own rule state).")] = 65536,
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -166,6 +169,7 @@ def monitor(
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps
     options.steps_per_epoch = steps_per_epoch
+    options.max_ranks = max_ranks
     try:
         verdict = run_monitor(options)
     except TrainguardError as exc:

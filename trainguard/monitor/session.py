@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.control import CONTROL_FILENAME
+from trainguard.events import MAX_RANKS
 from trainguard.exceptions import ConfigError, TrainguardError
-from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
+from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state, replay_journal
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
 from trainguard.monitor.ingest.watch import start_watcher
+from trainguard.monitor.sinks.files import is_symlink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.record import Recorder
 from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
@@ -94,6 +96,8 @@ class MonitorOptions:
     logging_steps: int = 1
     #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
     steps_per_epoch: int | None = None
+    #: Ranks are ``0 <= rank < max_ranks``; any other is a counted ``bad_rank`` skip.
+    max_ranks: int = MAX_RANKS
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -135,6 +139,13 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     state_path = options.state
     if state_path is None and run_dir is not None:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
+    refused_state = None
+    if state_path and is_symlink(os.path.dirname(os.path.abspath(state_path))):
+        # Planted by someone who can write the run directory: its state.json would be
+        # written wherever the link points. No checkpoint this session; said, degraded.
+        refused_state = (f"cannot keep state in {os.path.dirname(state_path)}: it is a "
+                         "symbolic link, refused (remove it); no checkpoint this session")
+        state_path = None
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
@@ -152,6 +163,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
+    redeliver, journal_warning = replay_journal(state_path, ledger) if state_path else ([], None)
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
                     if state_path else None)
     watcher = None if options.poll or options.once else start_watcher(source)
@@ -173,20 +185,27 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         stopper = stop_watch.plan
 
     def report_problem(problem: str) -> None:
-        console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+        # Output problems (monitor.output_problems) say "cannot write/save ..." themselves.
+        text = problem if problem.startswith("cannot ") else f"cannot read {problem}"
+        console.line(f"DEGRADED: {text}", style="bold yellow")
 
     def say(text: str) -> None:
         if not options.quiet:
             console.line(text, style="dim")
 
-    if state_warning:
-        console.line(f"trainguard: {state_warning}", style="yellow")
+    for warning in (state_warning, journal_warning):
+        if warning:
+            console.line(f"trainguard: {warning}", style="yellow")
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
                       if auto else None)
+    monitor.max_ranks = options.max_ranks
+    if refused_state:
+        monitor.session_problems.append(refused_state)
+    monitor.redeliver(redeliver)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
@@ -216,6 +235,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             jsonl.close()
         if recorder is not None:
             recorder.close()
+        if checkpointer is not None:
+            checkpointer.close()
     if options.report:
         write_report(options.report, build_report(options.source, streams, verdict,
                                                   suppressed_alerts=ledger.suppressed))
