@@ -114,6 +114,9 @@ class FileSource:
         self._tail.close()
 
 
+#: Files left at a rotation remembered, in case they show up under a ``*.jsonl`` name.
+MAX_RETIRED = 4096
+
 #: The monitor's own state lives here inside a run directory; never read as events.
 STATE_DIRNAME = ".trainguard"
 
@@ -135,6 +138,13 @@ class DirectorySource:
         self._exclude = {os.path.abspath(p) for p in exclude}
         self._state_dir = os.path.abspath(self.root / STATE_DIRNAME)
         self._positions = dict(positions or {})
+        #: Saved positions by the identity of their file, to find one under a new name.
+        self._saved_by_identity: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
+        for path, pos in self._positions.items():
+            if isinstance(pos, dict) and type(pos.get("ino")) is int and pos.get("ino"):
+                self._saved_by_identity[(int(pos["dev"]), int(pos["ino"]))] = (path, pos)
+        #: Where tails left files at a rotation, by identity (see _add_tails).
+        self._retired: dict[tuple[int, int], dict[str, Any]] = {}
         self._tails: dict[str, FileTail] = {}
         self._error: str | None = None
         self._dirty: set[str] = set()
@@ -143,6 +153,7 @@ class DirectorySource:
         self._rescan_interval = rescan_interval
         self._last_full = float("-inf")  # the first poll reads everything already there
         self._listings: dict[str, tuple[int, list[str], list[str]]] = {}
+        self._unreadable: list[str] = []
         self._scan()
 
     def _excluded(self, path: str) -> bool:
@@ -162,10 +173,45 @@ class DirectorySource:
         except OSError as exc:
             self._error = f"{self.root}: {exc.strerror or exc}"
             return
-        for path in found:
-            if path not in self._tails and not self._excluded(path):
-                self._tails[path] = FileTail(path, from_start=True,
-                                             position=self._positions.pop(path, None))
+        new = [p for p in found if p not in self._tails and not self._excluded(p)]
+        if new:
+            self._add_tails(new)
+
+    def _add_tails(self, paths: list[str]) -> None:
+        """Follow new files, one reader per file *identity* (device and inode), whatever its
+        name: a file rotated to a name that is itself ``*.jsonl`` (``events.rank0.1.jsonl``)
+        goes on from where the tail that read it under its old name left it, and while that
+        tail still reads it the new name waits; a file checkpointed under its old name is
+        resumed under its new one after a restart. Nothing is read twice."""
+        for tail in self._tails.values():
+            for left, where in tail.retired:
+                self._retired[left] = where
+            tail.retired.clear()
+        while len(self._retired) > MAX_RETIRED:
+            del self._retired[next(iter(self._retired))]
+        claimed = {t.identity for t in self._tails.values()}
+        for path in paths:
+            pos = self._positions.pop(path, None)
+            try:
+                st = os.stat(path)
+                ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
+            except OSError:
+                ident = None
+            if ident is not None:
+                if ident in claimed:
+                    if pos is not None:
+                        self._positions[path] = pos
+                    continue  # read under its other name for now; taken over once left
+                retired = self._retired.pop(ident, None)
+                saved = self._saved_by_identity.pop(ident, None)
+                if retired is not None:
+                    pos = retired
+                elif saved is not None and saved[0] != path:
+                    self._positions.pop(saved[0], None)  # its old name holds another file
+                    pos = saved[1]
+            tail = FileTail(path, from_start=True, position=pos, skip_jsonl_siblings=True)
+            self._tails[path] = tail
+            claimed.add(tail.identity)
 
     def _walk(self, top: str) -> list[str]:
         """``*.jsonl`` files under ``top`` (symlinked files yes, symlinked folders not entered).
@@ -177,19 +223,28 @@ class DirectorySource:
         entry when a folder does need listing.
         """
         found: list[str] = []
+        unreadable: list[str] = []
         listings: dict[str, tuple[int, list[str], list[str]]] = {}
         stack = [top]
         while stack:
             folder = stack.pop()
             try:
                 files, folders = self._list(folder, listings)
-            except OSError:
+            except FileNotFoundError:
                 if folder == top:
                     raise
-                continue  # a rank folder that vanished or is unreadable: the rest still count
+                continue  # a rank folder that vanished: the rest still count
+            except OSError as exc:
+                if folder == top:
+                    raise
+                # Unreadable (its mode, its owner): the rest still count, but a rank in it
+                # may hold the NaN, so the monitor is partly blind and says so.
+                unreadable.append(f"{folder}: {exc.strerror or exc} (its files are not read)")
+                continue
             found += files
             stack += folders
         self._listings = listings  # folders no longer there are forgotten
+        self._unreadable = unreadable
         return found
 
     def _list(self, folder: str, listings: dict[str, tuple[int, list[str], list[str]]]
@@ -203,7 +258,9 @@ class DirectorySource:
         folders: list[str] = []
         with os.scandir(folder) as entries:
             for entry in entries:
-                if entry.name.endswith(".jsonl") and entry.is_file():
+                if entry.name.endswith(".jsonl") and not entry.is_dir():
+                    # A FIFO or socket named like a rank file too: its tail refuses it and
+                    # says so (degraded), rather than the folder hiding it.
                     files.append(entry.path)
                 elif (entry.is_dir(follow_symlinks=False)
                       and os.path.abspath(entry.path) != self._state_dir):
@@ -255,6 +312,7 @@ class DirectorySource:
     def problems(self) -> list[str]:
         """An unreadable or vanished directory, or files that cannot be read."""
         found = [self._error] if self._error else []
+        found += self._unreadable
         found += [f"{p}: {t.error}" for p, t in self._tails.items() if t.error]
         return found
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -32,6 +33,8 @@ __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_
 MAX_LINE_BYTES = 1 << 20
 #: How many leading bytes identify a file's content (with its device and inode).
 FINGERPRINT_BYTES = 256
+#: Files read to their end remembered per tail, so a rotated name is never read twice.
+MAX_RETIRED_IDS = 256
 #: Skips reported with their line number, per file; the rest are only counted.
 MAX_EXAMPLES = 5
 _READ_CHUNK = 1 << 20
@@ -135,6 +138,68 @@ def _lines_bytes(head: bytes, chunk: bytes, start: int, end: int) -> bytes:
     return chunk if end == len(chunk) else chunk[:end]
 
 
+def _open_regular(path: str) -> int | str | None:
+    """A read descriptor of the regular file at ``path``; else why not (``None``: absent).
+
+    ``O_NONBLOCK``: a FIFO planted at an event file's name (``mkfifo f; mv f events.jsonl``)
+    must not block the loop (a blocked ``open`` also keeps SIGTERM from ending the monitor);
+    it opens at once and is refused by its type. It has no effect on a regular file's reads.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{exc.strerror}"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        return f"{exc.strerror}"
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"{kind}: not read (an event file must be a regular file)"
+    return fd
+
+
+def _rotated_name(name: str, base: str, stem: str) -> bool:
+    """Whether ``name`` is what a rotation makes of ``base``: ``base`` or its ``stem`` (the
+    name without ``.jsonl``), then ``.``, ``-`` or ``_`` and a digit. ``events.rank01.jsonl``
+    is no rotation of ``events.rank0.jsonl``; compressed copies cannot be read."""
+    if name.endswith((".gz", ".bz2", ".xz", ".zst")):
+        return False
+    for prefix in (base, stem):
+        n = len(prefix)
+        if (len(name) > n + 1 and name.startswith(prefix) and name[n] in ".-_"
+                and name[n + 1].isdigit()):
+            return True
+    return False
+
+
+def _find_by_identity(path: str, ident: tuple[int, int], fp_len: int, fp_hash: str,
+                      offset: int) -> tuple[str, int] | None:
+    """The file of identity ``ident`` (and fingerprint) in ``path``'s folder under another
+    name, opened; ``None`` when it is gone. The folder's entries carry their inode numbers,
+    so only a match is opened; device and fingerprint are then checked too."""
+    folder = os.path.dirname(path) or "."
+    try:
+        with os.scandir(folder) as entries:
+            matches = [e.path for e in entries if e.inode() == ident[1] and e.path != path]
+    except OSError:
+        return None
+    for candidate in matches:
+        fd = _open_regular(candidate)
+        if not isinstance(fd, int):
+            continue
+        st = os.fstat(fd)
+        if ((st.st_dev, st.st_ino) == ident and st.st_size >= max(offset, fp_len)
+                and (fp_len == 0 or _head_hash(fd, fp_len) == fp_hash)):
+            return candidate, fd
+        os.close(fd)
+    return None
+
+
 def _head_hash(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
 
@@ -144,7 +209,8 @@ class FileTail:
 
     def __init__(self, path: str, *, from_start: bool = True,
                  max_line_bytes: int = MAX_LINE_BYTES,
-                 position: dict[str, Any] | None = None) -> None:
+                 position: dict[str, Any] | None = None,
+                 skip_jsonl_siblings: bool = False) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
         self.stats = TailStats()
@@ -161,19 +227,25 @@ class FileTail:
         self._seen: tuple[int, int] | None = None  # (size, mtime_ns) at the last full read
         self._partial = b""
         self._discarding = False  # inside an over-long line, dropping bytes until its newline
-        if self._open(seek_end=not from_start) and position is not None:
+        #: ``(identity, position)`` of files this tail read to their end and left at a
+        #: rotation: a run directory hands one to a tail of the rotated name, if it is a
+        #: ``*.jsonl`` it also follows, so that file is not read twice.
+        self.retired: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        #: The rotated name the checkpointed file was found under after a restart, if any.
+        self.resumed_from: str | None = None
+        #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
+        self.skip_jsonl_siblings = skip_jsonl_siblings
+        self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
+        opened = self._open(seek_end=not from_start)
+        if position is not None and (opened or self.error is None):
             self._restore(position)
 
     # -- identity and checkpoints ----------------------------------------------------------
 
     def _open(self, seek_end: bool = False) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.error = None
-            return False
-        except OSError as exc:
-            self.error = f"{exc.strerror}"
+        fd = _open_regular(self.path)
+        if not isinstance(fd, int):
+            self.error = fd
             return False
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
@@ -212,19 +284,45 @@ class FileTail:
                 "fp_len": len(head), "fp_hash": self._head_hash[1],
                 "discarding": self._discarding}
 
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """``(device, inode)`` of the file being read, while one is open."""
+        return self._ino if self._fd is not None else None
+
     def _restore(self, pos: dict[str, Any]) -> None:
-        """Resume at a checkpointed position if the file there is still the same file."""
-        assert self._fd is not None
-        size = os.fstat(self._fd).st_size
+        """Resume at a checkpointed position if the file there is still the same file, or
+        if it is found next to it under a rotated name (``name.1``, ``name.jsonl.1``,
+        ``name-20261201``, ``name.1.jsonl``): that file is read on from the position, then
+        the file now at the path from its start, as a rotation seen live would be."""
         try:
             offset, line = int(pos["offset"]), int(pos["line"])
-            same_inode = (int(pos["dev"]), int(pos["ino"])) == self._ino
+            ident = (int(pos["dev"]), int(pos["ino"]))
             fp_len, fp_hash = int(pos["fp_len"]), str(pos["fp_hash"])
         except (KeyError, TypeError, ValueError):
             self.stats.skip(0, "bad_checkpoint_entry")
             return
-        same = (same_inode and size >= offset and size >= fp_len
-                and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
+        if offset < 0 or fp_len < 0:
+            self.stats.skip(0, "bad_checkpoint_entry")
+            return
+        same = False
+        if self._fd is not None:
+            size = os.fstat(self._fd).st_size
+            same = (ident == self._ino and size >= offset and size >= fp_len
+                    and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
+        if not same:
+            found = _find_by_identity(self.path, ident, fp_len, fp_hash, offset)
+            if found is not None:
+                self.resumed_from, fd = found
+                self.close()
+                self._fd, self._ino, self._seen = fd, ident, None
+                self._partial, self._head = b"", b""
+                self._refresh_fingerprint(os.fstat(fd).st_size)
+                self._offset, self.line_no = offset, line
+                self._discarding = bool(pos.get("discarding", False))
+                self.error = None
+                return
+        if self._fd is None:
+            return  # nothing at the path, nor next to it: read it whole once it appears
         if not same:
             # Replaced, truncated or rewritten while we were down: read the new file whole.
             self.stats.truncations += 1
@@ -284,10 +382,72 @@ class FileTail:
             # Rotation: a different file now lives at the path. The old one is drained above.
             self.stats.rotations += 1
             self._flush_partial_on_rotation()
+            left = self._ino
+            if left is not None:
+                self.retired.append((left, self.position()))
+                self._read_ids[left] = None
+                while len(self._read_ids) > MAX_RETIRED_IDS:
+                    del self._read_ids[next(iter(self._read_ids))]
+            # Two renames while the monitor was descheduled (or down): the file between the
+            # one just drained and the one now at the path sits under a rotated name. It is
+            # read whole before the new file, as if its rotation had been seen.
+            between = self._rotated_since(self._left_mtime(), {left, (st.st_dev, st.st_ino)})
             self.close()
-            if self._open():
+            if between is not None:
+                name, fd = between
+                self._adopt(fd)
+                self.resumed_from = name
+                self._drain(out, os.fstat(fd).st_size)
+            elif self._open():
                 self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
         return out
+
+    def _left_mtime(self) -> int:
+        try:
+            return os.fstat(self._fd).st_mtime_ns  # type: ignore[arg-type]
+        except OSError:
+            return 0
+
+    def _adopt(self, fd: int) -> None:
+        """Read ``fd`` (a file under a rotated name) from its start, as the current file."""
+        st = os.fstat(fd)
+        self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
+        self._offset, self.line_no = 0, 0
+        self._partial, self._discarding, self._head = b"", False, b""
+        self._refresh_fingerprint(st.st_size)
+
+    def _rotated_since(self, mtime_ns: int, exclude: set[tuple[int, int] | None]
+                       ) -> tuple[str, int] | None:
+        """The oldest file under a rotated name of this path (``name.1``, ``name.jsonl.1``,
+        ``name-20261201``, ``name.1.jsonl`` unless ``skip_jsonl_siblings``) last written at
+        or after ``mtime_ns`` that this tail has not read, opened; else ``None``."""
+        folder = os.path.dirname(self.path) or "."
+        base = os.path.basename(self.path)
+        stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
+        found: list[tuple[int, str]] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name == base or not _rotated_name(name, base, stem):
+                        continue
+                    if self.skip_jsonl_siblings and name.endswith(".jsonl"):
+                        continue  # the run directory follows it as a file of its own
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    ident = (est.st_dev, est.st_ino)
+                    if (stat.S_ISREG(est.st_mode) and est.st_mtime_ns >= mtime_ns
+                            and ident not in exclude and ident not in self._read_ids):
+                        found.append((est.st_mtime_ns, entry.path))
+        except OSError:
+            return None
+        for _, path in sorted(found):
+            fd = _open_regular(path)
+            if isinstance(fd, int):
+                return path, fd
+        return None
 
     def _flush_partial_on_rotation(self) -> None:
         if self._partial:
