@@ -310,6 +310,7 @@ class AlertJournal:
         data = json.dumps(entry, allow_nan=False, separators=(",", ":")).encode() + b"\n"
         try:
             if self._fd is None:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
                 self._fd = open_output(self.path)
             view = memoryview(data)
             while view:

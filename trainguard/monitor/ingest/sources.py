@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -114,6 +115,32 @@ class FileSource:
         self._tail.close()
 
 
+#: Bytes a directory poll reads at most across all its files: one read per file of a
+#: thousand files behind would hold a gigabyte at once (the records decoded from them, more).
+MAX_POLL_BYTES = 32 << 20
+#: Descriptors left for everything but rank files (the state, alerts, inotify, a trainer).
+FD_RESERVE = 128
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open files to the hard one (the usual soft 1,024 is less
+    than a 1,024-rank run needs); return the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return int(soft if soft != resource.RLIM_INFINITY else 1 << 20)
+
+
 #: Files left at a rotation remembered, in case they show up under a ``*.jsonl`` name.
 MAX_RETIRED = 4096
 
@@ -145,6 +172,11 @@ class DirectorySource:
                 self._saved_by_identity[(int(pos["dev"]), int(pos["ino"]))] = (path, pos)
         #: Where tails left files at a rotation, by identity (see _add_tails).
         self._retired: dict[tuple[int, int], dict[str, Any]] = {}
+        #: Files to read first in the next poll (the last one stopped at MAX_POLL_BYTES).
+        self._unread: set[str] = set()
+        #: Open files, least recently read first; at most ``max_open`` (see _make_room).
+        self._active: OrderedDict[str, None] = OrderedDict()
+        self.max_open = max(16, raise_fd_limit() - FD_RESERVE)
         self._tails: dict[str, FileTail] = {}
         self._error: str | None = None
         self._dirty: set[str] = set()
@@ -209,8 +241,11 @@ class DirectorySource:
                 elif saved is not None and saved[0] != path:
                     self._positions.pop(saved[0], None)  # its old name holds another file
                     pos = saved[1]
+            self._make_room()
             tail = FileTail(path, from_start=True, position=pos, skip_jsonl_siblings=True)
             self._tails[path] = tail
+            if tail.is_open:
+                self._active[path] = None
             claimed.add(tail.identity)
 
     def _walk(self, top: str) -> list[str]:
@@ -276,12 +311,18 @@ class DirectorySource:
         return expand_blocks(self.poll_blocks())
 
     def poll_blocks(self) -> list[Block]:
-        """What :meth:`poll` returns, as blocks of consecutive lines of one file."""
+        """What :meth:`poll` returns, as blocks of consecutive lines of one file.
+
+        At most about :data:`MAX_POLL_BYTES` are read per poll, however many files are
+        behind (a restart on a 4,096-rank run): the files not reached are read first by the
+        next poll. At most :attr:`max_open` files are held open; the least recently active
+        are closed and reopened when they change.
+        """
         now = time.monotonic()
         full = not self._watched or now - self._last_full >= self._rescan_interval
         with self._dirty_lock:
             dirty, self._dirty = self._dirty, set()
-        out: list[Block] = []
+        dirty |= self._unread
         if full:
             self._last_full = now
             self._scan()
@@ -289,18 +330,57 @@ class DirectorySource:
             # nobody reported is read only if stat says it changed. Without one (--poll), every
             # file gets the full check, its head compared too.
             watched = self._watched
-            for path, tail in self._tails.items():
-                quick = watched and path not in dirty
-                out += tail.read_blocks(quick)
-            self._keep_behind_dirty()
-            return out
-        if any(p not in self._tails and p.endswith(".jsonl") for p in dirty):
-            self._scan()
-        for path, tail in self._tails.items():  # in the tails' order, as a full pass reads
-            if path in dirty:
-                out += tail.read_blocks()
+            todo = [(path, watched and path not in dirty) for path in self._tails]
+        else:
+            if any(p not in self._tails and p.endswith(".jsonl") for p in dirty):
+                self._scan()
+            # In the tails' order, as a full pass reads.
+            todo = [(path, False) for path in self._tails if path in dirty]
+        out = self._read(todo)
         self._keep_behind_dirty()
         return out
+
+    def _read(self, todo: list[tuple[str, bool]]) -> list[Block]:
+        """Read ``(path, quick)`` in order, files not read in the last cut-short poll first,
+        until the poll holds :data:`MAX_POLL_BYTES`; the rest wait in ``_unread``."""
+        if self._unread:
+            unread = self._unread
+            todo.sort(key=lambda item: item[0] not in unread)  # stable: order kept otherwise
+        out: list[Block] = []
+        held = 0
+        tails, active = self._tails, self._active
+        for i, (path, quick) in enumerate(todo):
+            if held >= MAX_POLL_BYTES:
+                self._unread = {p for p, _ in todo[i:]}
+                break
+            tail = tails[path]
+            if not tail.is_open:
+                self._make_room()
+            blocks = tail.read_blocks(quick)
+            if tail.is_open:
+                active[path] = None
+                active.move_to_end(path)
+            if blocks:
+                out += blocks
+                held += sum(len(b.raw) if b.raw is not None else 80 * b.count for b in blocks)
+        else:
+            self._unread = set()
+        return out
+
+    def _make_room(self) -> None:
+        """Close the least recently read idle files while too many are open."""
+        active, tails = self._active, self._tails
+        while len(active) >= self.max_open:
+            for path in active:
+                tail = tails.get(path)
+                if tail is not None:
+                    tail.suspend()
+                    if tail.is_open:
+                        continue  # mid-line or behind: kept open
+                del active[path]
+                break
+            else:
+                return  # every open file is busy: the limit is soft, stay over it
 
     def _keep_behind_dirty(self) -> None:
         """A file read only in part this poll is read on by the next, event or not."""

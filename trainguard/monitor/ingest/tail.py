@@ -236,6 +236,7 @@ class FileTail:
         #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
         self.skip_jsonl_siblings = skip_jsonl_siblings
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
+        self._suspended = False  # closed while idle (see suspend); reopened on change
         opened = self._open(seek_end=not from_start)
         if position is not None and (opened or self.error is None):
             self._restore(position)
@@ -335,9 +336,46 @@ class FileTail:
 
     def close(self) -> None:
         """Release the file descriptor."""
+        self._suspended = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether this tail holds a file descriptor now."""
+        return self._fd is not None
+
+    def suspend(self) -> None:
+        """Close the descriptor of an idle file but remember it (identity, offset, head): the
+        next read reopens it, or finds it under its rotated name if it was renamed away
+        meanwhile. So a run of more files than the descriptor limit allows is followed whole.
+        """
+        if self._fd is not None and not self._partial and not self.behind:
+            os.close(self._fd)
+            self._fd = None
+            self._suspended = True
+
+    def _resume(self, st: os.stat_result | None) -> bool:
+        """Reopen a suspended file; False when it is gone (then the path is opened anew)."""
+        self._suspended = False
+        ident = self._ino
+        assert ident is not None
+        if st is not None and (st.st_dev, st.st_ino) == ident:
+            fd = _open_regular(self.path)
+            if isinstance(fd, int):
+                if os.fstat(fd).st_ino == ident[1]:
+                    self._fd = fd
+                    return True
+                os.close(fd)
+        head = self._head
+        found = _find_by_identity(self.path, ident, len(head),
+                                  hashlib.blake2b(head, digest_size=8).hexdigest()
+                                  if head else "", self._offset)
+        if found is not None:
+            self._fd = found[1]
+            return True
+        return False
 
     def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
         """``(line_number, line)`` for complete lines appended since the last call."""
@@ -356,6 +394,17 @@ class FileTail:
         inotify, which reports every real change; never for polling.
         """
         out: list[Block] = []
+        if self._suspended:
+            try:
+                st0: os.stat_result | None = os.stat(self.path)
+            except OSError:
+                st0 = None
+            if st0 is not None and (st0.st_dev, st0.st_ino) == self._ino and \
+                    (st0.st_size, st0.st_mtime_ns) == self._seen:
+                return out  # idle and unchanged: stays closed
+            if not self._resume(st0):
+                self.stats.rotations += 1  # renamed away and gone while closed
+                self._read_ids[self._ino] = None  # type: ignore[index]
         if self._fd is None and not self._open():
             return out
         # One stat of the path answers both "rotated?" and, when not, "how big?" (the same
