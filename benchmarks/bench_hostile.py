@@ -84,7 +84,7 @@ def bench_storm(alerts: int, code: str | None) -> None:
                 handle.write(json.dumps({"step": step, "metrics": {"storm": value}}) + "\n")
         rc, rss, cpu, wall = _run(["monitor", str(run), "--once", "-q", "-r", "common",
                                    "--alert", "storm > 1 -> high: storm"], code)
-        raised = sum(1 for _ in open(run / "alerts.jsonl"))
+        raised = len((run / "alerts.jsonl").read_text().splitlines())
         print(f"alerts_written={raised} rc={rc} cpu_s={cpu:.2f} wall_s={wall:.2f} "
               f"peak_rss_mib={rss:.0f}")
         shutil.rmtree(run, ignore_errors=True)

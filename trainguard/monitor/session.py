@@ -19,7 +19,13 @@ from trainguard.control import CONTROL_FILENAME
 from trainguard.events import MAX_RANKS
 from trainguard.exceptions import ConfigError, TrainguardError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state, replay_journal
-from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
+from trainguard.monitor.daemon import (
+    EXIT_DEGRADED,
+    LineParser,
+    Monitor,
+    Verdict,
+    json_line_parser,
+)
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
@@ -160,8 +166,12 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
 
         source = CompositeSource(source, NvmlSource(options.gpu_interval,
                                                     step=lambda: monitor.max_step or 0))
-    recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
-                if options.record else None)
+    try:
+        recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
+                    if options.record else None)
+    except OSError as exc:  # a symlink or FIFO planted at the name, a full disk
+        raise ConfigError(f"cannot open the record: {exc.strerror or exc}; give --record a "
+                          "path to a regular file", path=options.record) from exc
     ledger = AlertLedger(saved.get("alerts"))
     redeliver, journal_warning = replay_journal(state_path, ledger) if state_path else ([], None)
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
@@ -238,8 +248,14 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         if checkpointer is not None:
             checkpointer.close()
     if options.report:
-        write_report(options.report, build_report(options.source, streams, verdict,
-                                                  suppressed_alerts=ledger.suppressed))
+        try:
+            write_report(options.report, build_report(options.source, streams, verdict,
+                                                      suppressed_alerts=ledger.suppressed))
+        except OSError as exc:
+            problem = f"cannot write the report {options.report}: {exc.strerror or exc}"
+            report_problem(problem)
+            verdict.problems.append(problem)
+            verdict.exit_code = max(verdict.exit_code, EXIT_DEGRADED)
     if not options.quiet:
         _print_summary(console, verdict)
         for text in summary_lines(streams):
