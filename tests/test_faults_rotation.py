@@ -138,6 +138,10 @@ def test_rotation_to_a_jsonl_name_in_a_run_directory_is_not_read_twice(tmp_path:
         for _ in range(10):
             writer.write(100)
             time.sleep(0.15)
+        deadline = time.monotonic() + 20  # read to the end before the stop (SIGTERM stops now)
+        while time.monotonic() < deadline and (
+                not record.exists() or record.read_bytes().count(b"\n") < 1000):
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
@@ -169,3 +173,68 @@ def test_two_renames_while_descheduled_read_the_middle_file(tmp_path: Path) -> N
         assert proc.wait(timeout=30) == 0
     seen = _recorded(record)
     assert {s: 1 for s in range(8010)} == dict(seen)
+
+
+def _copytruncate(path: Path, copy: Path) -> None:
+    """What logrotate's copytruncate does: copy the file, then truncate it in place."""
+    copy.write_bytes(path.read_bytes())
+    os.truncate(path, 0)
+
+
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "poll"])
+def test_copytruncate_reads_the_rest_from_the_copy(tmp_path: Path, poll: bool) -> None:
+    """Lines written after the monitor's last read and before the truncation are read from
+    the copy (``events.jsonl.1``), then the truncated file from its start: all once."""
+    events = tmp_path / "events.jsonl"
+    record, state = tmp_path / "record.jsonl", tmp_path / "state.json"
+    seq = 0
+
+    def write(n: int) -> None:
+        nonlocal seq
+        with open(events, "a") as handle:
+            for _ in range(n):
+                handle.write(json.dumps({"step": seq, "metrics": {"seq": seq}}) + "\n")
+                seq += 1
+
+    write(100)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainguard", "monitor", str(events), "-r", "common", "--record",
+         str(record), "--state", str(state), "--quiet", *(["--poll"] if poll else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (record.exists() and record.stat().st_size) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for i in range(5):
+            time.sleep(0.6)
+            proc.send_signal(signal.SIGSTOP)  # descheduled: lines arrive, then the rotation
+            write(200)
+            _copytruncate(events, tmp_path / f"events.jsonl.{i + 1}")
+            write(50)
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert {s: 1 for s in range(seq)} == dict(_recorded(record))
+
+
+def test_a_truncation_that_loses_unread_lines_is_counted_and_degrades(tmp_path: Path) -> None:
+    """A file truncated while the monitor was behind on it, with no copy to read: the lost
+    bytes are counted, located, and the verdict is degraded (never clean)."""
+    events = tmp_path / "events.jsonl"
+    from trainguard.monitor.ingest.sources import FileSource
+
+    events.write_text("".join(json.dumps({"step": s, "metrics": {"loss": 1.0}}) + "\n"
+                              for s in range(60_000)))  # several reads: the tail is behind
+    source = FileSource(events)
+    first = sum(b.count for b in source._tail.read_blocks())
+    assert source._tail.behind
+    os.truncate(events, 0)
+    events.write_text('{"step": 1, "metrics": {"loss": 1.0}}\n')
+    assert 1 == sum(b.count for b in source.poll_blocks())
+    problems = source.problems()
+    source.close()
+    assert 0 < first < 60_000
+    assert 1 == len(problems) and "bytes not yet read" in problems[0]

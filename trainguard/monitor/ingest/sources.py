@@ -84,6 +84,8 @@ class FileSource:
 
     def problems(self) -> list[str]:
         """A missing or unreadable file is a problem: the monitor cannot see the run."""
+        if self._tail.losses:
+            return [f"{self.name}: {self._tail.losses}"]
         if self._tail.error:
             return [f"{self.name}: {self._tail.error}"]
         if not os.path.exists(self.name):
@@ -394,6 +396,7 @@ class DirectorySource:
         found = [self._error] if self._error else []
         found += self._unreadable
         found += [f"{p}: {t.error}" for p, t in self._tails.items() if t.error]
+        found += [f"{p}: {t.losses}" for p, t in self._tails.items() if t.losses]
         return found
 
     @property

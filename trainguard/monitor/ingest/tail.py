@@ -237,6 +237,11 @@ class FileTail:
         self.skip_jsonl_siblings = skip_jsonl_siblings
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
         self._suspended = False  # closed while idle (see suspend); reopened on change
+        self._size_seen = 0  # the file's size at the last stat
+        #: Bytes known to be lost (truncated before they were read, no copy found).
+        self.lost_bytes = 0
+        #: What was lost, for the verdict (degraded), or ``None``.
+        self.losses: str | None = None
         opened = self._open(seek_end=not from_start)
         if position is not None and (opened or self.error is None):
             self._restore(position)
@@ -420,6 +425,9 @@ class FileTail:
             if self.error:
                 self.error = None
             seen = (st.st_size, st.st_mtime_ns)
+            size_before, self._size_seen = self._size_seen, st.st_size
+            if st.st_size < self._offset:
+                self._size_seen = size_before  # what we knew of it before the truncation
             if quick and seen == self._seen:
                 return out
             self._drain(out, st.st_size)
@@ -504,6 +512,41 @@ class FileTail:
                             f"{len(self._partial)} bytes without a newline")
             self._partial = b""
 
+    def _find_copy(self) -> tuple[str, int] | None:
+        """A copy of this file under a rotated name (what copytruncate leaves): a regular file
+        that starts with our head and holds more than we read, opened; else ``None``."""
+        head = self._head
+        if not head:
+            return None
+        folder = os.path.dirname(self.path) or "."
+        base = os.path.basename(self.path)
+        stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
+        found: list[tuple[int, str]] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name == base or not _rotated_name(name, base, stem) or (
+                            self.skip_jsonl_siblings and name.endswith(".jsonl")):
+                        continue
+                    try:
+                        est = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    # Only a copy that holds more than we read is worth switching to.
+                    if (stat.S_ISREG(est.st_mode) and est.st_size > self._offset
+                            and (est.st_dev, est.st_ino) != self._ino):
+                        found.append((est.st_mtime_ns, entry.path))
+        except OSError:
+            return None
+        for _, path in sorted(found, reverse=True):
+            fd = _open_regular(path)
+            if isinstance(fd, int):
+                if os.pread(fd, len(head), 0) == head:
+                    return path, fd
+                os.close(fd)
+        return None
+
     def _restart_from_zero(self, reason: str) -> None:
         self.stats.truncations += 1
         if self._partial:
@@ -516,12 +559,31 @@ class FileTail:
     def _drain(self, out: list[Block], size: int) -> None:
         fd = self._fd
         assert fd is not None
-        if size < self._offset:  # truncated (copytruncate): start over
-            self._restart_from_zero("truncated")
-        elif not self._same_content(size):
-            # Truncated and rewritten, past our offset or to the very size we last saw (which
-            # the size alone cannot tell from "unchanged"): the head is no longer ours.
-            self._restart_from_zero("rewritten")
+        truncated = size < self._offset
+        rewritten = not truncated and not self._same_content(size)
+        if truncated or rewritten:  # copytruncate (and written again): start over
+            copy = self._find_copy()
+            if copy is not None:
+                # copytruncate left a copy next to it (name.1): read on in the copy from our
+                # offset, then the truncated file from its start, as after a rotation.
+                self.resumed_from, fd = copy
+                self.close()
+                st = os.fstat(fd)
+                self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
+                self.stats.truncations += 1
+                size = st.st_size
+            else:
+                unread = self._size_seen - self._offset
+                if unread > 0:
+                    self.lost_bytes += unread
+                    self.losses = (f"truncated with {self.lost_bytes} bytes not yet read and "
+                                   "no copy next to it: those lines are lost")
+                    self.stats.skip(self.line_no + 1, "lost_at_truncation",
+                                    f"{unread} bytes")
+                # Rewritten: truncated and written again, past our offset or to the very size
+                # we last saw (which the size alone cannot tell from "unchanged"): the head
+                # is no longer ours.
+                self._restart_from_zero("truncated" if truncated else "rewritten")
         self._refresh_fingerprint(size)
         # One chunk per call, or more while a chunk yields no complete line (inside an
         # over-long line): a call that leaves the tail behind has always handed out lines.
