@@ -62,13 +62,19 @@ def _make_run(folder: Path, files: int, mib: float) -> int:
     return line_count
 
 
-def bench_files(files: int, mib: float, code: str | None) -> None:
-    """Peak RSS of ``--once`` over ``files`` rank files of ``mib`` MiB each."""
+def bench_files(files: int, mib: float, code: str | None, keep: str | None = None) -> None:
+    """Peak RSS of ``--once`` over ``files`` rank files of ``mib`` MiB each (generated into
+    ``keep`` once and reused, when given: 4,096 files take minutes to write)."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = Path(tmp) / "run"
-        run.mkdir()
-        lines = _make_run(run, files, mib)
-        rc, rss, cpu, wall = _run(["monitor", str(run), "--once", "-q", "-r", "common"], code)
+        run = Path(keep) if keep else Path(tmp) / "run"
+        if not (run / f"events.rank{files - 1}.jsonl").exists():
+            run.mkdir(parents=True, exist_ok=True)
+            _make_run(run, files, mib)
+        lines = sum(p.read_bytes().count(b"\n") for p in run.glob("*.jsonl"))
+        state = Path(tmp) / "state.json"
+        rc, rss, cpu, wall = _run(["monitor", str(run), "--once", "-q", "-r", "common",
+                                   "--state", str(state), "--alerts",
+                                   str(Path(tmp) / "alerts.jsonl")], code)
         print(f"files={files} MiB/file={mib} lines={lines} rc={rc} peak_rss_mib={rss:.0f} "
               f"cpu_s={cpu:.1f} wall_s={wall:.1f}")
 
@@ -97,9 +103,10 @@ def main() -> None:
     parser.add_argument("--mib", type=float, default=1.2)
     parser.add_argument("--alerts", type=int, default=10_000)
     parser.add_argument("--code", default=None, help="another checkout to run instead")
+    parser.add_argument("--keep", default=None, help="generate the run here once, reuse it")
     ns = parser.parse_args()
     if ns.what == "files":
-        bench_files(ns.files, ns.mib, ns.code)
+        bench_files(ns.files, ns.mib, ns.code, ns.keep)
     else:
         bench_storm(ns.alerts, ns.code)
 
