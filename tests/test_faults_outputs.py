@@ -224,3 +224,29 @@ def test_kill9_during_an_alert_storm_never_delivers_an_alert_twice_nor_loses_one
     assert [] == [k for k, n in keys.items() if n > 1]
     assert 5999 == len(keys)  # 3,000 firing + 2,999 resolved: none lost
     assert [] == [n for n in os.listdir(run / ".trainguard") if n.endswith(".tmp")]
+
+
+def test_an_alert_journaled_but_not_delivered_is_delivered_once_after_a_restart(
+        tmp_path: Path) -> None:
+    """The state of a session killed after journaling an alert's intent and before its
+    delivery: the restart delivers it to alerts.jsonl once; a second restart adds nothing;
+    one already in the file is not written again."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "events.jsonl").write_text(_steps(3))
+    first = run_cli("monitor", str(run), "--once", "-r", "common")
+    assert 0 == first.returncode
+    alert = {"time": 1.0, "rule": "common.nonfinite_loss", "severity": "critical",
+             "action": "stop", "metric": "loss", "value": "NaN", "step": 7, "rank": 0,
+             "message": "loss is NaN", "state": "firing"}
+    journal = run / ".trainguard" / "state.json.journal"
+    journal.write_text(json.dumps({"intent": alert}) + "\n"
+                       + json.dumps({"intent": {**alert, "step": 8, "rule": "x.y"}}) + "\n")
+    with open(run / "alerts.jsonl", "a") as handle:  # delivered just before the kill
+        handle.write(json.dumps({**alert, "step": 8, "rule": "x.y"}) + "\n")
+    for _ in range(2):
+        again = run_cli("monitor", str(run), "--once", "-r", "common")
+        assert 2 == again.returncode, _flat(again)  # the journaled critical alert counts
+    keys = Counter((a["rule"], a["step"]) for a in
+                   map(json.loads, (run / "alerts.jsonl").read_text().splitlines()))
+    assert {("common.nonfinite_loss", 7): 1, ("x.y", 8): 1} == dict(keys)
