@@ -10,8 +10,9 @@
 
 ``--code DIR`` runs another checkout (``git archive REV | tar -x -C DIR``) for a before/after.
 
-    python benchmarks/bench_hostile.py files --files 4096 --mib 1.2
+    python benchmarks/bench_hostile.py files --files 4096 --mib 1.2 --keep /tmp/run4096
     python benchmarks/bench_hostile.py storm --alerts 10000
+    python benchmarks/bench_hostile.py            # both, 512 files (make bench)
 """
 
 from __future__ import annotations
@@ -98,17 +99,18 @@ def bench_storm(alerts: int, code: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["files", "storm"])
+    parser.add_argument("what", nargs="?", choices=["files", "storm", "both"], default="both",
+                        help="both (what make bench runs): storm, then files")
     parser.add_argument("--files", type=int, default=512)
     parser.add_argument("--mib", type=float, default=1.2)
     parser.add_argument("--alerts", type=int, default=10_000)
     parser.add_argument("--code", default=None, help="another checkout to run instead")
     parser.add_argument("--keep", default=None, help="generate the run here once, reuse it")
     ns = parser.parse_args()
-    if ns.what == "files":
-        bench_files(ns.files, ns.mib, ns.code, ns.keep)
-    else:
+    if ns.what in ("storm", "both"):
         bench_storm(ns.alerts, ns.code)
+    if ns.what in ("files", "both"):
+        bench_files(ns.files, ns.mib, ns.code, ns.keep)
 
 
 if __name__ == "__main__":

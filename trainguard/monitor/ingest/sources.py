@@ -173,8 +173,9 @@ class DirectorySource:
         #: Saved positions by the identity of their file, to find one under a new name.
         self._saved_by_identity: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
         for path, pos in self._positions.items():
-            if isinstance(pos, dict) and type(pos.get("ino")) is int and pos.get("ino"):
-                self._saved_by_identity[(int(pos["dev"]), int(pos["ino"]))] = (path, pos)
+            if (isinstance(pos, dict) and type(pos.get("ino")) is int and pos.get("ino")
+                    and type(pos.get("dev")) is int):
+                self._saved_by_identity[(pos["dev"], pos["ino"])] = (path, pos)
         #: Where tails left files at a rotation, by identity (see _add_tails).
         self._retired: dict[tuple[int, int], dict[str, Any]] = {}
         #: Files to read first in the next poll (the last one stopped at MAX_POLL_BYTES).

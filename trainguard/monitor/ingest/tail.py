@@ -445,6 +445,7 @@ class FileTail:
             left = self._ino
             if left is not None:
                 self.retired.append((left, self.position()))
+                del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
                 self._read_ids[left] = None
                 while len(self._read_ids) > MAX_RETIRED_IDS:
                     del self._read_ids[next(iter(self._read_ids))]
