@@ -252,6 +252,7 @@ class DirectorySource:
             self._tails[path] = tail
             if tail.is_open:
                 self._active[path] = None
+                self._saved_by_identity.pop(tail.identity, None)  # type: ignore[arg-type]
             claimed.add(tail.identity)
 
     def _walk(self, top: str) -> list[str]:
