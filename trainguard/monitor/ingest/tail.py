@@ -237,9 +237,6 @@ class FileTail:
         self.skip_jsonl_siblings = skip_jsonl_siblings
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
         self._suspended = False  # closed while idle (see suspend); reopened on change
-        #: Bytes a read takes at most (a run directory lowers it when many files are behind,
-        #: so they all progress together within its bound on a poll's bytes).
-        self.read_size = _READ_CHUNK
         self._size_seen = 0  # the file's size at the last stat
         #: Bytes known to be lost (truncated before they were read, no copy found).
         self.lost_bytes = 0
@@ -593,7 +590,7 @@ class FileTail:
         # over-long line): a call that leaves the tail behind has always handed out lines.
         start = len(out)
         while self._offset < size and len(out) == start:
-            chunk = os.pread(fd, min(self.read_size, size - self._offset), self._offset)
+            chunk = os.pread(fd, min(_READ_CHUNK, size - self._offset), self._offset)
             if not chunk:
                 break
             self._offset += len(chunk)
