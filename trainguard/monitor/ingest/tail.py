@@ -21,11 +21,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple
+
+from trainguard.monitor.ingest.rotated import (
+    find_by_identity as _find_by_identity,
+)
+from trainguard.monitor.ingest.rotated import (
+    find_copy,
+    rotated_since,
+)
+from trainguard.monitor.ingest.rotated import (
+    open_regular as _open_regular,
+)
 
 __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
            "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
@@ -136,68 +146,6 @@ def _lines_bytes(head: bytes, chunk: bytes, start: int, end: int) -> bytes:
     if head or start:
         return b"".join((head, memoryview(chunk)[start:end]))
     return chunk if end == len(chunk) else chunk[:end]
-
-
-def _open_regular(path: str) -> int | str | None:
-    """A read descriptor of the regular file at ``path``; else why not (``None``: absent).
-
-    ``O_NONBLOCK``: a FIFO planted at an event file's name (``mkfifo f; mv f events.jsonl``)
-    must not block the loop (a blocked ``open`` also keeps SIGTERM from ending the monitor);
-    it opens at once and is refused by its type. It has no effect on a regular file's reads.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"{exc.strerror}"
-    try:
-        mode = os.fstat(fd).st_mode
-    except OSError as exc:
-        os.close(fd)
-        return f"{exc.strerror}"
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-        return f"{kind}: not read (an event file must be a regular file)"
-    return fd
-
-
-def _rotated_name(name: str, base: str, stem: str) -> bool:
-    """Whether ``name`` is what a rotation makes of ``base``: ``base`` or its ``stem`` (the
-    name without ``.jsonl``), then ``.``, ``-`` or ``_`` and a digit. ``events.rank01.jsonl``
-    is no rotation of ``events.rank0.jsonl``; compressed copies cannot be read."""
-    if name.endswith((".gz", ".bz2", ".xz", ".zst")):
-        return False
-    for prefix in (base, stem):
-        n = len(prefix)
-        if (len(name) > n + 1 and name.startswith(prefix) and name[n] in ".-_"
-                and name[n + 1].isdigit()):
-            return True
-    return False
-
-
-def _find_by_identity(path: str, ident: tuple[int, int], fp_len: int, fp_hash: str,
-                      offset: int) -> tuple[str, int] | None:
-    """The file of identity ``ident`` (and fingerprint) in ``path``'s folder under another
-    name, opened; ``None`` when it is gone. The folder's entries carry their inode numbers,
-    so only a match is opened; device and fingerprint are then checked too."""
-    folder = os.path.dirname(path) or "."
-    try:
-        with os.scandir(folder) as entries:
-            matches = [e.path for e in entries if e.inode() == ident[1] and e.path != path]
-    except OSError:
-        return None
-    for candidate in matches:
-        fd = _open_regular(candidate)
-        if not isinstance(fd, int):
-            continue
-        st = os.fstat(fd)
-        if ((st.st_dev, st.st_ino) == ident and st.st_size >= max(offset, fp_len)
-                and (fp_len == 0 or _head_hash(fd, fp_len) == fp_hash)):
-            return candidate, fd
-        os.close(fd)
-    return None
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -476,36 +424,10 @@ class FileTail:
 
     def _rotated_since(self, mtime_ns: int, exclude: set[tuple[int, int] | None]
                        ) -> tuple[str, int] | None:
-        """The oldest file under a rotated name of this path (``name.1``, ``name.jsonl.1``,
-        ``name-20261201``, ``name.1.jsonl`` unless ``skip_jsonl_siblings``) last written at
-        or after ``mtime_ns`` that this tail has not read, opened; else ``None``."""
-        folder = os.path.dirname(self.path) or "."
-        base = os.path.basename(self.path)
-        stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
-        found: list[tuple[int, str]] = []
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name == base or not _rotated_name(name, base, stem):
-                        continue
-                    if self.skip_jsonl_siblings and name.endswith(".jsonl"):
-                        continue  # the run directory follows it as a file of its own
-                    try:
-                        est = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    ident = (est.st_dev, est.st_ino)
-                    if (stat.S_ISREG(est.st_mode) and est.st_mtime_ns >= mtime_ns
-                            and ident not in exclude and ident not in self._read_ids):
-                        found.append((est.st_mtime_ns, entry.path))
-        except OSError:
-            return None
-        for _, path in sorted(found):
-            fd = _open_regular(path)
-            if isinstance(fd, int):
-                return path, fd
-        return None
+        """The oldest unread file under a rotated name of this path written since
+        ``mtime_ns``, opened (see :func:`.rotated.rotated_since`)."""
+        return rotated_since(self.path, mtime_ns, exclude | set(self._read_ids),
+                             self.skip_jsonl_siblings)
 
     def _flush_partial_on_rotation(self) -> None:
         if self._partial:
@@ -514,39 +436,9 @@ class FileTail:
             self._partial = b""
 
     def _find_copy(self) -> tuple[str, int] | None:
-        """A copy of this file under a rotated name (what copytruncate leaves): a regular file
-        that starts with our head and holds more than we read, opened; else ``None``."""
-        head = self._head
-        if not head:
-            return None
-        folder = os.path.dirname(self.path) or "."
-        base = os.path.basename(self.path)
-        stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
-        found: list[tuple[int, str]] = []
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    name = entry.name
-                    if name == base or not _rotated_name(name, base, stem) or (
-                            self.skip_jsonl_siblings and name.endswith(".jsonl")):
-                        continue
-                    try:
-                        est = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    # Only a copy that holds more than we read is worth switching to.
-                    if (stat.S_ISREG(est.st_mode) and est.st_size > self._offset
-                            and (est.st_dev, est.st_ino) != self._ino):
-                        found.append((est.st_mtime_ns, entry.path))
-        except OSError:
-            return None
-        for _, path in sorted(found, reverse=True):
-            fd = _open_regular(path)
-            if isinstance(fd, int):
-                if os.pread(fd, len(head), 0) == head:
-                    return path, fd
-                os.close(fd)
-        return None
+        """What copytruncate left next to this file, opened (see :func:`.rotated.find_copy`)."""
+        return find_copy(self.path, self._head, self._offset, self._ino,
+                         self.skip_jsonl_siblings)
 
     def _restart_from_zero(self, reason: str) -> None:
         self.stats.truncations += 1
