@@ -90,7 +90,7 @@ def test_trl_reward_functions_none_warning_fires_high_within_two_steps() -> None
     (the first warning comes before any log says the trainer is GRPO)."""
     warning = SAMPLES["stdout/reward_functions_none"][0]
     text = "".join(f"{warning}\n  warnings.warn(\n{_grpo_dict()}\n" for _ in range(4))
-    result = run_cli("monitor", "-", "--once", "--alerts", "/dev/stdout", input=text.encode())
+    result = run_cli("monitor", "-", "--once", "--alerts", "-", input=text.encode())
     alerts = [json.loads(x) for x in result.stdout.decode().splitlines() if x.startswith("{")]
     fired = {(a["rule"], a["severity"], a["step"]) for a in alerts if a["state"] == "firing"}
     assert ("grpo.reward_functions_none", "high", 2) in fired, fired

@@ -146,8 +146,8 @@ def monitor(
     rules: Annotated[list[str], typer.Option(
         "--rules", "-r", help="Rule pack name or YAML file; repeatable. Default: common.")] = [],  # noqa: B006
     alerts: Annotated[Optional[str], typer.Option(  # noqa: UP007
-        help="Append alerts as JSONL here. Default for a run directory: "
-        "RUN_DIR/alerts.jsonl.")] = None,
+        help="Append alerts as JSONL here (- for standard output; a symlink or FIFO is "
+        "refused). Default for a run directory: RUN_DIR/alerts.jsonl.")] = None,
     control: Annotated[Optional[str], typer.Option(  # noqa: UP007
         help="Write stop requests to this control file (enables stopping).")] = None,
     stop: Annotated[bool, typer.Option(

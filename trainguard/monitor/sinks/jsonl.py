@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -38,6 +39,11 @@ class JsonlAlertSink:
         self._backlog: deque[bytes] = deque()
         self._next_retry = 0.0
         self._fd: int | None = None
+        if str(path) == "-":
+            # The user asked for standard output by name: it is theirs, a pipe or a terminal,
+            # and no file of the run directory (where a planted link is refused).
+            self._fd = os.dup(sys.stdout.fileno())
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = open_output(self.path)
