@@ -54,6 +54,24 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def combined_table(tables: Mapping[str, Sequence[Row]]) -> str:
+    """One row per trainer, the modes side by side (the README's table)."""
+    modes = list(tables)
+    head = (["trainer"] + [f"caught within {WITHIN}, {m}" for m in modes]
+            + [f"false high/critical on healthy, {m}" for m in modes]
+            + [f"median steps onset -> alert, {m}" for m in modes])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, first in enumerate(tables[modes[0]]):
+        rows = [tables[m][i] for m in modes]
+        cells = [f"**{first.trainer}**" if first.trainer == "all" else first.trainer]
+        cells += [f"{r.caught} / {r.broken}" + (f" ({100 * r.caught / r.broken:.0f}%)"
+                                                if r.broken else "") for r in rows]
+        cells += [f"{r.false_runs} / {r.healthy}" for r in rows]
+        cells += ["n/a" if r.median_delay is None else f"{r.median_delay:g}" for r in rows]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
@@ -115,6 +133,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     parser.add_argument("--findings", type=Path, help="write the per-case findings here")
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
+    parser.add_argument("--combined", action="store_true",
+                        help="print one table with the modes side by side")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     chosen = [c for c in CASES if args.only is None or any(o in c.name for o in args.only)]
@@ -161,6 +181,9 @@ def main() -> int:
                     "false_alarm_runs": r.false_runs, "healthy": r.healthy,
                     "median_delay": r.median_delay} for r in rows]
             for mode, rows in tables.items()}}, indent=1))
+    elif args.combined:
+        print(json.dumps(summary))
+        print(combined_table(tables))
     else:
         print(json.dumps(summary))
         for mode, rows in tables.items():
