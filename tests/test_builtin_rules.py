@@ -141,3 +141,35 @@ def test_readme_rule_table_shows_each_rules_current_condition_and_severity() -> 
         if row not in readme:
             stale.append(rule.id)
     assert [] == stale
+
+
+def test_every_builtin_rule_fires_within_the_budget_of_its_timing_kind() -> None:
+    """Time to detect is a design target: exact signatures by the 3rd logged step (from the
+    start or an onset), noisy ones within 5 of an onset, slow trends within 30."""
+    over = [f"{r.rule.id}: {r.timing().describe()}" for r in _all_rules()
+            if not r.timing().within_budget]
+    assert [] == over
+
+
+def test_exact_signatures_are_high_or_critical() -> None:
+    """What an exact signature shows (NaN, exactly zero, all truncated) wastes the run."""
+    assert [] == [r.rule.id for r in _all_rules() if r.rule.timing == "exact"
+                  and r.rule.severity.value not in ("high", "critical")]
+
+
+def test_timing_of_a_rule_counts_warmup_alongside_the_window_fill() -> None:
+    """warmup and for do not stack on a window's fill: std(loss, 20, min_count=5) with warmup
+    20 and for 10 fires at step 21 (warmup over, 10 true results since step 14) on a loss flat
+    from step 1, as its computed timing says; per record and in one batch alike."""
+    from trainguard.monitor.engine.engine import Engine
+    from trainguard.rules.loader import compile_rule
+    from trainguard.rules.models import Rule
+
+    rule = compile_rule(Rule.model_validate({
+        "id": "t.stuck", "metric": "loss", "warmup": 20, "for": 10,
+        "condition": "std(loss, 20, min_count=5) < 0.001"}))
+    records = [(0, step, {"loss": 0.5}, None) for step in range(1, 61)]
+    engine = Engine([rule])
+    one_by_one = [a.step for r in records for a in engine.evaluate(*r)]
+    batched = [a.step for a in Engine([rule]).evaluate_many(records)]
+    assert ([21], [21], 21) == (one_by_one, batched, rule.timing().first)

@@ -16,18 +16,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainguard.control import CONTROL_FILENAME
-from trainguard.exceptions import ConfigError, TrainguardError
+from trainguard.exceptions import ConfigError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
 from trainguard.monitor.ingest.watch import start_watcher
+from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
+from trainguard.monitor.packs import PackSelector
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.record import Recorder
 from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
 from trainguard.rules.inline import parse_inline_rule
-from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
+from trainguard.rules.loader import apply_overrides, load_rules
 
 if TYPE_CHECKING:
     from trainguard.monitor.act.actions import ControlFileStopper, SentLog, Stopper, StopPlan
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES"]
 
-DEFAULT_RULES = ("common",)
+DEFAULT_RULES = PACKS_DEFAULT
 ALERTS_FILENAME = "alerts.jsonl"
 #: Names the source when ``trainguard monitor`` is given none.
 METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
@@ -181,16 +183,19 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
 
     if state_warning:
         console.line(f"trainguard: {state_warning}", style="yellow")
+    selector = PackSelector(options.rules, _metadata_dir(source_path, run_dir), say,
+                            options.set_rules)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
-                      trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
-                      if auto else None)
+                      trainer_rules=selector)
+    selector.attach(monitor.engine)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
-        " + the detected trainer's pack" if auto else "")
+        " + the trainer's pack" if auto else "; rules for other trainers skip once the trainer "
+        "is known")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")
         + (f"; signals pid {options.pid}" if options.pid else "")
@@ -226,28 +231,13 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     return verdict
 
 
-def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,
-                      say: Callable[[str], None]) -> bool:
-    """Auto-selection: once the keys tell the trainer, add its pack; True when done."""
-    from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
-
-    kind = detect_trainer(keys)
-    if kind is None:
-        return False
-    pack = DEFAULT_PACKS.get(kind)
-    added: list[CompiledRule] = []
-    if pack is not None:
-        try:
-            added = load_pack(pack)
-        except TrainguardError as exc:  # a broken built-in pack must not blind the monitor
-            say(f"trainguard: detected trainer {kind}; cannot load pack {pack}: {exc}")
-            return True
-        added = apply_overrides(added, options.set_rules, missing_ok=True)
-    monitor.engine.add_rules(added)
-    monitor.engine.set_trainer(kind)
-    say(f"trainguard: detected trainer {kind}; added pack {pack} ({len(added)} rules)"
-        if pack else f"trainguard: detected trainer {kind}; no pack for it, common only")
-    return True
+def _metadata_dir(source: Path, run_dir: Path | None) -> Path | None:
+    """Where ``run_metadata.json`` would be: the run directory, or a followed file's folder."""
+    if run_dir is not None:
+        return run_dir
+    if str(source) != "-" and source.parent.joinpath("run_metadata.json").exists():
+        return source.parent
+    return None
 
 
 def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from trainguard import builtin_cache
 from trainguard.exceptions import ConfigError, RuleSyntaxError, UnknownPackError
 from trainguard.rules.dsl import Condition, compile_condition
 from trainguard.rules.models import Rule, RulePack
+from trainguard.rules.timing import Timing, rule_timing
 
 # ruamel.yaml is imported where YAML is read: a start whose built-in packs come from the cache
 # (builtin_cache.py) never imports it.
@@ -42,6 +43,10 @@ class CompiledRule:
         self.rule = rule
         self.condition = condition
         self.source = source
+
+    def timing(self) -> Timing:
+        """When this rule can fire (trainguard.rules.timing)."""
+        return rule_timing(self.rule, self.condition.fill, self.condition.reaction)
 
 
 def builtin_pack_names() -> list[str]:

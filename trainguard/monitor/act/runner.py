@@ -48,6 +48,7 @@ from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
 from trainguard.monitor.ingest.sources import DirectorySource, Line
 from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.packs import DEFAULT_RULES, PackSelector
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.rules.inline import parse_inline_rule
@@ -191,7 +192,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     """
     if not options.command:
         raise ConfigError("no command given: trainguard run [OPTIONS] -- COMMAND ...")
-    rules = load_rules(options.rules or ("common",))
+    rules = load_rules(options.rules or DEFAULT_RULES)
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     output_parser = choose_output_parser(options.regex, options.logging_steps)
     field_map = load_field_map(options.field_maps)
@@ -236,12 +237,23 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         kill_after=options.kill_after, sent_log=SentLog(run_dir / SENT_LOG_FILENAME),
         grace=grace, cooperative=lambda: source.event_lines > 0,
         progress=lambda: monitor.max_step, exited=lambda: proc.poll() is not None, emit=emit)
+    def say(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    # The same choice as `trainguard monitor`: the callback's recorded kind, else the keys.
+    selector = PackSelector(options.rules, run_dir, say)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
                       parser=_dispatching_parser(output_parser,
-                                                 lambda: source.event_lines > 0))
+                                                 lambda: source.event_lines > 0),
+                      trainer_rules=selector)
+    selector.attach(monitor.engine)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
-                     f"{run_dir}; {len(rules)} rules; stops via {control_path} then SIGTERM",
+                     f"{run_dir}; {len(rules)} rules ("
+                     + (", ".join(options.rules) if options.rules
+                        else ", ".join(DEFAULT_RULES) + " + the trainer's pack")
+                     + f"); stops via {control_path} then SIGTERM",
                      style="dim")
 
     hang: dict[str, object] | None = None
