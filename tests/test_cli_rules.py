@@ -120,5 +120,5 @@ def test_rules_explain_prints_the_earliest_firing_step_and_the_budget():
     """rules explain says when the rule can fire at the earliest, and against which budget."""
     out = run_cli("rules", "explain", "common.grad_norm_zero").stdout.decode()
     assert ("earliest firing at logged step 3 of a run" in out
-            and "within 3 logged steps of an onset" in out
+            and "within 3 logged step(s) of an onset" in out
             and "exact budget: 3 after an onset, first by step 3 (within budget)" in out), out

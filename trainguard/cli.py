@@ -72,6 +72,10 @@ _REGEX_OPT = typer.Option(
 _LOGGING_STEPS_OPT = typer.Option(
     "--logging-steps", help="The trainer's logging_steps: the n-th printed TRL log dict is step "
     "n x N.")
+_LINE_SIGNAL_OPT = typer.Option(
+    "--line-signal", help="Your own known line, read from printed output with the built-in "
+    "ones (OOM, NCCL timeout, traceback...): NAME=PATTERN (re2 syntax) sets metric "
+    "stdout/NAME to 1 on each step that prints it, for rules to read; repeatable.")
 _STEPS_PER_EPOCH_OPT = typer.Option(
     "--steps-per-epoch", help="When known: the TRL step is round(epoch x N) instead of the "
     "count of logs.")
@@ -138,6 +142,7 @@ def monitor(
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
     steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
+    line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -165,7 +170,7 @@ def monitor(
                              set_rules=list(set_rule), inline_alerts=list(alert))
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps
-    options.steps_per_epoch = steps_per_epoch
+    options.steps_per_epoch, options.signals = steps_per_epoch, list(line_signal)
     try:
         verdict = run_monitor(options)
     except TrainguardError as exc:
@@ -331,6 +336,7 @@ def run_cmd(
         "SEVERITY\\[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
+    line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
 ) -> None:
     """Run a trainer under watch: pass its output through, apply the rules, stop it if needed.
 
@@ -356,7 +362,7 @@ def run_cmd(
                          field_maps=list(field_map), grace=grace, kill_after=kill_after,
                          hang_timeout=hang_timeout, checkpoint_dirs=list(checkpoint_dir),
                          quiet=quiet, inline_alerts=list(alert), regex=regex,
-                         logging_steps=logging_steps)
+                         logging_steps=logging_steps, signals=list(line_signal))
     try:
         result = run_command(options)
     except TrainguardError as exc:

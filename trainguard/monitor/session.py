@@ -96,6 +96,8 @@ class MonitorOptions:
     logging_steps: int = 1
     #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
     steps_per_epoch: int | None = None
+    #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
+    signals: list[str] = field(default_factory=list)
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -121,7 +123,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
 
         parser = make_line_parser(options.regex, auto=stdout_auto,
                                   logging_steps=options.logging_steps,
-                                  steps_per_epoch=options.steps_per_epoch)
+                                  steps_per_epoch=options.steps_per_epoch,
+                                  signals=options.signals)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 

@@ -54,7 +54,7 @@ class Timing:
         onset, first = self.budget
         verdict = "within" if self.within_budget else "OVER"
         return (f"earliest firing at logged step {self.first} of a run (condition known from "
-                f"step {self.fill}); within {self.after_onset} logged steps of an onset; "
+                f"step {self.fill}); within {self.after_onset} logged step(s) of an onset; "
                 f"{self.kind} budget: {onset} after an onset, first by step {first} "
                 f"({verdict} budget)")
 

@@ -38,12 +38,12 @@ from functools import cache
 from importlib import resources
 from typing import Final, Literal
 
-import re2
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.ingest.gather import LineParser, json_line_parser
+from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_scanner
 from trainguard.monitor.ingest.sources import Line
 from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
@@ -222,15 +222,7 @@ class _UserPattern:
     __slots__ = ("counted", "needle", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
-        options = re2.Options()
-        options.log_errors = False  # the ConfigError below says it; re2 would also print it
-        try:
-            self._regex = re2.compile(pattern, options)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            raise ConfigError(f"--regex {pattern!r}: re2 cannot compile it: {reason}. re2 has no "
-                              "backreferences or lookarounds (they can take exponential time); "
-                              "rewrite the pattern without them") from None
+        self._regex = compile_safe(pattern, "--regex")
         names = dict(self._regex.groupindex)
         if "step" not in names:
             raise ConfigError(f"--regex {pattern!r}: not a preset name ("
@@ -273,6 +265,9 @@ class _Progress:
 
     train_logs: int = 0
     step: int = 0
+    #: Signal metrics this stream has printed, and those printed since its last training log.
+    signals_seen: set[str] | None = None
+    signals_since: set[str] | None = None
 
 
 class StdoutParser:
@@ -282,7 +277,8 @@ class StdoutParser:
     """
 
     def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
-                 logging_steps: int = 1, steps_per_epoch: int | None = None) -> None:
+                 logging_steps: int = 1, steps_per_epoch: int | None = None,
+                 signals: SignalScanner | None = None) -> None:
         if logging_steps < 1:
             raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
                               "trainer's logging_steps)")
@@ -295,7 +291,9 @@ class StdoutParser:
         self.json_first = json_lines
         self.logging_steps = logging_steps
         self.steps_per_epoch = steps_per_epoch
-        needles = [m.needle for m in matchers]
+        #: Known warning/error lines (ingest/signals.py), tried on lines no matcher takes.
+        self.signals = signals
+        needles = [m.needle for m in matchers] + list(signals.needles if signals else ())
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
@@ -341,9 +339,28 @@ class StdoutParser:
                     step, metrics, kind = found  # type: ignore[misc]
                     out.append(self._record(stream, step, metrics, kind, matcher.counted))
                 break
+            else:
+                if self.signals is not None:
+                    signal = self.signals.scan(text)
+                    if signal is not None:
+                        out.append(self._signal(stream, signal))
         if not out and json_skip is not None:
             return [json_skip]
         return out
+
+    def _signal(self, stream: str, metrics: dict[str, float]) -> Record:
+        """A printed warning/error line, at the step being computed: the one whose log comes
+        next (a trainer prints a step's warnings before its log). Partial, so it joins that
+        log's record, and several lines of one step count once; a run that crashes before
+        that log still has it evaluated, at that step."""
+        progress = self._progress.get(stream)
+        if progress is None:
+            progress = self._progress[stream] = _Progress()
+        if progress.signals_seen is None or progress.signals_since is None:
+            progress.signals_seen, progress.signals_since = set(), set()
+        progress.signals_seen.update(metrics)
+        progress.signals_since.update(metrics)
+        return Record(progress.step + self.logging_steps, metrics, None, 0, "train", True)
 
     def _record(self, stream: str, step: int | None, metrics: dict[str, float], kind: str,
                 counted: bool) -> Record:
@@ -360,11 +377,19 @@ class StdoutParser:
             else:
                 step = progress.step
         progress.step = step
+        if kind == "train" and progress.signals_seen:
+            # A signal this stream printed before is 0 on a step that did not print it, so a
+            # rule's `for` counts consecutive steps and its alert resolves.
+            assert progress.signals_since is not None
+            for name in progress.signals_seen - progress.signals_since:
+                metrics.setdefault(name, 0.0)
+            progress.signals_since.clear()
         return Record(step, metrics, None, 0, kind)
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
-                     steps_per_epoch: int | None = None) -> LineParser:
+                     steps_per_epoch: int | None = None,
+                     signals: list[str] | tuple[str, ...] | None = ()) -> LineParser:
     """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
 
     * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
@@ -372,6 +397,8 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     * ``auto``: canonical JSON lines still parse; with ``regex=None`` every preset is tried.
       ``regex=None, auto=False`` is the plain canonical JSONL parser.
     * ``logging_steps`` / ``steps_per_epoch``: how the TRL step is derived (module doc).
+    * ``signals``: the user's ``NAME=PATTERN`` signals, read with the built-in ones
+      (ingest/signals.py) from lines no preset takes; ``None``: read no signals.
 
     Raises :class:`~trainguard.exceptions.ConfigError` for a bad pattern or option.
     """
@@ -385,5 +412,6 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     else:
         matchers = [_UserPattern(regex)]
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
-                        steps_per_epoch=steps_per_epoch)
+                        steps_per_epoch=steps_per_epoch,
+                        signals=None if signals is None else load_scanner(signals))
 
