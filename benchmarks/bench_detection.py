@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.detection_cases import CASES, TRAINERS  # noqa: E402
+from benchmarks.detection_cases import CASES, HOLDOUT, TRAINERS, Case, find_onset  # noqa: E402
 from benchmarks.detection_generate import DEFAULT_CACHE, generate  # noqa: E402
 from benchmarks.detection_score import (  # noqa: E402
     MODES,
@@ -124,9 +124,63 @@ def findings(scores: Sequence[CaseScore], metas: Mapping[str, Mapping[str, Any]]
     return "\n\n".join(out)
 
 
+SETS = {"main": CASES, "holdout": HOLDOUT}
+
+
+def _score_set(cases: Sequence[Case], args: argparse.Namespace) -> dict[str, Any]:
+    """Generate (cached) and score one set of cases; its summary, tables, scores and metas."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    metas = {m["name"]: m for m in generate(list(cases), args.cache, fresh=args.fresh)}
+    for case in cases:  # onset finders may have changed since the run was cached
+        meta = metas[case.name]
+        meta["onset"] = None if meta["error"] else find_onset(case, meta["records"])
+    trained = time.perf_counter() - t0
+    rule_metrics = _rule_metrics()
+    scores: list[CaseScore] = []
+    errors = [n for n, m in metas.items() if m["error"]]
+    for case in cases:
+        meta = metas[case.name]
+        if meta["error"]:
+            continue
+        for mode in args.modes:
+            scores.append(score_case(meta, args.cache / case.name, mode, rule_metrics))
+    problems = sorted({f"{s.name}/{s.mode}: {s.result.problem}" for s in scores
+                       if s.result.problem})
+    tables = {mode: table_rows([s for s in scores if s.mode == mode], TRAINERS)
+              for mode in args.modes}
+    summary = {
+        "cases": len(cases), "healthy": sum(c.healthy for c in cases),
+        "broken": sum(not c.healthy for c in cases),
+        "failure_kinds": len({c.failure for c in cases if c.failure}),
+        "could_not_train": errors, "monitor_problems": problems,
+        "train_wall_s": round(trained, 1),
+        "total_wall_s": round(time.perf_counter() - t0, 1),
+        "parent_cpu_s": round(time.process_time() - c0, 1),
+    }
+    return {"summary": summary, "tables": tables, "scores": scores, "metas": metas}
+
+
+def _findings_file(results: Mapping[str, Mapping[str, Any]]) -> str:
+    head = [f"# Detection findings ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+            "", "Made by `python benchmarks/bench_detection.py --findings FILE` "
+            "(branch evidence). Caught = a high/critical alert naming one of the case's "
+            f"metrics within {WITHIN} logged steps of the onset. Per case below: every alert "
+            "the monitor raised in each mode (rule@step(severity, metric)), all severities.",
+            ""]
+    for name, res in results.items():
+        for mode, rows in res["tables"].items():
+            head += [f"## {name} set, {mode}", "", markdown_table(rows), ""]
+    for name, res in results.items():
+        head += [f"## {name} set: cases missed (in some mode) or falsely alarmed", "",
+                 findings(res["scores"], res["metas"]), ""]
+    return "\n".join(head) + "\n"
+
+
 def main() -> int:
     """Generate (cached) and score; print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", dest="sets", nargs="*", default=list(SETS), choices=SETS,
+                        help="main (the cases the rules were tuned on) and/or holdout")
     parser.add_argument("--only", nargs="*", default=None, help="case names (or substrings)")
     parser.add_argument("--fresh", action="store_true", help="retrain cached cases")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -137,61 +191,34 @@ def main() -> int:
                         help="print one table with the modes side by side")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-    chosen = [c for c in CASES if args.only is None or any(o in c.name for o in args.only)]
-    t0, c0 = time.perf_counter(), time.process_time()
-    metas = {m["name"]: m for m in generate(chosen, args.cache, fresh=args.fresh)}
-    trained = time.perf_counter() - t0
-    rule_metrics = _rule_metrics()
-    scores: list[CaseScore] = []
-    errors = [n for n, m in metas.items() if m["error"]]
-    for case in chosen:
-        meta = metas[case.name]
-        if meta["error"]:
-            continue
-        for mode in args.modes:
-            scores.append(score_case(meta, args.cache / case.name, mode, rule_metrics))
-    problems = sorted({f"{s.name}/{s.mode}: {s.result.problem}" for s in scores
-                       if s.result.problem})
-    tables = {mode: table_rows([s for s in scores if s.mode == mode], TRAINERS)
-              for mode in args.modes}
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.sets:
+        chosen = [c for c in SETS[name]
+                  if args.only is None or any(o in c.name for o in args.only)]
+        if chosen:
+            results[name] = _score_set(chosen, args)
     if args.findings:
-        head = [f"# Detection findings ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
-                "", "Made by `python benchmarks/bench_detection.py --findings FILE` "
-                "(branch evidence). Caught = a high/critical alert naming one of the case's "
-                f"metrics within {WITHIN} logged steps of the onset. Per case below: every alert "
-                "the monitor raised in each mode (rule@step(severity, metric)), all severities.",
-                ""]
-        for mode, rows in tables.items():
-            head += [f"## {mode}", "", markdown_table(rows), ""]
-        head += ["## Cases missed (in some mode) or falsely alarmed", ""]
-        args.findings.write_text("\n".join(head) + findings(scores, metas) + "\n",
-                                 encoding="utf-8")
-    summary = {
-        "cases": len(chosen), "healthy": sum(c.healthy for c in chosen),
-        "broken": sum(not c.healthy for c in chosen),
-        "failure_kinds": len({c.failure for c in chosen if c.failure}),
-        "could_not_train": errors, "monitor_problems": problems,
-        "train_wall_s": round(trained, 1),
-        "total_wall_s": round(time.perf_counter() - t0, 1),
-        "parent_cpu_s": round(time.process_time() - c0, 1),
-    }
+        args.findings.write_text(_findings_file(results), encoding="utf-8")
     if args.json:
-        print(json.dumps({**summary, "tables": {
+        print(json.dumps({name: {**res["summary"], "tables": {
             mode: [{"trainer": r.trainer, "caught": r.caught, "broken": r.broken,
                     "false_alarm_runs": r.false_runs, "healthy": r.healthy,
                     "median_delay": r.median_delay} for r in rows]
-            for mode, rows in tables.items()}}, indent=1))
-    elif args.combined:
-        print(json.dumps(summary))
-        print(combined_table(tables))
+            for mode, rows in res["tables"].items()}} for name, res in results.items()},
+            indent=1))
     else:
-        print(json.dumps(summary))
-        for mode, rows in tables.items():
-            print(f"\n#### {mode}\n\n{markdown_table(rows)}")
+        for name, res in results.items():
+            print(f"\n### {name} set\n\n{json.dumps(res['summary'])}")
+            if args.combined:
+                print(combined_table(res["tables"]))
+                continue
+            for mode, rows in res["tables"].items():
+                print(f"\n#### {mode}\n\n{markdown_table(rows)}")
     missed = any(r.trainer == "all" and (r.broken and r.caught < TARGET_CAUGHT * r.broken
                                          or r.false_runs)
-                 for rows in tables.values() for r in rows)
-    if errors or problems:
+                 for res in results.values() for rows in res["tables"].values() for r in rows)
+    if any(res["summary"]["could_not_train"] or res["summary"]["monitor_problems"]
+           for res in results.values()):
         return 1
     return 1 if args.strict and missed else 0
 
