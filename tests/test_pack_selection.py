@@ -106,3 +106,22 @@ def test_trainguard_run_chooses_packs_the_same_way(tmp_path: Path) -> None:
     err = result.stderr.decode()
     assert "adds pack rloo_basic" in err, err
     assert "rloo.reward_std_zero" in _alert_rules(run_dir)
+
+
+def test_a_recorded_warmup_longer_than_the_run_is_high_at_the_first_step(tmp_path: Path) -> None:
+    """The callback's config says warmup_steps 100000 for max_steps 20: the logged learning
+    rate (1e-8 a step) cannot show it, the config can, at the first step, naming learning_rate."""
+    run_dir = tmp_path / "run"
+    rows = [{"loss": 2.0 - 0.01 * i, "grad_norm": 1.0, "learning_rate": 1e-8 * i,
+             "mean_token_accuracy": 0.3, "entropy": 2.0} for i in range(20)]
+    _write_events(run_dir, rows)
+    (run_dir / "run_metadata.json").write_text(json.dumps({
+        "run_id": "r1", "trainer": "sft",
+        "config": {"max_steps": 20, "warmup_steps": 100000, "warmup_ratio": 0.0,
+                   "learning_rate": 1e-3}}))
+    result = run_cli("monitor", str(run_dir), "--once")
+    alerts = [json.loads(x) for x in (run_dir / "alerts.jsonl").read_text().splitlines()]
+    assert [("common.warmup_longer_than_run", "learning_rate", "high", 1)] == [
+        (a["rule"], a["metric"], a["severity"], a["step"]) for a in alerts
+        if a["rule"] == "common.warmup_longer_than_run"]
+    assert 2 == result.returncode

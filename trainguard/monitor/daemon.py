@@ -298,6 +298,10 @@ class Monitor(StepGathering):
             self._trainer_rules = None
             self._keys_seen = set()
 
+    def route(self, alert: Alert) -> None:
+        """Deliver an alert raised outside the loop's own evaluation (sinks, stop, ledger)."""
+        self._route(alert)
+
     def _route(self, alert: Alert) -> None:
         ledger = self.ledger
         if ledger is not None and not ledger.admit(alert):

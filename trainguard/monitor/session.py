@@ -193,7 +193,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
                       trainer_rules=selector)
-    selector.attach(monitor.engine)
+    selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (

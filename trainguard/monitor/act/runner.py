@@ -262,7 +262,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
                                                  signal_parser,
                                                  lambda: monitor.max_step or 0),
                       trainer_rules=selector)
-    selector.attach(monitor.engine)
+    selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
                      f"{run_dir}; {len(rules)} rules ("

@@ -254,21 +254,25 @@ class Engine:
             for entry in self._batched:
                 self._batch_entry(entry, rank, batch, rows, tagged)
         if len(tagged) > 1:
-            tagged.sort(key=self._record_order(metrics))
+            tagged.sort(key=lambda t: t[0])  # stable: a record's alerts keep their order...
+            records = [t[0] for t in tagged]
+            if len(set(records)) < len(records):  # ...which is evaluate()'s only if one each
+                tagged.sort(key=self._record_order(metrics))
         return [a for _, _, a in tagged]
 
     def _record_order(self, metrics: Sequence[Mapping[str, float]]) -> Any:
         """Sort key putting the alerts of a batch in the order :meth:`evaluate` gives: by
         record, then by the rule's place among those the record touches (``mean`` rules,
         gathered first, before all). Computed only for records that raised alerts."""
-        places: dict[int, dict[str, int]] = {}
+        places: dict[tuple[str, ...], dict[str, int]] = {}
 
         def key(tag: tuple[int, int, Alert]) -> tuple[int, int]:
             i = tag[0]
-            place = places.get(i)
+            keys = tuple(metrics[i])
+            place = places.get(keys)
             if place is None:
-                place = places[i] = {e.compiled.rule.id: n for n, e in
-                                     enumerate(self._index.touched(tuple(metrics[i])))}
+                place = places[keys] = {e.compiled.rule.id: n for n, e in
+                                        enumerate(self._index.touched(keys))}
             return i, place.get(tag[2].rule, -1)
         return key
 
