@@ -4,12 +4,15 @@ the real CLI as a user runs it; print per mode a table per trainer: broken runs 
 logged steps of the onset by a high/critical alert naming the right metric, healthy runs with a
 false high/critical alert, median steps from onset to that alert.
 
-    python benchmarks/bench_detection.py [--only NAME ...] [--fresh] [--modes stdout rundir]
-        [--findings FILE.md] [--json] [--strict]
+    python benchmarks/bench_detection.py [--set main holdout] [--only NAME ...] [--fresh]
+        [--modes stdout merged rundir] [--findings FILE.md] [--json | --combined | --readme]
+        [--strict]
 
-Targets: at least 95% caught within 5 steps, no false high/critical alert on a healthy run;
-``--strict`` exits 1 when a target is missed. The whole run trains ~65 cases (about 2-3 CPU
-minutes) the first time and scores ~200 monitor runs (about 1-2 CPU minutes).
+Two sets: ``main`` (65 runs, the rules were tuned on its findings) and ``holdout`` (37 runs, made
+later with other seeds and values). Targets: at least 95% caught within 5 steps, no false
+high/critical alert on a healthy run; ``--strict`` exits 1 when a set misses one. The first run
+trains 102 runs (about 3-4 CPU minutes); scoring is ~300 monitor subprocesses (a few CPU
+minutes). Exit 1 also when a run could not train or the monitor could not read one.
 """
 
 from __future__ import annotations
@@ -69,6 +72,26 @@ def combined_table(tables: Mapping[str, Sequence[Row]]) -> str:
         cells += [f"{r.false_runs} / {r.healthy}" for r in rows]
         cells += ["n/a" if r.median_delay is None else f"{r.median_delay:g}" for r in rows]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compact_table(tables: Mapping[str, Sequence[Row]]) -> str:
+    """The README's table: one row per trainer, each cell the modes' figures side by side."""
+    modes = list(tables)
+    names = " / ".join({"merged": "2>&1", "rundir": "run dir"}.get(m, m) for m in modes)
+    lines = [f"| trainer | caught within {WITHIN} steps ({names}) | false high/critical on "
+             f"healthy runs ({names}) | median steps onset -> alert ({names}) |",
+             "|---|---|---|---|"]
+    for i, first in enumerate(tables[modes[0]]):
+        rows = [tables[m][i] for m in modes]
+        name = f"**{first.trainer}**" if first.trainer == "all" else first.trainer
+        caught = " / ".join(str(r.caught) for r in rows) + f" of {first.broken}"
+        if first.trainer == "all" and first.broken:
+            caught += " (" + " / ".join(f"{100 * r.caught / r.broken:.0f}%" for r in rows) + ")"
+        false = " / ".join(str(r.false_runs) for r in rows) + f" of {first.healthy}"
+        med = " / ".join("n/a" if r.median_delay is None else f"{r.median_delay:g}"
+                         for r in rows)
+        lines.append(f"| {name} | {caught} | {false} | {med} |")
     return "\n".join(lines)
 
 
@@ -189,6 +212,8 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     parser.add_argument("--combined", action="store_true",
                         help="print one table with the modes side by side")
+    parser.add_argument("--readme", action="store_true",
+                        help="print the README's compact table per set")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     results: dict[str, dict[str, Any]] = {}
@@ -209,8 +234,8 @@ def main() -> int:
     else:
         for name, res in results.items():
             print(f"\n### {name} set\n\n{json.dumps(res['summary'])}")
-            if args.combined:
-                print(combined_table(res["tables"]))
+            if args.combined or args.readme:
+                print((compact_table if args.readme else combined_table)(res["tables"]))
                 continue
             for mode, rows in res["tables"].items():
                 print(f"\n#### {mode}\n\n{markdown_table(rows)}")

@@ -347,6 +347,8 @@ def _holdout() -> list[Case]:
           metrics=("loss", "grad_norm", *_PREF_DIVERGE), onset="nonfinite"),
         c("grpo", "reward_none", 218, 16, {"learning_rate": 3e-4, "beta": 0.04},
           {"reward": "none"}, metrics=(*_FLAT_GROUPS, "reward"), onset="first"),
+        c("kto", "lr_far_too_high", 220, 20, {"learning_rate": 8.0, "beta": 0.2},
+          metrics=(*_PREF_DIVERGE, "kl"), onset="margin_jump"),
         c("reward", "reward_model_blowup", 219, 20, {"learning_rate": 5.0},
           metrics=("loss", "grad_norm", "margin", "max_reward", "min_reward", "mean_reward"),
           onset="loss_jump"),
