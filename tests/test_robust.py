@@ -80,3 +80,15 @@ def test_robust_rules_alert_the_same_per_record_and_in_batches() -> None:
     per_record = [(a.step, a.state) for r in records for a in one.evaluate(*r)]
     batched = [(a.step, a.state) for a in Engine([rule]).evaluate_many(records)]
     assert per_record and per_record == batched
+
+
+def test_robust_functions_take_only_literal_arguments() -> None:
+    """The language stays safe: windows, factors and floors are literals checked at load;
+    a metric or an unknown keyword where a literal belongs is refused with the column."""
+    from trainguard.exceptions import RuleSyntaxError
+
+    for text in ("median(x, y)", "median(x, 5, floor=y)", "median(x, 5, spam=1)",
+                 "jump(x, 10x, window=y)", "jump(x, 10x, colour=1)", "median(x, 0)",
+                 "jump(x, 10x, window=5, min_count=9)"):
+        with pytest.raises(RuleSyntaxError):
+            compile_condition(text)
