@@ -141,6 +141,8 @@ _PREF_DIVERGE = ("loss", "grad_norm", "rewards/margins", "rewards/chosen", "rewa
                  "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected")
 _LR = ("learning_rate",)
 _FLAT_GROUPS = ("reward_std", "frac_reward_zero_std", "grad_norm", "loss")
+#: TRL prints "All reward functions returned None" on stderr; trainguard reads it as this metric.
+_REWARD_NONE = (*_FLAT_GROUPS, "reward", "stdout/reward_functions_none")
 
 
 def _healthy() -> list[Case]:
@@ -265,10 +267,10 @@ def _broken() -> list[Case]:
           onset="nonfinite"),
         # -- reward-model failures
         c("grpo", "reward_none", 40, 16, {"learning_rate": 1e-4}, {"reward": "none"},
-          metrics=(*_FLAT_GROUPS, "reward"), onset="first",
+          metrics=_REWARD_NONE, onset="first",
           note="the reward function returns None for every completion"),
         c("rloo", "reward_none", 41, 16, {"learning_rate": 1e-4}, {"reward": "none"},
-          metrics=(*_FLAT_GROUPS, "reward"), onset="first"),
+          metrics=_REWARD_NONE, onset="first"),
         c("reward", "reward_model_blowup", 42, 20, {"learning_rate": 3.0},
           metrics=("loss", "grad_norm", "margin", "max_reward", "min_reward", "mean_reward"),
           onset="loss_jump", note="RewardTrainer at lr 3: scores and loss run away"),
@@ -346,7 +348,7 @@ def _holdout() -> list[Case]:
         c("dpo", "nan", 217, 20, {"learning_rate": 300.0, "optim": "sgd", "max_grad_norm": 0.0},
           metrics=("loss", "grad_norm", *_PREF_DIVERGE), onset="nonfinite"),
         c("grpo", "reward_none", 218, 16, {"learning_rate": 3e-4, "beta": 0.04},
-          {"reward": "none"}, metrics=(*_FLAT_GROUPS, "reward"), onset="first"),
+          {"reward": "none"}, metrics=_REWARD_NONE, onset="first"),
         c("kto", "lr_far_too_high", 220, 20, {"learning_rate": 8.0, "beta": 0.2},
           metrics=(*_PREF_DIVERGE, "kl"), onset="margin_jump"),
         c("reward", "reward_model_blowup", 219, 20, {"learning_rate": 5.0},

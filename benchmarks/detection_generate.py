@@ -4,6 +4,8 @@ real ``TrainGuardCallback`` wrote.
 
     python benchmarks/detection_generate.py [--only NAME ...] [--fresh] [--cache DIR]
 
+(both sets: the main cases and the held-out ones)
+
 All cases train in this one process (torch, transformers and TRL are imported once), on one
 torch thread. A case whose cache folder holds a ``meta.json`` for the same case definition and
 TRL version is not trained again; ``--fresh`` retrains. The cache (default
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.detection_cases import CASES, Case, find_onset  # noqa: E402
+from benchmarks.detection_cases import CASES, HOLDOUT, Case, find_onset  # noqa: E402
 
 __all__ = ["DEFAULT_CACHE", "case_signature", "generate", "load_meta"]
 
@@ -45,11 +47,14 @@ DEFAULT_CACHE = ROOT / "benchmarks" / ".cache" / "detection"
 
 
 def case_signature(case: Case) -> str:
-    """A hash of the case definition and the trainer stack's versions: a cached run is reused
-    only while both are the same."""
+    """A hash of what the training depends on (trainer, failure, seed, steps, config, variant)
+    and the trainer stack's versions: a cached run is reused while both are the same (a new
+    onset finder or metric list re-scores without retraining)."""
     from importlib import metadata
     versions = [metadata.version(p) for p in ("trl", "transformers", "torch")]
-    blob = json.dumps([asdict(case), versions], sort_keys=True, default=str)
+    trained = {k: v for k, v in asdict(case).items()
+               if k in ("trainer", "failure", "seed", "steps", "config", "variant")}
+    blob = json.dumps([trained, versions], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -184,7 +189,7 @@ def main() -> int:
     parser.add_argument("--fresh", action="store_true", help="retrain cached cases")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     args = parser.parse_args()
-    chosen = [c for c in CASES
+    chosen = [c for c in (*CASES, *HOLDOUT)
               if args.only is None or any(o in c.name for o in args.only)]
     metas = generate(chosen, args.cache, fresh=args.fresh)
     errors = [m["name"] for m in metas if m["error"]]
