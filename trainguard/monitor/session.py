@@ -20,8 +20,9 @@ from trainguard.exceptions import ConfigError, TrainguardError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
-from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.record import Recorder
@@ -139,10 +140,15 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
-    source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
-                         positions=saved.get("positions") or None,
-                         tee=sys.stdout.buffer if tee else None,
-                         rescan_interval=options.rescan_interval)
+    # What the path holds (a tracker store, verl's file logger, our JSONL): ingest/formats.py.
+    opened = open_source_for(options.source, regex=options.regex, exclude=exclude,
+                             from_start=not options.from_end,
+                             positions=saved.get("positions") or None,
+                             tee=sys.stdout.buffer if tee else None,
+                             rescan_interval=options.rescan_interval)
+    source: Source = opened.source
+    if opened.field_maps:  # the format's own map; the user's --field-map wins over it
+        field_map = load_field_map(opened.field_maps).merged(field_map)
     if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
         from trainguard.monitor.ingest.composite import CompositeSource
         from trainguard.monitor.ingest.gpu import NvmlSource

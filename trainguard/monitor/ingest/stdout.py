@@ -51,7 +51,7 @@ __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets
            "load_stdout_preset", "make_line_parser"]
 
 #: The order in which auto-detection tries the presets (most specific first).
-AUTO_ORDER: Final = ("openrlhf", "trl", "verl", "kv")
+AUTO_ORDER: Final = ("openrlhf", "openrlhf_tqdm", "trl", "verl", "kv")
 
 
 class StdoutPreset(BaseModel):
@@ -72,11 +72,16 @@ class StdoutPreset(BaseModel):
     #: For ``pairs``: one item, groups ``key`` and ``value`` (searched in ``body``).
     pair: str | None = None
     #: ``group``: the ``step`` group of ``line``; ``key``: the pair named ``step_key``;
-    #: ``count``: derived from the count of training logs (or the epoch), see the module doc.
-    step: Literal["group", "key", "count"]
+    #: ``count``: derived from the count of training logs (or the epoch), see the module doc;
+    #: ``progress``: a progress bar's counter (group ``step``), plus ``epoch`` x ``total`` when
+    #: the line has those groups (a bar that restarts every epoch); a line of many redraws
+    #: gives one record per counter value (its last redraw).
+    step: Literal["group", "key", "count", "progress"]
     step_key: str = "step"
     #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
     require_any: list[str] = []
+    #: The field-map preset ``--regex NAME`` brings (the framework's keys to canonical names).
+    field_map: str | None = None
 
     @field_validator("line", "pair")
     @classmethod
@@ -92,8 +97,10 @@ class StdoutPreset(BaseModel):
     def _consistent(self) -> StdoutPreset:
         if self.format == "pairs" and self.pair is None:
             raise ValueError("format 'pairs' needs a 'pair' pattern with groups key and value")
-        if self.step == "group" and (self.line is None or "(?P<step>" not in self.line):
-            raise ValueError("step 'group' needs a 'line' pattern with a (?P<step>...) group")
+        if self.step in ("group", "progress") and (self.line is None
+                                                   or "(?P<step>" not in self.line):
+            raise ValueError(f"step {self.step!r} needs a 'line' pattern with a (?P<step>...) "
+                             "group")
         if self.line is not None and "(?P<body>" not in self.line:
             raise ValueError("'line' needs a (?P<body>...) group")
         return self
@@ -161,11 +168,12 @@ def _int_step(raw: str) -> int | None:
 class _PresetMatcher:
     """A compiled :class:`StdoutPreset`."""
 
-    __slots__ = ("preset", "counted", "needle", "_line", "_pair", "_require")
+    __slots__ = ("preset", "counted", "progress", "needle", "_line", "_pair", "_require")
 
     def __init__(self, preset: StdoutPreset) -> None:
         self.preset = preset
         self.counted = preset.step == "count"
+        self.progress = preset.step == "progress"
         self.needle = preset.contains.encode()
         self._line = re.compile(preset.line) if preset.line else None
         self._pair = re.compile(preset.pair) if preset.pair else None
@@ -182,10 +190,16 @@ class _PresetMatcher:
             if m is None:
                 return None
             body_start, body = m.start("body"), m.group("body")
-            if preset.step == "group":
+            if preset.step in ("group", "progress"):
                 step = _int_step(m.group("step"))
                 if step is None:
                     return ParseSkip("bad_step", m.group("step")[:40])
+                if self.progress:
+                    if m.groupdict().get("total") == str(step):
+                        # The bar's last redraw repeats the postfix drawn at total - 1 (the
+                        # next epoch's bar starts at the same step number).
+                        return None
+                    step += _epoch_offset(m)
         if preset.format == "log_dict":
             scanned = scan_log_dict(text, body_start)
             if scanned is None:
@@ -219,7 +233,7 @@ class _PresetMatcher:
 class _UserPattern:
     """A user's ``--regex`` pattern, compiled with re2 (linear time, no backtracking)."""
 
-    __slots__ = ("counted", "needle", "_regex", "_names")
+    __slots__ = ("counted", "progress", "needle", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
         options = re2.Options()
@@ -242,6 +256,7 @@ class _UserPattern:
             raise ConfigError(f"--regex {pattern!r}: no metric group; add a named group per "
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
+        self.progress = False
         self.needle = b""
 
     def match(self, text: str) -> _Found | ParseSkip | None:
@@ -299,9 +314,13 @@ class StdoutParser:
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
+        #: Per stream, the last step a progress bar gave (see _bar_steps).
+        self._last_bar_step: dict[str, int] = {}
+        self._bar_hits = 0  # records of the last parse_all that a progress bar gave
 
-    def __call__(self, line: Line) -> Record | ParseSkip | None:
-        """The last record of the line, or a skip, or ``None`` for prose."""
+    def __call__(self, line: Line) -> Record | ParseSkip | list[Record | ParseSkip] | None:
+        """The last record of the line, or a skip, or ``None`` for prose; with a progress-bar
+        preset, every step the line's redraws show (the last redraw of each), in order."""
         data = line.data
         if self.json_lines and data[:1] == b"{" and data[1:2] != b"'":
             # Canonical JSON on stdin is the common case: no list, no second look.
@@ -311,13 +330,34 @@ class StdoutParser:
         results = self.parse_all(line.stream, data)
         if not results:
             return None
+        if self._bar_hits:
+            return self._bar_steps(line.stream, results)
         if len(results) == 1:
             return results[0]
         records = [r for r in results if type(r) is Record]
         return records[-1] if records else results[-1]
 
+    def _bar_steps(self, stream: str, results: list[Record | ParseSkip]
+                   ) -> list[Record | ParseSkip] | None:
+        """One record per step of a line of bar redraws; a step already given on an earlier
+        line (tqdm redraws the same counter) is not given again."""
+        by_step: dict[int, Record | ParseSkip] = {}
+        skips: list[Record | ParseSkip] = []
+        for result in results:
+            if type(result) is Record:
+                by_step.pop(result.step, None)  # the last redraw of a counter wins
+                by_step[result.step] = result
+            else:
+                skips.append(result)
+        last = self._last_bar_step.get(stream)
+        out = skips + [r for step, r in by_step.items() if step != last]
+        if by_step:
+            self._last_bar_step[stream] = next(reversed(by_step))
+        return out or None
+
     def parse_all(self, stream: str, data: bytes) -> list[Record | ParseSkip]:
         """Every record (and skip) on one physical line of ``stream``."""
+        self._bar_hits = 0
         json_skip: ParseSkip | None = None
         if self.json_lines:
             head = data.lstrip()[:2]
@@ -340,6 +380,8 @@ class StdoutParser:
                 else:
                     step, metrics, kind = found  # type: ignore[misc]
                     out.append(self._record(stream, step, metrics, kind, matcher.counted))
+                    if matcher.progress:
+                        self._bar_hits += 1
                 break
         if not out and json_skip is not None:
             return [json_skip]
@@ -361,6 +403,15 @@ class StdoutParser:
                 step = progress.step
         progress.step = step
         return Record(step, metrics, None, 0, kind)
+
+
+def _epoch_offset(m: re.Match[str]) -> int:
+    """``epoch x total`` of a progress bar that restarts each epoch, when the line shows both."""
+    groups = m.groupdict()
+    epoch, total = groups.get("epoch"), groups.get("total")
+    if epoch is None or total is None or not epoch.isdigit() or not total.isdigit():
+        return 0
+    return int(epoch) * int(total)
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,

@@ -1,0 +1,160 @@
+"""What a source path holds, told from its layout, and the source that reads it.
+
+``trainguard monitor PATH`` is pointed at wherever a run's metrics already live, and the same
+call opens each of them (:func:`open_source_for`):
+
+============================  ============================================  ===============
+layout                        source                                        field maps
+============================  ============================================  ===============
+``events.out.tfevents.*``     TensorBoard (``trackers/tensorboard.py``)      prefixes folded
+(a file, or a folder of runs)
+``sqlite:///x.db``, a SQLite  MLflow (``trackers/mlflow.py``)                prefixes folded
+MLflow store, ``mlruns/``
+``*.wandb``, ``offline-run-*``  W&B offline (``trackers/wandb.py``)          prefixes folded
+a ``{"step":N,"data":{..}}``  verl's file logger (``verl_file.py``) over    ``verl``
+JSONL file or folder          the file or directory source
+``-`` (stdin)                 stdin, verl file-logger lines rewritten       --regex's map
+anything else                 canonical JSONL file or run directory          --regex's map
+============================  ============================================  ===============
+
+A run directory that holds trainguard's own ``*.jsonl`` events is read as such even when a
+tracker also wrote there (``output_dir/runs/`` beside the callback's events): ours carry ranks
+and times the trackers do not. A store named without its extra installed is a
+:class:`~trainguard.monitor.ingest.trackers.base.MissingExtraError` naming the extra.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from trainguard.monitor.ingest.sources import Source, open_source
+
+__all__ = ["OpenedSource", "detect_format", "implied_field_maps", "open_source_for"]
+
+#: Lines of a file looked at to tell its format.
+_SNIFF_LINES = 5
+
+
+@dataclass(slots=True)
+class OpenedSource:
+    """A source, the format it was recognised as, and the field maps that format brings."""
+
+    source: Source
+    format: str
+    field_maps: list[str] = field(default_factory=list)
+
+
+def _first_lines(path: Path, limit: int = _SNIFF_LINES) -> list[bytes]:
+    try:
+        with path.open("rb") as handle:
+            return [line for line in (handle.readline(1 << 16) for _ in range(limit)) if line]
+    except OSError:
+        return []
+
+
+def _jsonl_files(root: Path) -> list[Path]:
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder, f) for f in files if f.endswith(".jsonl")]
+    return found
+
+
+def detect_format(spec: str) -> str:
+    """``tensorboard``, ``mlflow``, ``wandb``, ``verl_file``, ``stdin`` or ``jsonl``.
+
+    A path that cannot be looked into is ``jsonl``: opening it then says what is wrong.
+    """
+    try:
+        return _detect(spec)
+    except OSError:
+        return "jsonl"
+
+
+def _detect(spec: str) -> str:
+    from trainguard.monitor.ingest.trackers.mlflow import mlflow_store_uri
+    from trainguard.monitor.ingest.trackers.tensorboard import is_tensorboard_store
+    from trainguard.monitor.ingest.trackers.wandb import find_wandb_file
+    from trainguard.monitor.ingest.verl_file import is_verl_file_line
+
+    if spec == "-":
+        return "stdin"
+    if spec.startswith(("sqlite:///", "file://")):
+        return "mlflow"
+    path = Path(spec)
+    jsonl = [path] if path.is_file() else _jsonl_files(path) if path.is_dir() else []
+    if path.is_dir() and jsonl:
+        verl = any(is_verl_file_line(line) for f in jsonl for line in _first_lines(f)[:1])
+        return "verl_file" if verl else "jsonl"
+    if path.is_file() and path.suffix in (".jsonl", ".json", ".log", ".txt", ""):
+        lines = [line for line in _first_lines(path) if line.strip()]
+        if lines and is_verl_file_line(lines[0]):
+            return "verl_file"
+    if path.exists():
+        if is_tensorboard_store(path):
+            return "tensorboard"
+        if find_wandb_file(path) is not None:
+            return "wandb"
+        if mlflow_store_uri(spec) is not None:
+            return "mlflow"
+    return "jsonl"
+
+
+def implied_field_maps(regex: str | None) -> list[str]:
+    """The field map a ``--regex`` preset brings (``--regex verl``: the ``verl`` map)."""
+    if regex is None:
+        return []
+    from trainguard.monitor.ingest.stdout import builtin_stdout_presets
+
+    preset = builtin_stdout_presets().get(regex)
+    return [preset.field_map] if preset is not None and preset.field_map else []
+
+
+def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[str] = (),
+                    from_start: bool = True,
+                    positions: dict[str, dict[str, Any]] | None = None,
+                    tee: BinaryIO | None = None, rescan_interval: float = 1.0) -> OpenedSource:
+    """Open ``spec`` as what its layout says it is (module doc); the arguments are
+    :func:`~trainguard.monitor.ingest.sources.open_source`'s.
+
+    Raises :class:`~trainguard.exceptions.SourceError` (a ``MissingExtraError`` for a store
+    whose reader is not installed) for what the user must fix before the monitor can start.
+    """
+    kind = detect_format(spec)
+    maps = implied_field_maps(regex)
+    if kind == "tensorboard":
+        from trainguard.monitor.ingest.trackers.tensorboard import TensorBoardSource
+
+        return OpenedSource(TensorBoardSource(spec, positions=positions), kind, maps)
+    if kind == "mlflow":
+        from trainguard.monitor.ingest.trackers.mlflow import MlflowSource, mlflow_store_uri
+
+        uri = mlflow_store_uri(spec) or spec
+        return OpenedSource(MlflowSource(spec, uri, positions=positions), kind, maps)
+    if kind == "wandb":
+        from trainguard.monitor.ingest.trackers.wandb import WandbSource, find_wandb_file
+
+        file = find_wandb_file(Path(spec))
+        assert file is not None  # detect_format found it
+        return OpenedSource(WandbSource(spec, file, positions=positions), kind, maps)
+    source = open_source(spec, exclude=exclude, from_start=from_start, positions=positions,
+                         tee=tee, rescan_interval=rescan_interval)
+    path = Path(spec)
+    try:
+        empty = kind == "jsonl" and spec != "-" and not (
+            _jsonl_files(path) if path.is_dir() else path.is_file() and path.stat().st_size)
+    except OSError:
+        empty = False
+    if kind in ("verl_file", "stdin") or empty:
+        # stdin and a store not written yet may turn out to be verl's file logger: lines are
+        # checked one by one there (cheap); a file of our own events keeps its fast path.
+        from trainguard.monitor.ingest.verl_file import VerlFileSource
+
+        source = VerlFileSource(source)
+    if kind == "verl_file" and "verl" not in maps:
+        maps = ["verl", *maps]
+    return OpenedSource(source, kind, maps)
