@@ -3,19 +3,19 @@
 ``trainguard monitor PATH`` is pointed at wherever a run's metrics already live, and the same
 call opens each of them (:func:`open_source_for`):
 
-============================  ============================================  ===============
-layout                        source                                        field maps
-============================  ============================================  ===============
-``events.out.tfevents.*``     TensorBoard (``trackers/tensorboard.py``)      prefixes folded
-(a file, or a folder of runs)
-``sqlite:///x.db``, a SQLite  MLflow (``trackers/mlflow.py``)                prefixes folded
-MLflow store, ``mlruns/``
-``*.wandb``, ``offline-run-*``  W&B offline (``trackers/wandb.py``)          prefixes folded
-a ``{"step":N,"data":{..}}``  verl's file logger (``verl_file.py``) over    ``verl``
-JSONL file or folder          the file or directory source
-``-`` (stdin)                 stdin, verl file-logger lines rewritten       --regex's map
-anything else                 canonical JSONL file or run directory          --regex's map
-============================  ============================================  ===============
+* ``events.out.tfevents.*`` (a file, or a folder of runs): TensorBoard
+  (``trackers/tensorboard.py``);
+* ``sqlite:///x.db``, a SQLite MLflow store, an ``mlruns/`` file store: MLflow
+  (``trackers/mlflow.py``);
+* ``*.wandb``, an ``offline-run-*`` folder, a ``wandb/`` folder: W&B offline
+  (``trackers/wandb.py``);
+* a JSONL file or folder whose first line is ``{"step":N,"data":{...}}``: verl's file logger
+  (``verl_file.py``, over the file or directory source; it applies the ``verl`` map itself);
+* ``-``: stdin, verl file-logger lines rewritten as they come;
+* anything else: a canonical JSONL file or run directory.
+
+The tracker sources fold the prefixes trackers add (``train/x`` is ``x``); ``--regex NAME``
+brings the field map of its preset (:func:`implied_field_maps`), under the user's own.
 
 A run directory that holds trainguard's own ``*.jsonl`` events is read as such even when a
 tracker also wrote there (``output_dir/runs/`` beside the callback's events): ours carry ranks
@@ -155,6 +155,4 @@ def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[st
         from trainguard.monitor.ingest.verl_file import VerlFileSource
 
         source = VerlFileSource(source)
-    if kind == "verl_file" and "verl" not in maps:
-        maps = ["verl", *maps]
     return OpenedSource(source, kind, maps)

@@ -10,7 +10,9 @@ not a value the rules can judge, but it may well be the NaN loss that should sto
 metric is left out of the step (missing, not NaN: ``null`` cannot tell NaN from infinity), and
 the stream is reported as possibly holding NaNs, which makes the verdict degraded rather than
 clean. :class:`VerlFileSource` wraps any line source (a file, a run directory, stdin) and
-rewrites such lines to canonical step lines; every other line passes through unchanged.
+rewrites such lines to canonical step lines, verl's keys mapped by the ``verl`` field map (so
+``actor/pg_loss`` feeds the loss rules whichever way the file was given); every other line
+passes through unchanged.
 """
 
 from __future__ import annotations
@@ -45,14 +47,17 @@ class VerlFileSource:
     """``inner``'s lines, verl file-logger lines rewritten to canonical step lines."""
 
     def __init__(self, inner: Source) -> None:
+        from trainguard.monitor.ingest.normalize import load_field_map
+
         self.inner = inner
         self.name = inner.name
+        self._verl_map = load_field_map(["verl"]).apply
         #: stream -> key -> (steps it was null at, first such step)
         self._nulls: dict[str, dict[str, list[int]]] = {}
 
     def __getattr__(self, attr: str) -> Any:
         # positions, watch_dirs, notify, streaming, tail...: the wrapped source's.
-        if attr in ("inner", "_nulls"):
+        if attr in ("inner", "_nulls", "_verl_map"):
             raise AttributeError(attr)
         return getattr(self.inner, attr)
 
@@ -82,7 +87,7 @@ class VerlFileSource:
                 continue
             if decode_value(raw) is not None:
                 metrics[key] = raw
-        out = orjson.dumps({"step": step, "metrics": metrics})
+        out = orjson.dumps({"step": step, "metrics": self._verl_map(metrics)})
         return Line(line.stream, line.number, out)
 
     def _null(self, stream: str, key: str, step: Any) -> None:
