@@ -88,6 +88,44 @@ def test_tensorboard_source_reads_on_as_the_file_grows(tmp_path: Path):
     again.source.close()
 
 
+def test_monitor_follows_a_growing_tensorboard_run_live(tmp_path: Path):
+    """trainguard monitor on a TensorBoard run being written: a NaN logged after it started is
+    an alert while it follows (no --once); SIGTERM ends it with its verdict."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    log_dir = tmp_path / "runs" / "live"
+    writer = SummaryWriter(str(log_dir))
+    writer.add_scalar("train/loss", 0.5, 1)
+    writer.flush()
+    alerts = tmp_path / "alerts.jsonl"
+    monitor = subprocess.Popen([sys.executable, "-m", "trainguard", "monitor", str(tmp_path / "runs"),
+                                "--alerts", str(alerts)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        time.sleep(2.0)  # the monitor is following before the bad step is written
+        for step in (2, 3, 4):
+            writer.add_scalar("train/loss", math.nan if step == 3 else 0.4, step)
+            writer.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (alerts.exists() and alerts.read_text()):
+            time.sleep(0.1)
+        monitor.send_signal(signal.SIGTERM)
+        _, err = monitor.communicate(timeout=30)
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+            monitor.wait()
+        writer.close()
+    assert [("common.nonfinite_loss", 3)] == [(a["rule"], a["step"]) for a in _alerts(alerts)], \
+        err.decode()
+    assert "following" in err.decode()
+
+
 def test_tensorboard_store_of_several_runs_reads_the_newest(tmp_path: Path):
     """Two runs under runs/: the later one is read, so two runs' steps never mix."""
     import time
@@ -149,14 +187,22 @@ def test_mlflow_file_store_is_recognised_and_followed(tmp_path: Path, monkeypatc
 
 def _wandb_offline_run(root: Path, losses: list[float]) -> None:
     """What transformers' WandbCallback logs: train/* keys and train/global_step."""
+    import time
+
     import wandb
 
-    os.environ["WANDB_SILENT"] = "true"
-    run = wandb.init(project="tiny", dir=str(root), mode="offline")
+    run = wandb.init(project="tiny", dir=str(root), mode="offline",
+                     settings=wandb.Settings(silent=True))
     for step, loss in enumerate(losses, 1):
         run.log({"train/loss": loss, "train/grad_norm": 1.0, "train/global_step": step})
     run.log({"eval/loss": 0.5, "train/global_step": len(losses)})
     run.finish()
+    # wandb-core, a separate process, may still be writing the run file: wait until it settles.
+    files = list(root.glob("wandb/offline-run-*/run-*.wandb"))
+    size, deadline = -1, time.monotonic() + 30
+    while files and time.monotonic() < deadline and size != files[0].stat().st_size:
+        size = files[0].stat().st_size
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
@@ -173,14 +219,22 @@ def test_wandb_offline_run_alerts_through_the_cli(tmp_path: Path):
 @pytest.mark.slow
 def test_wandb_source_reads_from_its_checkpointed_offset(tmp_path: Path):
     """A restart from the saved byte offset reads no record twice."""
+    import time
+
     _wandb_offline_run(tmp_path, [0.3, 0.2])
     opened = open_source_for(str(tmp_path / "wandb"))
     assert "wandb" == opened.format
-    records = _records(opened.source.poll())
-    assert [(1, 0.3), (2, 0.2)] == [(r.step, r.metrics["loss"]) for r in records
-                                    if r.kind == "train" and "loss" in r.metrics]
-    positions = opened.source.positions()
-    opened.source.close()
+    losses: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 30  # wandb-core may still be writing the file after finish()
+    try:
+        while len(losses) < 2 and time.monotonic() < deadline:
+            losses += [(r.step, r.metrics["loss"]) for r in _records(opened.source.poll())
+                       if r.kind == "train" and "loss" in r.metrics]
+            time.sleep(0.1)
+        positions = opened.source.positions()
+    finally:
+        opened.source.close()
+    assert [(1, 0.3), (2, 0.2)] == losses
     again = open_source_for(str(tmp_path / "wandb"), positions=positions)
     assert [] == again.source.poll()
     again.source.close()

@@ -11,9 +11,10 @@ NaN: these stores keep non-finite floats as they are.
 from __future__ import annotations
 
 import importlib
-import json
 from types import ModuleType
 from typing import Final
+
+import orjson
 
 from trainguard.events import encode_value
 from trainguard.exceptions import SourceError
@@ -98,7 +99,7 @@ class TrackerLines:
         if stats is None:
             stats = self.stats[stream] = TailStats()
         stats.lines += 1
-        self.lines.append(Line(stream, number, json.dumps(obj, allow_nan=False).encode()))
+        self.lines.append(Line(stream, number, orjson.dumps(obj)))  # NaN is "NaN" already
 
     def skip(self, reason: str, detail: str = "") -> None:
         """Count a value the store holds that is not a metric (a string, an image)."""

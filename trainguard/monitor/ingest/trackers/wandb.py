@@ -104,7 +104,7 @@ class WandbSource:
         while True:
             try:
                 data = store.scan_data()
-            except (AssertionError, Exception) as exc:  # noqa: BLE001 - partial or corrupt
+            except Exception as exc:  # noqa: BLE001 - a record cut short (AssertionError) or corrupt
                 self._partial(store, exc)
                 break
             if data is None:
