@@ -145,12 +145,39 @@ def test_openrlhf_sft_tqdm_postfix_is_read_with_the_bar_counter_as_step(tmp_path
 
 
 def test_openrlhf_tqdm_is_auto_detected_on_stdin(tmp_path: Path):
-    """Without --regex, stdin finds the bar too (its keys as printed: no map)."""
+    """Without --regex, stdin finds the bar too, and its preset's map is applied."""
     output = openrlhf_tqdm([sft_logs(3)])
     record = tmp_path / "record.jsonl"
     result = run_cli("monitor", "-", "--once", "--record", str(record), input=output)
     assert 0 == result.returncode, result.stderr.decode()
-    assert [0, 1, 2] == [json.loads(line)["step"] for line in record.read_text().splitlines()]
+    events = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [0, 1, 2] == [e["step"] for e in events]
+    assert {"loss", "learning_rate", "grad_norm"} == set(events[0]["metrics"])
+
+
+def test_verl_console_under_run_without_regex_alerts(tmp_path: Path):
+    """trainguard run -- a verl driver, no --regex: its lines are found by auto-detection and
+    mapped by the verl map, so the NaN actor/pg_loss is an alert (it was exit 0, no alert)."""
+    steps = [verl_step_metrics(s, critic=True, pg_loss=math.nan if s == 3 else -0.01)
+             for s in range(1, 6)]
+    log = tmp_path / "console.txt"
+    log.write_bytes(verl_console(steps, total=6))
+    script = f"import sys; sys.stdout.buffer.write(open({str(log)!r}, 'rb').read())"
+    result = run_cli("run", "--run-dir", str(tmp_path / "run"), "--",
+                     sys.executable, "-c", script, timeout=120)
+    assert ("common.nonfinite_loss", 3) in _alerts(tmp_path / "run" / "alerts.jsonl"), \
+        result.stderr.decode()
+
+
+def test_convert_keeps_verl_keys_as_printed(tmp_path: Path):
+    """convert writes what was printed: the verl map is for the monitor's rules."""
+    log = tmp_path / "verl.log"
+    log.write_bytes(verl_console([verl_step_metrics(1, critic=False)], total=2))
+    out = tmp_path / "events.jsonl"
+    result = run_cli("convert", str(log), "-o", str(out), "--regex", "verl")
+    assert 0 == result.returncode, result.stderr.decode()
+    metrics = json.loads(out.read_text().splitlines()[0])["metrics"]
+    assert "actor/pg_loss" in metrics and "loss" not in metrics
 
 
 def test_openrlhf_ppo_policy_loss_feeds_the_loss_rules():

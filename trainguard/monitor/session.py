@@ -118,7 +118,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     else:
         from trainguard.monitor.ingest.stdout import make_line_parser
 
-        parser = make_line_parser(options.regex, auto=stdout_auto,
+        parser = make_line_parser(options.regex, auto=stdout_auto, map_keys=True,
                                   logging_steps=options.logging_steps,
                                   steps_per_epoch=options.steps_per_epoch)
     source_path = Path(options.source)

@@ -44,7 +44,6 @@ from trainguard.monitor.act.process import ProcessTarget
 from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.composite import CompositeSource
-from trainguard.monitor.ingest.formats import implied_field_maps
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
 from trainguard.monitor.ingest.sources import DirectorySource, Line
@@ -115,7 +114,7 @@ def choose_output_parser(regex: str | None = None, logging_steps: int = 1) -> Li
     user's ``--regex``): a trainer that knows nothing of trainguard is monitored from what it
     prints. Other lines are prose, ignored.
     """
-    return make_line_parser(regex, auto=True, logging_steps=logging_steps)
+    return make_line_parser(regex, auto=True, logging_steps=logging_steps, map_keys=True)
 
 
 def _dispatching_parser(output_parser: LineParser,
@@ -195,8 +194,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     rules = load_rules(options.rules or ("common",))
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     output_parser = choose_output_parser(options.regex, options.logging_steps)
-    # --regex verl brings the verl field map (ingest/formats.py); the user's maps win.
-    field_map = load_field_map([*implied_field_maps(options.regex), *options.field_maps])
+    field_map = load_field_map(options.field_maps)
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     control_path = run_dir / CONTROL_FILENAME

@@ -14,8 +14,8 @@ call opens each of them (:func:`open_source_for`):
 * ``-``: stdin, verl file-logger lines rewritten as they come;
 * anything else: a canonical JSONL file or run directory.
 
-The tracker sources fold the prefixes trackers add (``train/x`` is ``x``); ``--regex NAME``
-brings the field map of its preset (:func:`implied_field_maps`), under the user's own.
+The tracker sources fold the prefixes trackers add (``train/x`` is ``x``); lines a stdout
+preset reads get its field map from the parser (``make_line_parser(map_keys=True)``).
 
 A run directory that holds trainguard's own ``*.jsonl`` events is read as such even when a
 tracker also wrote there (``output_dir/runs/`` beside the callback's events): ours carry ranks
@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 from trainguard.monitor.ingest.sources import Source, open_source
 
-__all__ = ["OpenedSource", "detect_format", "implied_field_maps", "open_source_for"]
+__all__ = ["OpenedSource", "detect_format", "open_source_for"]
 
 #: Lines of a file looked at to tell its format.
 _SNIFF_LINES = 5
@@ -104,16 +104,6 @@ def _detect(spec: str) -> str:
     return "jsonl"
 
 
-def implied_field_maps(regex: str | None) -> list[str]:
-    """The field map a ``--regex`` preset brings (``--regex verl``: the ``verl`` map)."""
-    if regex is None:
-        return []
-    from trainguard.monitor.ingest.stdout import builtin_stdout_presets
-
-    preset = builtin_stdout_presets().get(regex)
-    return [preset.field_map] if preset is not None and preset.field_map else []
-
-
 def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[str] = (),
                     from_start: bool = True,
                     positions: dict[str, dict[str, Any]] | None = None,
@@ -125,7 +115,7 @@ def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[st
     whose reader is not installed) for what the user must fix before the monitor can start.
     """
     kind = detect_format(spec)
-    maps = implied_field_maps(regex)
+    maps: list[str] = []  # no format here brings a map of its own yet (verl_file maps itself)
     if kind == "tensorboard":
         from trainguard.monitor.ingest.trackers.tensorboard import TensorBoardSource
 

@@ -33,6 +33,7 @@ with ``\\r``), the last is returned (the step count still counts each TRL log);
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -168,12 +169,15 @@ def _int_step(raw: str) -> int | None:
 class _PresetMatcher:
     """A compiled :class:`StdoutPreset`."""
 
-    __slots__ = ("preset", "counted", "progress", "needle", "_line", "_pair", "_require")
+    __slots__ = ("preset", "counted", "progress", "needle", "key_map", "_line", "_pair",
+                 "_require")
 
     def __init__(self, preset: StdoutPreset) -> None:
         self.preset = preset
         self.counted = preset.step == "count"
         self.progress = preset.step == "progress"
+        #: The preset's field map (``field_map:``), set by a parser that maps keys.
+        self.key_map: Callable[[dict[str, float]], dict[str, float]] | None = None
         self.needle = preset.contains.encode()
         self._line = re.compile(preset.line) if preset.line else None
         self._pair = re.compile(preset.pair) if preset.pair else None
@@ -233,7 +237,7 @@ class _PresetMatcher:
 class _UserPattern:
     """A user's ``--regex`` pattern, compiled with re2 (linear time, no backtracking)."""
 
-    __slots__ = ("counted", "progress", "needle", "_regex", "_names")
+    __slots__ = ("counted", "progress", "needle", "key_map", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
         options = re2.Options()
@@ -257,6 +261,7 @@ class _UserPattern:
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
         self.progress = False
+        self.key_map = None
         self.needle = b""
 
     def match(self, text: str) -> _Found | ParseSkip | None:
@@ -379,6 +384,8 @@ class StdoutParser:
                     out.append(found)
                 else:
                     step, metrics, kind = found  # type: ignore[misc]
+                    if matcher.key_map is not None:
+                        metrics = matcher.key_map(metrics)
                     out.append(self._record(stream, step, metrics, kind, matcher.counted))
                     if matcher.progress:
                         self._bar_hits += 1
@@ -415,7 +422,7 @@ def _epoch_offset(m: re.Match[str]) -> int:
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
-                     steps_per_epoch: int | None = None) -> LineParser:
+                     steps_per_epoch: int | None = None, map_keys: bool = False) -> LineParser:
     """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
 
     * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
@@ -423,6 +430,10 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     * ``auto``: canonical JSON lines still parse; with ``regex=None`` every preset is tried.
       ``regex=None, auto=False`` is the plain canonical JSONL parser.
     * ``logging_steps`` / ``steps_per_epoch``: how the TRL step is derived (module doc).
+    * ``map_keys``: a line a preset with a ``field_map:`` read (verl, OpenRLHF) has its keys
+      mapped by that map, whether the preset was named or found by auto-detection, so verl's
+      ``actor/pg_loss`` feeds the loss rules. The monitor and ``run`` map; ``convert`` keeps
+      the keys as printed.
 
     Raises :class:`~trainguard.exceptions.ConfigError` for a bad pattern or option.
     """
@@ -435,6 +446,13 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
         matchers = [_PresetMatcher(load_stdout_preset(regex))]
     else:
         matchers = [_UserPattern(regex)]
+    if map_keys:
+        from trainguard.monitor.ingest.normalize import load_field_map
+
+        for matcher in matchers:
+            name = matcher.preset.field_map if isinstance(matcher, _PresetMatcher) else None
+            if name:
+                matcher.key_map = load_field_map([name]).apply
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
                         steps_per_epoch=steps_per_epoch)
 
