@@ -64,7 +64,7 @@ def test_verl_file_logger_output_is_read_as_a_grpo_run(given: str, tmp_path: Pat
     source = {"file": str(data), "directory": str(run), "stdin": "-"}[given]
     result = run_cli("monitor", source, "--once", "--alerts", str(alerts),
                      input=data.read_bytes() if given == "stdin" else None)
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 2 == result.returncode, err
     assert "detected trainer grpo" in err
     assert ("grpo.kl_blowup", 5) in _alerts(alerts)
@@ -76,7 +76,7 @@ def test_verl_file_logger_nulls_make_a_quiet_run_degraded_not_clean(tmp_path: Pa
     """No rule fires, but verl wrote a null: the verdict cannot be clean (exit 1)."""
     data = _verl_file(tmp_path / "exp.jsonl", kl=0.01)
     result = run_cli("monitor", str(data), "--once")
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 1 == result.returncode, err
     assert "degraded" in err
 
@@ -89,7 +89,7 @@ def test_verl_console_after_a_tqdm_bar_with_regex_verl_feeds_the_loss_rules():
     output = verl_console(steps, total=6)
     assert b"/s]step:2 - " in output  # the bar and the next step share a line
     result = run_cli("monitor", "-", "--once", "--regex", "verl", input=output)
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 2 == result.returncode, err
     assert "common.nonfinite_loss step 3" in err
     assert "detected trainer ppo" in err
@@ -189,7 +189,7 @@ def test_openrlhf_ppo_policy_loss_feeds_the_loss_rules():
     output = openrlhf_ppo_lines(statuses)
     assert "✨ Global step 2: {'policy_loss': nan" in output.decode()
     result = run_cli("monitor", "-", "--once", "--regex", "openrlhf", input=output)
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 2 == result.returncode, err
     assert "common.nonfinite_loss step 2" in err
 
@@ -228,3 +228,18 @@ def test_strip_prefixes_in_a_user_field_map_file(tmp_path: Path):
     spec = tmp_path / "map.yaml"
     spec.write_text("strip_prefixes: [my/]\nfields:\n  l: loss\n")
     assert {"loss": 1.0, "x": 2.0} == load_field_map([str(spec)]).apply({"my/l": 1.0, "my/x": 2.0})
+
+
+def test_convert_reads_verl_file_logger_output_keeping_its_keys(tmp_path: Path):
+    """convert on verl's file logger JSONL: canonical steps, verl's keys as written, the null
+    left out."""
+    data = _verl_file(tmp_path / "exp.jsonl", steps=4, nan_at=2)
+    out = tmp_path / "events.jsonl"
+    result = run_cli("convert", str(data), "-o", str(out))
+    assert 1 == result.returncode  # degraded: a value may have been NaN
+    assert "actor/pg_loss at 1 step from step 2" in " ".join(result.stderr.decode().split())
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [1, 2, 3, 4] == [e["step"] for e in events]
+    assert "actor/pg_loss" not in events[1]["metrics"]
+    assert -0.01 == events[0]["metrics"]["actor/pg_loss"]
+    assert "loss" not in events[0]["metrics"]

@@ -270,7 +270,7 @@ def test_store_without_its_extra_names_the_extra_and_exits_one(extra: str, tmp_p
 
     result = subprocess.run([sys.executable, "-m", "trainguard", "monitor", str(store), "--once"],
                             capture_output=True, env=env, timeout=60, check=False)
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 1 == result.returncode, err
     assert f"trainguard[{extra}]" in err
     assert "Traceback" not in err
@@ -296,10 +296,22 @@ def test_trl_trainer_reporting_to_tensorboard_is_read_and_detected(tmp_path: Pat
     assert "tensorboard" == detect_format(str(out))
     record = tmp_path / "record.jsonl"
     result = run_cli("monitor", str(out), "--once", "--record", str(record), timeout=120)
-    err = result.stderr.decode()
+    err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 0 == result.returncode, err
     assert "detected trainer sft" in err
     train = [json.loads(line) for line in record.read_text().splitlines()]
     train = [r for r in train if r.get("kind", "train") == "train"]
     assert [1, 2, 3, 4] == [r["step"] for r in train]
     assert {"loss", "grad_norm", "learning_rate", "mean_token_accuracy"} <= set(train[0]["metrics"])
+
+
+def test_convert_writes_a_tensorboard_store_as_canonical_jsonl(tmp_path: Path):
+    """trainguard convert reads a tracker store like the monitor: one step per line."""
+    _write_tensorboard(tmp_path / "runs" / "a", [0.9, 0.8])
+    out = tmp_path / "events.jsonl"
+    result = run_cli("convert", str(tmp_path / "runs"), "-o", str(out))
+    assert 0 == result.returncode, result.stderr.decode()
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    train = [e for e in events if e.get("kind", "train") == "train"]
+    assert [1, 2] == [e["step"] for e in train]
+    assert {"loss", "grad_norm", "learning_rate"} == set(train[0]["metrics"])

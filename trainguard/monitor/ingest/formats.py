@@ -107,9 +107,11 @@ def _detect(spec: str) -> str:
 def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[str] = (),
                     from_start: bool = True,
                     positions: dict[str, dict[str, Any]] | None = None,
-                    tee: BinaryIO | None = None, rescan_interval: float = 1.0) -> OpenedSource:
+                    tee: BinaryIO | None = None, rescan_interval: float = 1.0,
+                    map_keys: bool = True) -> OpenedSource:
     """Open ``spec`` as what its layout says it is (module doc); the arguments are
-    :func:`~trainguard.monitor.ingest.sources.open_source`'s.
+    :func:`~trainguard.monitor.ingest.sources.open_source`'s, and ``map_keys=False`` keeps
+    verl's file-logger keys as written (``trainguard convert``).
 
     Raises :class:`~trainguard.exceptions.SourceError` (a ``MissingExtraError`` for a store
     whose reader is not installed) for what the user must fix before the monitor can start.
@@ -144,5 +146,5 @@ def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[st
         # checked one by one there (cheap); a file of our own events keeps its fast path.
         from trainguard.monitor.ingest.verl_file import VerlFileSource
 
-        source = VerlFileSource(source)
+        source = VerlFileSource(source, map_keys=map_keys)
     return OpenedSource(source, kind, maps)

@@ -46,12 +46,13 @@ def is_verl_file_line(data: bytes) -> bool:
 class VerlFileSource:
     """``inner``'s lines, verl file-logger lines rewritten to canonical step lines."""
 
-    def __init__(self, inner: Source) -> None:
+    def __init__(self, inner: Source, *, map_keys: bool = True) -> None:
         from trainguard.monitor.ingest.normalize import load_field_map
 
         self.inner = inner
         self.name = inner.name
-        self._verl_map = load_field_map(["verl"]).apply
+        #: ``map_keys=False`` keeps verl's keys as written (``trainguard convert``).
+        self._verl_map = load_field_map(["verl"] if map_keys else []).apply
         #: stream -> key -> (steps it was null at, first such step)
         self._nulls: dict[str, dict[str, list[int]]] = {}
 
