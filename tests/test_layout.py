@@ -116,6 +116,19 @@ def test_act_outside_the_runner_never_imports_the_loop_or_sinks():
     assert offenders == []
 
 
+def test_only_the_ray_room_imports_ray():
+    """The core never imports Ray (``trainguard[ray]`` is an extra); ``monitor.ray`` only in
+    ``launch``, which a Ray session loads."""
+    offenders = [o for o in _offenders("trainguard", ("ray",))
+                 if not o.startswith("trainguard.monitor.ray.launch ")]
+    assert offenders == []
+
+
+def test_the_ray_room_never_imports_the_cli_or_sinks():
+    """Agents and the monitor actor run the library's session; they never reach the CLI."""
+    assert _offenders("trainguard.monitor.ray", ("trainguard.cli", "trainguard.monitor.sinks")) == []
+
+
 def test_nothing_imports_the_cli():
     """``cli`` only parses arguments; the library never calls back into it."""
     offenders = [o for o in _offenders("trainguard", ("trainguard.cli",))
@@ -138,6 +151,7 @@ def test_documented_import_paths_keep_working(path, name):
 
 def test_every_room_says_what_it_owns_and_may_import():
     """Each package's ``__init__`` docstring names what it may import."""
-    for room in ("monitor", "monitor/ingest", "monitor/engine", "monitor/act", "monitor/sinks"):
+    for room in ("monitor", "monitor/ingest", "monitor/engine", "monitor/act", "monitor/sinks",
+                 "monitor/ray"):
         doc = ast.get_docstring(ast.parse((PACKAGE / room / "__init__.py").read_text()))
         assert doc and ("import" in doc), room

@@ -138,6 +138,10 @@ def monitor(
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
     steps_per_epoch: Annotated[Optional[int], _STEPS_PER_EPOCH_OPT] = None,  # noqa: UP007
+    ray_nodes: Annotated[bool, typer.Option(
+        "--ray", help="SOURCE is each node's local run directory on the Ray cluster at "
+        "$RAY_ADDRESS: one agent per node ships its events to a monitor actor here, and stops "
+        "reach every node. Needs trainguard\\[ray].")] = False,
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -153,6 +157,8 @@ def monitor(
 
       trainguard monitor runs/exp1 --pid 4242 --kill-after 30   [dim]# SIGTERM, then SIGKILL[/dim]
 
+      trainguard monitor --ray /local/runs/exp1 --stop   [dim]# every node of a Ray cluster[/dim]
+
     Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
@@ -167,7 +173,12 @@ def monitor(
     options.regex, options.logging_steps = regex, logging_steps
     options.steps_per_epoch = steps_per_epoch
     try:
-        verdict = run_monitor(options)
+        if ray_nodes:
+            from trainguard.monitor.ray import run_ray_monitor
+
+            verdict = run_ray_monitor(source or "", options)
+        else:
+            verdict = run_monitor(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
     raise typer.Exit(verdict.exit_code)

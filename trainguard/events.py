@@ -16,7 +16,9 @@ JSON has no literal for NaN or the infinities, so the writer encodes them as the
 ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; the reader also accepts the bare ``NaN`` and
 ``Infinity`` tokens that Python's :mod:`json` writes, numeric strings such as ``"0.6931"``
 (the TRL stdout form) and ``null`` (read as NaN: a metric that is missing is not "fine").
-``rank`` is written when the world has more than one rank and defaults to 0.
+``rank`` is written when the world has more than one rank and defaults to 0; with it come
+``host`` (the node's name) and, when the launcher sets ``LOCAL_RANK``, ``local_rank``, so an
+alert on a multi-node job names the node as well as the global rank.
 
 This module imports nothing else of trainguard: the trainer side depends on it alone.
 """
@@ -48,9 +50,10 @@ _TEXT_NONFINITE: Final = {
 }
 #: Keys of the envelope; never metrics.
 RESERVED_KEYS: Final = frozenset({"time", "step", "rank", "metrics", "name", "value", "kind",
-                                   "run_id"})
+                                   "run_id", "host", "local_rank"})
 #: Keys of a flat log dict that describe progress rather than the model's health.
-_FLAT_NON_METRICS: Final = frozenset({"step", "time", "rank", "run_id", "kind"})
+_FLAT_NON_METRICS: Final = frozenset({"step", "time", "rank", "run_id", "kind", "host",
+                                       "local_rank"})
 
 try:  # orjson is ~3-5x faster; fall back to json when absent.
     import orjson as _orjson
@@ -74,6 +77,9 @@ class Record:
     kind: str = "train"
     #: True for a one-metric-per-line event: more metrics of the same step may follow.
     partial: bool = False
+    #: The node that wrote it and the rank's index there (multi-node jobs); None when unsaid.
+    host: str | None = None
+    local_rank: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +133,10 @@ def encode_record(record: Record) -> bytes:
     obj: dict[str, Any] = {"time": record.time, "step": record.step}
     if record.rank:
         obj["rank"] = record.rank
+    if record.host is not None:
+        obj["host"] = record.host
+    if record.local_rank is not None:
+        obj["local_rank"] = record.local_rank
     if record.kind != "train":
         obj["kind"] = record.kind
     obj["metrics"] = {k: encode_value(v) for k, v in record.metrics.items()}
@@ -170,6 +180,12 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
     kind = obj.get("kind", "train")
     if type(kind) is not str:
         kind = "train"  # a malformed kind must not become a record's kind (the fast path agrees)
+    host = obj.get("host")
+    if type(host) is not str:
+        host = None
+    local_rank = obj.get("local_rank")
+    if type(local_rank) is not int:
+        local_rank = None
     metrics = obj.get("metrics")
     if metrics is not None:
         if type(metrics) is not dict:
@@ -179,7 +195,7 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
             value = decode_value(raw)
             if value is not None:
                 out[key] = value
-        return Record(step, out, time, rank, kind)
+        return Record(step, out, time, rank, kind, False, host, local_rank)
     name = obj.get("name")
     if name is not None:
         if type(name) is not str:
@@ -189,7 +205,7 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
         value = decode_value(obj["value"])
         if value is None:
             return ParseSkip("bad_value", f"{name}={obj['value']!r}"[:60])
-        return Record(step, {name: value}, time, rank, kind, True)
+        return Record(step, {name: value}, time, rank, kind, True, host, local_rank)
     # Flat log dict (HF log_history form): every numeric key but the envelope is a metric.
     out = {}
     for key, raw in obj.items():
@@ -200,7 +216,7 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
             out[key] = value
     if kind == "train":
         kind = infer_kind(out)
-    return Record(step, out, time, rank, kind)
+    return Record(step, out, time, rank, kind, False, host, local_rank)
 
 
 def infer_kind(metrics: dict[str, float]) -> str:

@@ -57,6 +57,27 @@ def resolve_rank() -> tuple[int, int]:
     return 0, 1
 
 
+#: Names the node in events when set (else the host name): nodes that share a host name, as
+#: the raylets of one test machine do, or a name nicer than the host's.
+HOST_ENV = "TRAINGUARD_HOST"
+
+
+def _identity(host: str | None, local_rank: int | None
+              ) -> tuple[str, int | None, dict[str, Any]]:
+    """The node's name, the rank's index on it (``LOCAL_RANK``, as torchrun, accelerate and
+    Ray Train set it) and the envelope fields that say them."""
+    name = host or os.environ.get(HOST_ENV) or socket.gethostname()
+    if local_rank is None:
+        try:
+            local_rank = int(os.environ["LOCAL_RANK"])
+        except (KeyError, ValueError):
+            local_rank = None
+    where: dict[str, Any] = {"host": name}
+    if local_rank is not None:
+        where["local_rank"] = local_rank
+    return name, local_rank, where
+
+
 def _new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:8]
 
@@ -86,6 +107,8 @@ class EventWriter:
         run_id: str | None = None,
         stop_check_interval: float = 0.05,
         metadata: Mapping[str, Any] | None = None,
+        host: str | None = None,
+        local_rank: int | None = None,
     ) -> None:
         if run_dir is None:
             run_dir = os.environ.get(RUN_DIR_ENV) or "runs/trainguard"
@@ -108,6 +131,8 @@ class EventWriter:
         self._closed = False
         self._file: Any = None
         self._write_rank = self.world_size > 1 or self.rank != 0
+        #: Which node wrote a line (multi-node jobs): written with ``rank``; see _identity.
+        self.host, self.local_rank, self._where = _identity(host, local_rank)
         # A non-zero rank that started before rank 0 wrote run_metadata.json holds a provisional
         # id of its own; it re-reads the file before ignoring a stop request (see should_stop).
         self._run_id_provisional = False
@@ -162,6 +187,7 @@ class EventWriter:
         obj: dict[str, Any] = {"time": round(time.time(), 6), "step": int(step)}
         if self._write_rank:
             obj["rank"] = self.rank
+            obj.update(self._where)
         if kind != "train":
             obj["kind"] = kind
         obj["metrics"] = encoded

@@ -4,6 +4,7 @@
     engine/  -> rules in, alerts out (pure), cross-rank views, alert life cycle, rule tests
     act/     -> control file, signals, ``trainguard run``, postmortem
     sinks/   -> console, JSONL record, reports
+    ray/     -> many nodes: an agent actor per node, the monitor actor, the spool (trainguard[ray])
 
 This package itself keeps the loop (``daemon``), the session that wires a command line to the
 rooms (``session``), the checkpoint (``checkpoint``) and format conversion (``convert``).

@@ -153,6 +153,8 @@ class Monitor(StepGathering):
         self._next_clock_tick = 0.0
         #: The last step record of each rank, for stop follow-up and the postmortem.
         self.last_records: dict[int, Record] = {}
+        #: The last GPU sample of each GPU label: where an alert on a ``gpu/`` metric happened.
+        self.last_gpu_records: dict[int, Record] = {}
         #: When the last step record arrived (monotonic), and the longest gap seen between
         #: polls that brought new steps after the first two (warm-up), for hang detection.
         self.last_progress_at: float | None = None
@@ -193,6 +195,7 @@ class Monitor(StepGathering):
             rank = record.rank
             append((rank, record.step, metrics, record.time))
             if record.kind == GPU_KIND:
+                self.last_gpu_records[rank] = record
                 continue  # evaluated, but no training step: see _evaluate_one
             steps += 1
             last[rank] = record
@@ -236,6 +239,8 @@ class Monitor(StepGathering):
         # must not count as progress, feed trainer detection or straggler scores, or stand as
         # a rank's last step.
         step_record = record.kind != GPU_KIND
+        if not step_record:
+            self.last_gpu_records[rank] = record
         if step_record:
             self.counters.records += 1
             self.last_records[rank] = record
@@ -244,7 +249,8 @@ class Monitor(StepGathering):
                 self._unstamped[rank] = record.time
         mapped = self._apply_field_map(metrics)
         if self.recorder is not None:
-            self.recorder.write(Record(record.step, mapped, record.time, rank, record.kind))
+            self.recorder.write(Record(record.step, mapped, record.time, rank, record.kind,
+                                       False, record.host, record.local_rank))
         if self._trainer_rules is not None and step_record:
             # Records before this one are evaluated by the rules chosen before it.
             self._drain_queue()
@@ -299,6 +305,13 @@ class Monitor(StepGathering):
             self._keys_seen = set()
 
     def _route(self, alert: Alert) -> None:
+        if alert.rank is not None and alert.host is None:
+            # Name the node, as the rank's (or the GPU's) events said: on many nodes a global
+            # rank alone sends a person to the wrong machine.
+            where = (self.last_gpu_records if alert.metric.startswith("gpu/")
+                     else self.last_records).get(alert.rank)
+            if where is not None:
+                alert.host, alert.local_rank = where.host, where.local_rank
         ledger = self.ledger
         if ledger is not None and not ledger.admit(alert):
             return  # raised before a restart: already delivered

@@ -13,13 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trainguard.control import CONTROL_FILENAME
 from trainguard.exceptions import ConfigError, TrainguardError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
@@ -95,6 +96,11 @@ class MonitorOptions:
     logging_steps: int = 1
     #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
     steps_per_epoch: int | None = None
+    # -- many nodes (monitor/ray/) --
+    #: Sources read along with SOURCE whose problems also count (the Ray head's node health).
+    extra_sources: list[Any] = field(default_factory=list)
+    #: With ``gpu``: sample this host's GPUs (False on the Ray head: each node's agent does).
+    local_gpus: bool = True
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -139,22 +145,23 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
+    raise_open_files_limit()  # one descriptor per rank file: 4,096 ranks pass 1,024
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
     # What the path holds (a tracker store, verl's file logger, our JSONL): ingest/formats.py.
-    opened = open_source_for(options.source, regex=options.regex, exclude=exclude,
-                             from_start=not options.from_end,
-                             positions=saved.get("positions") or None,
-                             tee=sys.stdout.buffer if tee else None,
-                             rescan_interval=options.rescan_interval)
-    source: Source = opened.source
-    if opened.field_maps:  # the format's own map; the user's --field-map wins over it
-        field_map = load_field_map(opened.field_maps).merged(field_map)
-    if options.gpu:  # GPU samples carry the monitor's latest step (0 before any)
+    source: Source = open_source_for(
+        options.source, exclude=exclude, from_start=not options.from_end,
+        positions=saved.get("positions") or None, tee=sys.stdout.buffer if tee else None,
+        rescan_interval=options.rescan_interval).source
+    if options.gpu and options.local_gpus:  # GPU samples carry the monitor's latest step
         from trainguard.monitor.ingest.composite import CompositeSource
         from trainguard.monitor.ingest.gpu import NvmlSource
 
         source = CompositeSource(source, NvmlSource(options.gpu_interval,
                                                     step=lambda: monitor.max_step or 0))
+    if options.extra_sources:
+        from trainguard.monitor.ingest.composite import CompositeSource
+
+        source = CompositeSource(source, *options.extra_sources)
     recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
@@ -410,7 +417,8 @@ class _StopWatch:
         from trainguard.monitor.act.postmortem import write_postmortem
 
         record = self.plan.record
-        write_postmortem(self.run_dir, status="stopped" if record else "exited", returncode=None,
+        stopped = record is not None and record.reached_a_running_trainer
+        write_postmortem(self.run_dir, status="stopped" if stopped else "exited", returncode=None,
                          last_records=monitor.last_records, alerts=monitor.alerts,
                          stop=record.to_json() if record else None,
                          extra={"pid": self.target.pid, "run_dir": str(self.run_dir),

@@ -150,11 +150,20 @@ class StopRecord:
     deliveries: list[dict[str, Any]] = field(default_factory=list)
     obeyed: bool | None = None
     outcome: str | None = None
+    #: The watched process had already exited when the stop was decided: nothing was stopped.
+    target_gone_first: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """For the postmortem."""
         return {"rule": self.rule, "step": self.step, "deliveries": self.deliveries,
-                "obeyed": self.obeyed, "outcome": self.outcome}
+                "obeyed": self.obeyed, "outcome": self.outcome,
+                "target_gone_first": self.target_gone_first}
+
+    @property
+    def reached_a_running_trainer(self) -> bool:
+        """Whether a stop was delivered while the trainer still ran (the run *was* stopped)."""
+        return not self.target_gone_first and any(d.get("delivered", True)
+                                                  for d in self.deliveries)
 
 
 class StopPlan:
@@ -177,6 +186,7 @@ class StopPlan:
         sig: signal.Signals = signal.SIGTERM,
         kill_after: float | None = None,
         exit_grace: float = 30.0,
+        signal_grace: float = 10.0,
         sent_log: SentLog | None = None,
         grace: Callable[[], float] = lambda: 5.0,
         cooperative: Callable[[], bool] = lambda: True,
@@ -191,6 +201,9 @@ class StopPlan:
         #: A trainer that stopped stepping after the control file is saving and exiting: it
         #: gets this long (torchrun's 30 s) before the signal.
         self.exit_grace = exit_grace
+        #: How long a process may outlive a delivered signal before the stop is reported as not
+        #: obeyed (it keeps being watched: SIGKILL still follows when ``kill_after`` is set).
+        self.signal_grace = signal_grace
         self._patient = False
         self._stop_mono = 0.0
         self.sent_log = sent_log or SentLog(None)
@@ -223,6 +236,12 @@ class StopPlan:
         self.record = StopRecord(alert.rule, alert.step)
         self._alert = alert
         parts: list[str] = []
+        if self._exited is not None and self._exited():
+            # The trainer ended before the rule fired (events read after its exit): saying it
+            # "obeyed" a stop it never received would be false. No signal goes to a dead PID.
+            self.record.target_gone_first = True
+            self.target = None
+            self._signal_at = None
         if self.control is not None:
             how = self.control.stop(alert)
             if how is None:
@@ -282,6 +301,10 @@ class StopPlan:
             return
         mono = time.monotonic()
         exited = self._exited() if self._exited is not None else None
+        if exited and record.target_gone_first:
+            self._settle(None, "nothing to stop: the process had already exited before the "
+                         "rule fired")
+            return
         if exited:
             self._settle(True, self._exit_description())
             self._signal_at = None
@@ -301,6 +324,14 @@ class StopPlan:
                 and mono >= self._signalled_at + self.kill_after and self.sig != signal.SIGKILL):
             self._killed = True
             self._signal(signal.SIGKILL)
+        if (record.outcome is None and exited is False and self._signalled_at is not None
+                and (self.kill_after is None or self._killed)
+                and self._delivered_signal() and mono >= self._signalled_at + self.signal_grace):
+            last = self._progress()
+            went = f"; it went on to step {last}" if self._went_on() else ""
+            self._settle(False, f"not obeyed: pid {self.target.pid if self.target else '?'} "
+                         f"still running {mono - self._signalled_at:.1f}s after "
+                         f"{self._last_signal()}{went}")
         if record.outcome is None and exited is None and self._grace_ends is not None \
                 and mono >= self._grace_ends:
             if self._went_on():
@@ -314,13 +345,22 @@ class StopPlan:
         step = self.record.step if self.record is not None else None
         return last is not None and step is not None and last > step + 1
 
+    def _delivered_signal(self) -> bool:
+        return any(d["method"] == "signal" and d.get("delivered", True)
+                   for d in self.record.deliveries) if self.record is not None else False
+
+    def _last_signal(self) -> str:
+        sent = [d.get("signal") for d in self.record.deliveries  # type: ignore[union-attr]
+                if d["method"] == "signal" and d.get("delivered", True)]
+        return str(sent[-1]) if sent else "the signal"
+
     def _exit_description(self) -> str:
         methods = [d.get("signal") or d["method"] for d in self.record.deliveries  # type: ignore[union-attr]
                    if d.get("delivered", True)]
         after = methods[-1] if methods else "the stop"
         return f"obeyed: the process exited after {after}"
 
-    def _settle(self, obeyed: bool, detail: str) -> None:
+    def _settle(self, obeyed: bool | None, detail: str) -> None:
         record = self.record
         if record is None or record.outcome is not None:
             return
@@ -334,7 +374,10 @@ class StopPlan:
     def finish(self, exited: bool) -> None:
         """The run is over: settle the outcome if it is still open."""
         if self.record is not None and self.record.outcome is None:
-            if exited:
+            if exited and self.record.target_gone_first:
+                self._settle(None, "nothing to stop: the process had already exited before "
+                             "the rule fired")
+            elif exited:
                 self._settle(True, self._exit_description())
             else:
                 self.tick()

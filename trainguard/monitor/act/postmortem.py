@@ -4,7 +4,8 @@
 by a signal such as the OOM killer's SIGKILL), when trainguard stopped it, or when it hung::
 
     {"version": 1, "status": "stopped", "exit": {"code": null, "signal": "SIGTERM", ...},
-     "last_step": {"0": 41}, "last_metrics": {"0": {"loss": "NaN"}}, "alerts": [...],
+     "last_step": {"0": 41}, "last_metrics": {"0": {"loss": "NaN"}},
+     "nodes": {"0": {"host": "gpu-node-3", "local_rank": 0}}, "alerts": [...],
      "stop": {"rule": ..., "deliveries": [...], "obeyed": true, "outcome": ...},
      "hang": null, "resume": {"checkpoint": "runs/x/checkpoint-40", "step": 40, ...},
      "output_tail": ["...last lines of output..."]}
@@ -114,6 +115,9 @@ def write_postmortem(
         "last_step": {str(rank): rec.step for rank, rec in sorted(last_records.items())},
         "last_metrics": {str(rank): _metrics_json(rec.metrics)
                          for rank, rec in sorted(last_records.items())},
+        # Which node each rank ran on (as its events said): on many nodes, where to look.
+        "nodes": {str(rank): {"host": rec.host, "local_rank": rec.local_rank}
+                  for rank, rec in sorted(last_records.items()) if rec.host is not None},
         "first_critical_step": first_critical,
         "alerts": [a.to_json() for a in alerts],
         "stop": stop,

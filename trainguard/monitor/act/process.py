@@ -13,7 +13,9 @@ Safety rules, enforced for every signal:
 * never a process of another user;
 * the process group is signalled only when the target leads its own group (``trainguard run``
   and torchrun start workers with ``start_new_session``), so its children stop too; otherwise
-  the process alone.
+  the process alone. Where the kernel has pidfds, the leader is signalled through its pidfd and
+  every other member through a pidfd of its own (never ``killpg`` by number); without pidfds,
+  ``killpg`` follows the creation-time check, which leaves the narrow window a PID number has.
 
 Nothing here raises for a refusal: :meth:`ProcessTarget.send` returns a :class:`SignalOutcome`
 saying what was done and why, because "the process is gone" is an expected outcome.
@@ -167,13 +169,25 @@ class ProcessTarget:
                                  f"pid {self.pid} is no longer the process that was given "
                                  "(it exited; the PID may have been reused)")
         if group and self.leads_group():
+            if self._pidfd is None:
+                try:
+                    os.killpg(self.pid, sig)
+                except ProcessLookupError:
+                    return SignalOutcome(False, name, "none", f"group {self.pid} is gone")
+                except PermissionError as exc:
+                    return SignalOutcome(False, name, "none", f"not permitted: {exc}")
+                return SignalOutcome(True, name, "group", f"process group {self.pid} (by number)")
+            # The leader through its pidfd (it cannot be another process), then each other
+            # member through a pidfd of its own, opened before its group is checked.
             try:
-                os.killpg(self.pid, sig)
+                signal.pidfd_send_signal(self._pidfd, sig)
             except ProcessLookupError:
-                return SignalOutcome(False, name, "none", f"group {self.pid} is gone")
+                return SignalOutcome(False, name, "none", f"pid {self.pid} exited")
             except PermissionError as exc:
                 return SignalOutcome(False, name, "none", f"not permitted: {exc}")
-            return SignalOutcome(True, name, "group", f"process group {self.pid}")
+            members = self._signal_members(sig)
+            return SignalOutcome(True, name, "group", f"process group {self.pid} via pidfds "
+                                 f"(leader and {members} other member(s))")
         try:
             if self._pidfd is not None:
                 signal.pidfd_send_signal(self._pidfd, sig)
@@ -208,28 +222,42 @@ class ProcessTarget:
             found.append(pid)
         return found
 
-    def _send_to_orphans(self, sig: signal.Signals) -> SignalOutcome:
-        """Our child led its group and exited, but children it forked may live on in it: each
-        is signalled through its own pidfd."""
-        hit: list[int] = []
+    def _signal_members(self, sig: signal.Signals) -> int:
+        """Signal every live member of the target's group but the leader, each through a pidfd
+        opened *before* its group is checked again, so a member that exited and whose PID was
+        reused in between is never hit. Returns how many were signalled.
+
+        What remains: a process forked into the group after the members were listed is not
+        signalled (its parent is, and the survivors check at exit catches it)."""
+        hit = 0
         for pid in self.orphans():
             try:
                 fd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-                try:
-                    if fd is not None:
-                        signal.pidfd_send_signal(fd, sig)
-                    else:
-                        os.kill(pid, sig)
-                finally:
-                    if fd is not None:
-                        os.close(fd)
-                hit.append(pid)
             except OSError:
                 continue
+            try:
+                if os.getpgid(pid) != self.pid:
+                    continue
+                if fd is not None:
+                    signal.pidfd_send_signal(fd, sig)
+                else:
+                    os.kill(pid, sig)
+                hit += 1
+            except OSError:
+                continue
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return hit
+
+    def _send_to_orphans(self, sig: signal.Signals) -> SignalOutcome:
+        """Our child led its group and exited, but children it forked may live on in it: each
+        is signalled through its own pidfd."""
+        hit = self._signal_members(sig)
         if not hit:
             return SignalOutcome(False, sig.name, "none", f"pid {self.pid} and its group are gone")
         return SignalOutcome(True, sig.name, "group",
-                             f"{len(hit)} survivor(s) of exited group {self.pid}")
+                             f"{hit} survivor(s) of exited group {self.pid}")
 
     def close(self) -> None:
         """Release the pidfd. Safe to call twice."""

@@ -250,9 +250,19 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     interrupted: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
+        # The first Ctrl-C (or SIGTERM) goes to the command as it is, so it can save and exit;
+        # a second one means "now": SIGKILL to its group, as a second Ctrl-C does in docker
+        # and tini. Without it a trainer ignoring both could only be ended by kill -9.
         interrupted.append(signum)
-        if target is not None:
+        if target is None:
+            return
+        if len(interrupted) == 1:
             target.send(signal.Signals(signum))
+            os.write(2, b"trainguard run: forwarded the interrupt to the command; "
+                        b"interrupt again to kill it\n")
+        elif len(interrupted) == 2:
+            outcome = target.send(signal.SIGKILL)
+            os.write(2, f"trainguard run: {outcome.describe()}\n".encode())
 
     restore = _install_forwarding(forward)
 
@@ -323,8 +333,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         if proc.stdout is not None:
             proc.stdout.close()
 
-    stopped = plan.record is not None and any(
-        d.get("delivered", True) for d in plan.record.deliveries)
+    stopped = plan.record is not None and plan.record.reached_a_running_trainer
     if stopped:
         status, code = "stopped", EXIT_STOPPED
     elif returncode < 0:

@@ -30,6 +30,10 @@ class Alert:
     state: str = "firing"
     #: How a stop was delivered (``control_file``, ``signal``...), filled in by the actions.
     delivery: str | None = None
+    #: The node of ``rank`` and the rank's index there, as its events said (multi-node jobs);
+    #: filled in by the monitor loop, None when the events did not say.
+    host: str | None = None
+    local_rank: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The alert as a JSON-safe dict (non-finite values as strings)."""

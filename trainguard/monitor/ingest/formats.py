@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,11 +41,10 @@ _SNIFF_LINES = 5
 
 @dataclass(slots=True)
 class OpenedSource:
-    """A source, the format it was recognised as, and the field maps that format brings."""
+    """A source and the format it was recognised as (see :func:`detect_format`)."""
 
     source: Source
     format: str
-    field_maps: list[str] = field(default_factory=list)
 
 
 def _first_lines(path: Path, limit: int = _SNIFF_LINES) -> list[bytes]:
@@ -104,7 +103,7 @@ def _detect(spec: str) -> str:
     return "jsonl"
 
 
-def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[str] = (),
+def open_source_for(spec: str, *, exclude: Iterable[str] = (),
                     from_start: bool = True,
                     positions: dict[str, dict[str, Any]] | None = None,
                     tee: BinaryIO | None = None, rescan_interval: float = 1.0,
@@ -117,22 +116,21 @@ def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[st
     whose reader is not installed) for what the user must fix before the monitor can start.
     """
     kind = detect_format(spec)
-    maps: list[str] = []  # no format here brings a map of its own yet (verl_file maps itself)
     if kind == "tensorboard":
         from trainguard.monitor.ingest.trackers.tensorboard import TensorBoardSource
 
-        return OpenedSource(TensorBoardSource(spec, positions=positions), kind, maps)
+        return OpenedSource(TensorBoardSource(spec, positions=positions), kind)
     if kind == "mlflow":
         from trainguard.monitor.ingest.trackers.mlflow import MlflowSource, mlflow_store_uri
 
         uri = mlflow_store_uri(spec) or spec
-        return OpenedSource(MlflowSource(spec, uri, positions=positions), kind, maps)
+        return OpenedSource(MlflowSource(spec, uri, positions=positions), kind)
     if kind == "wandb":
         from trainguard.monitor.ingest.trackers.wandb import WandbSource, find_wandb_file
 
         file = find_wandb_file(Path(spec))
         assert file is not None  # detect_format found it
-        return OpenedSource(WandbSource(spec, file, positions=positions), kind, maps)
+        return OpenedSource(WandbSource(spec, file, positions=positions), kind)
     source = open_source(spec, exclude=exclude, from_start=from_start, positions=positions,
                          tee=tee, rescan_interval=rescan_interval)
     path = Path(spec)
@@ -147,4 +145,4 @@ def open_source_for(spec: str, *, regex: str | None = None, exclude: Iterable[st
         from trainguard.monitor.ingest.verl_file import VerlFileSource
 
         source = VerlFileSource(source, map_keys=map_keys)
-    return OpenedSource(source, kind, maps)
+    return OpenedSource(source, kind)

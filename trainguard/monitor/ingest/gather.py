@@ -53,6 +53,8 @@ class _OneMetric(msgspec.Struct, gc=False):
     time: float | None = None
     kind: Any = "train"
     metrics: Any = UNSET
+    host: str | None = None
+    local_rank: int | None = None
 
 
 _decode_one_metric = msgspec.json.Decoder(_OneMetric).decode
@@ -79,6 +81,8 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     kind: Any = "train"
     metrics: dict[str, float] | None = None
     run_id: Any = None
+    host: str | None = None
+    local_rank: int | None = None
 
 
 class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
@@ -94,6 +98,8 @@ class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=
     name: str
     value: float
     rank: int = 0
+    host: str | None = None
+    local_rank: int | None = None
     kind: Any = "train"
     run_id: Any = None
 
@@ -240,7 +246,8 @@ class StepGathering:
             if t is not None and type(t) is not float and type(t) is not int:
                 t = None
             kind = one.kind
-            evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train"))
+            evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train",
+                            False, one.host, one.local_rank))
         return True
 
     def _gather_metric_lines(self, stream: str, decoded: list[_MetricLine]) -> None:
@@ -282,7 +289,8 @@ class StepGathering:
             cur_metrics = {one.name: one.value}
             cur_step = step
             cur = pending[cur_key] = Record(step, cur_metrics, one.time, rank,
-                                            kind if type(kind) is str else "train", True)
+                                            kind if type(kind) is str else "train", True,
+                                            one.host, one.local_rank)
         self.counters.events += len(decoded)
 
     def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
@@ -347,7 +355,8 @@ class StepGathering:
                     cur_metrics = {name: value}
                     cur_step = step
                     cur = pending[cur_key] = Record(step, cur_metrics, t, rank,
-                                                    kind if type(kind) is str else "train", True)
+                                                    kind if type(kind) is str else "train", True,
+                                                    one.host, one.local_rank)
                     continue
                 try:
                     obj = loads(data)
@@ -388,7 +397,8 @@ class StepGathering:
                 evaluate(held)
             if record.partial:
                 pending[key] = Record(record.step, dict(record.metrics), record.time,
-                                      record.rank, record.kind, True)
+                                      record.rank, record.kind, True, record.host,
+                                      record.local_rank)
             else:
                 evaluate(record)
         counters.events += events

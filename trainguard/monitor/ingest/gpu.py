@@ -5,11 +5,14 @@ GPU through NVML (the ``nvidia-ml-py`` package, imported as ``pynvml`` when the 
 opened, never at import time) once per ``interval`` seconds, on the monitor's own poll: no
 thread. Each sample is one canonical JSONL line on stream ``nvml`` per GPU::
 
-    {"time": ..., "step": 120, "rank": 3, "kind": "gpu", "metrics": {"gpu/utilization": 97.0, ...}}
+    {"time": ..., "step": 120, "rank": 3, "host": "node-a", "local_rank": 3, "kind": "gpu",
+     "metrics": {"gpu/utilization": 97.0, ...}}
 
-* ``rank`` is the GPU's NVML index. That assumes one training process per GPU on this host,
-  rank r on GPU r, as ``torchrun`` with one process per device does; on a multi-node job the
-  monitor on each node sees its local GPUs as ranks 0..N-1.
+* ``rank`` is ``rank_base`` plus the GPU's NVML index, ``local_rank`` the NVML index and
+  ``host`` this node's name. That assumes one training process per GPU, rank r on GPU r, as
+  ``torchrun`` with one process per device does; on a multi-node job each node's agent gives
+  ``rank_base = node index x GPUs per node`` (see ``trainguard.monitor.ray``), so GPU labels of
+  different nodes never collide and an alert names the host and the local GPU.
 * ``step`` is the latest training step the monitor has seen (``step()``; 0 before any), so an
   alert says where in the run the GPU misbehaved.
 * ``kind`` is ``gpu``: the monitor evaluates rules on these records but does not count them as
@@ -39,6 +42,7 @@ monitor says *degraded* instead of crashing; the training events still flow.
 from __future__ import annotations
 
 import importlib
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -71,8 +75,11 @@ class NvmlSource:
     name = NVML_STREAM
 
     def __init__(self, interval: float = 5.0, *, step: Callable[[], int] = lambda: 0,
-                 clock: Callable[[], float] = time.monotonic, nvml: Any = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, nvml: Any = None,
+                 host: str | None = None, rank_base: int = 0) -> None:
         self.interval = interval
+        self.host = host if host is not None else socket.gethostname()
+        self.rank_base = rank_base
         self._step = step
         self._clock = clock
         self._next = float("-inf")  # the first poll samples at once
@@ -172,7 +179,8 @@ class NvmlSource:
             if index in xids:
                 metrics["gpu/xid"] = float(xids[index])
             self._number += 1
-            data = encode_record(Record(step, metrics, at, index, GPU_KIND))[:-1]
+            data = encode_record(Record(step, metrics, at, self.rank_base + index, GPU_KIND,
+                                        False, self.host, index))[:-1]
             lines.append(Line(NVML_STREAM, self._number, data))
         self._stats.lines += len(lines)
         self.last_sample_seconds = time.perf_counter() - started

@@ -30,7 +30,10 @@ class ConsoleSink:
         head = Text()
         head.append(f" {alert.severity.upper()} ", style=_STYLE.get(alert.severity, ""))
         head.append(f" {alert.rule} ", style="bold")
-        head.append(f"step {alert.step}" + (f" rank {alert.rank}" if alert.rank else ""))
+        head.append(f"step {alert.step}" + (f" rank {alert.rank}" if alert.rank else "")
+                    + (f" on {alert.host}" if alert.host else "")
+                    + (f" (local rank {alert.local_rank})" if alert.local_rank is not None
+                       else ""))
         self.console.print(head)
         self.console.print(f"  [bold]what:[/] {alert.message}")
         if alert.recommendation:
