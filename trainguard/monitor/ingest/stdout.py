@@ -7,6 +7,8 @@ line at a time, by *presets*: YAML data in ``trainguard/presets/stdout/NAME.yaml
 * ``trl`` (alias ``transformers``): the HF Trainer's printed log dicts, inside tqdm output.
 * ``verl``: ``step:N - key:value - key:value`` (verl's console logger).
 * ``openrlhf``: ``Global step N: {dict}``.
+* ``openrlhf_tqdm``: the tqdm postfix of OpenRLHF's SFT/RM/DPO/KTO step bar (the step is the
+  bar's counter; a line of redraws gives one record per counter value).
 * ``kv``: generic ``key=value`` / ``key: value`` lines with a ``step`` key.
 
 A user's own pattern (``--regex 'PATTERN'``, named groups, a ``step`` group required) is compiled
@@ -22,7 +24,7 @@ steps_per_epoch)``. Eval dicts (``eval_*`` keys) are eval records, and the final
 Trainer log only if it has an ``epoch`` key (every Trainer log has one; a printed config does not).
 
 **Auto-detection** (``auto=True``): a JSON line is parsed as canonical JSONL; other lines are
-tried against every preset (OpenRLHF, TRL, verl, then kv); lines that match nothing are the
+tried against every preset (OpenRLHF, OpenRLHF's tqdm bar, TRL, verl, then kv); lines that match nothing are the
 trainer's prose and are ignored (``None``), not counted as skips.
 
 One physical line gives one record: when a line holds several (a program redrawing a status line
