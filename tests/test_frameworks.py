@@ -243,3 +243,32 @@ def test_convert_reads_verl_file_logger_output_keeping_its_keys(tmp_path: Path):
     assert "actor/pg_loss" not in events[1]["metrics"]
     assert -0.01 == events[0]["metrics"]["actor/pg_loss"]
     assert "loss" not in events[0]["metrics"]
+
+
+def test_openrlhf_bar_is_read_live_before_any_newline(tmp_path: Path):
+    """A trainer whose only output is the tqdm bar writes no newline until the epoch ends; the
+    monitor reads its redraws as they come: the NaN alert is raised while the pipe is open."""
+    import subprocess
+    import time
+
+    logs = sft_logs(60, nan_at=40)
+    output = openrlhf_tqdm([logs]).split(b"\n")[0]  # the epoch is not over: no newline yet
+    assert b"\n" not in output and len(output) > 8192
+    alerts = tmp_path / "alerts.jsonl"
+    monitor = subprocess.Popen([sys.executable, "-m", "trainguard", "monitor", "-", "--alerts",
+                                str(alerts), "--regex", "openrlhf_tqdm"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    assert monitor.stdin is not None
+    try:
+        monitor.stdin.write(output)
+        monitor.stdin.flush()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (alerts.exists() and alerts.read_text()):
+            time.sleep(0.1)
+        seen_live = alerts.exists() and bool(alerts.read_text())
+    finally:
+        monitor.stdin.close()
+        monitor.wait(timeout=30)
+    assert seen_live, monitor.stderr.read().decode() if monitor.stderr else ""
+    assert ("common.nonfinite_loss", 39) in _alerts(alerts)

@@ -4,7 +4,10 @@ A background thread reads the file descriptor in chunks, so the monitor loop nev
 it; each chunk is passed through byte for byte first (``--tee``, or the trainer's own output
 under ``trainguard run``), then split into lines for parsing. A line without an end (a progress
 bar that only ever writes ``\\r``) is handed over once it reaches :data:`MAX_LINE` bytes, so
-memory stays bounded whatever the other end writes.
+memory stays bounded whatever the other end writes; before that, once it holds
+:data:`REDRAW_FLUSH` bytes, its redraws up to the last ``\\r`` are handed over as one line, so
+a program whose only output is a progress bar (OpenRLHF's SFT, RM and DPO trainers print their
+metrics in the bar's postfix) is read as it runs, not once a megabyte.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import BinaryIO
 
 from trainguard.monitor.ingest.tail import Line, TailStats
 
-__all__ = ["MAX_LINE", "PipeSource"]
+__all__ = ["MAX_LINE", "PipeSource", "REDRAW_FLUSH"]
 
 MAX_LINE = 1 << 20
+#: Bytes of ``\r``-separated redraws without a newline after which they are handed over.
+REDRAW_FLUSH = 4096
 _READ = 1 << 16
 
 
@@ -66,6 +71,11 @@ class PipeSource:
                 *lines, buffer = buffer.split(b"\n")
                 for raw in lines:
                     self._queue.put(raw)
+                if len(buffer) >= REDRAW_FLUSH:
+                    cut = buffer.rfind(b"\r") + 1
+                    if cut and len(buffer) < MAX_LINE:
+                        self._queue.put(buffer[:cut])  # whole redraws; the one being drawn waits
+                        buffer = buffer[cut:]
                 if len(buffer) >= MAX_LINE:
                     self._queue.put(buffer)
                     buffer = b""

@@ -24,8 +24,8 @@ steps_per_epoch)``. Eval dicts (``eval_*`` keys) are eval records, and the final
 Trainer log only if it has an ``epoch`` key (every Trainer log has one; a printed config does not).
 
 **Auto-detection** (``auto=True``): a JSON line is parsed as canonical JSONL; other lines are
-tried against every preset (OpenRLHF, OpenRLHF's tqdm bar, TRL, verl, then kv); lines that match nothing are the
-trainer's prose and are ignored (``None``), not counted as skips.
+tried against every preset (OpenRLHF, OpenRLHF's tqdm bar, TRL, verl, then kv); lines that
+match nothing are the trainer's prose and are ignored (``None``), not counted as skips.
 
 One physical line gives one record: when a line holds several (a program redrawing a status line
 with ``\\r``), the last is returned (the step count still counts each TRL log);
