@@ -75,9 +75,6 @@ def detect_format(spec: str) -> str:
 
 
 def _detect(spec: str) -> str:
-    from trainguard.monitor.ingest.trackers.mlflow import mlflow_store_uri
-    from trainguard.monitor.ingest.trackers.tensorboard import is_tensorboard_store
-    from trainguard.monitor.ingest.trackers.wandb import find_wandb_file
     from trainguard.monitor.ingest.verl_file import is_verl_file_line
 
     if spec == "-":
@@ -87,13 +84,18 @@ def _detect(spec: str) -> str:
     path = Path(spec)
     jsonl = [path] if path.is_file() else _jsonl_files(path) if path.is_dir() else []
     if path.is_dir() and jsonl:
-        verl = any(is_verl_file_line(line) for f in jsonl for line in _first_lines(f)[:1])
+        verl = any(is_verl_file_line(line) for f in jsonl for line in _first_lines(f, 1))
         return "verl_file" if verl else "jsonl"
     if path.is_file() and path.suffix in (".jsonl", ".json", ".log", ".txt", ""):
         lines = [line for line in _first_lines(path) if line.strip()]
         if lines and is_verl_file_line(lines[0]):
             return "verl_file"
-    if path.exists():
+    if path.exists() and not (path.is_file() and path.suffix == ".jsonl"):
+        # Imported only here: a file or run directory of our own events never needs them.
+        from trainguard.monitor.ingest.trackers.mlflow import mlflow_store_uri
+        from trainguard.monitor.ingest.trackers.tensorboard import is_tensorboard_store
+        from trainguard.monitor.ingest.trackers.wandb import find_wandb_file
+
         if is_tensorboard_store(path):
             return "tensorboard"
         if find_wandb_file(path) is not None:
