@@ -49,7 +49,7 @@ from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import Block, DirectorySource, Line
 from trainguard.monitor.ingest.watch import start_watcher
 
-# Keys a verl run logs (shared/reference/frameworks.md); the verl map renames some of them.
+# Keys a verl run logs (its ray_trainer metric names); the verl map renames some of them.
 _VERL_KEYS = ["actor/pg_loss", "actor/kl_loss", "actor/entropy", "actor/grad_norm", "actor/lr",
               "actor/pg_clipfrac", "actor/ppo_kl", "critic/vf_loss", "critic/vf_clipfrac",
               "critic/score/mean", "critic/rewards/mean", "critic/advantages/mean",

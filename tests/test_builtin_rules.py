@@ -11,6 +11,8 @@ import pytest
 from trainguard.monitor.engine.ranks import SCORE_METRIC
 from trainguard.monitor.engine.testing import run_rule_tests
 from trainguard.monitor.ingest.gpu import GPU_METRICS
+from trainguard.monitor.ingest.signals import builtin_signals
+from trainguard.monitor.packs import CONFIG_FIELDS
 from trainguard.rules.loader import builtin_pack_names, load_pack, load_yaml
 
 TESTS_DIR = Path(str(resources.files("trainguard.rules") / "tests"))
@@ -18,7 +20,7 @@ TEST_FILES = sorted(TESTS_DIR.glob("*.yaml"))
 FIELDS_DIR = Path(str(resources.files("trainguard.presets") / "fields"))
 
 _COMMON = "loss grad_norm learning_rate epoch"
-# Keys per trainer, from shared/reference/trl.md (TRL 1.16, observed on CPU).
+# Keys per trainer, as TRL 1.16 trainers log them (observed on CPU).
 _TRL = """
 entropy mean_token_accuracy num_tokens
 logits/chosen logits/rejected logps/chosen logps/rejected rewards/accuracies rewards/chosen
@@ -31,7 +33,7 @@ step_time beta objective/entropy objective/kl objective/non_score_reward objecti
 objective/scores objective/scores_margin val/contain_eos_token log_odds_chosen log_odds_ratio
 nll_loss
 """
-# verl and OpenRLHF keys, from shared/reference/frameworks.md.
+# verl and OpenRLHF keys, as their trainers log them (from their source's metric names).
 _VERL = """
 actor/pg_loss actor/entropy_loss actor/kl_loss actor/kl_coef actor/pg_clipfrac actor/ppo_kl
 actor/pg_clipfrac_lower actor/grad_norm actor/lr actor/entropy critic/vf_loss critic/vf_clipfrac
@@ -58,8 +60,10 @@ def _field_map_targets() -> set[str]:
 
 
 # Metrics the monitor derives from what every trainer logs (monitor/engine/ranks.py), and the GPU
-# samples of ``monitor --gpu`` (monitor/ingest/gpu.py).
-_DERIVED = {SCORE_METRIC, *GPU_METRICS}
+# samples of ``monitor --gpu`` (monitor/ingest/gpu.py), and the printed lines read as signals
+# (monitor/ingest/signals.py), and the recorded config's fields (monitor/packs.py).
+_DERIVED = {SCORE_METRIC, *GPU_METRICS, *(s.metric for s in builtin_signals()),
+            *(f"config/{name}" for name in CONFIG_FIELDS)}
 KNOWN_KEYS = (set((_COMMON + _TRL + _VERL + _OPENRLHF).split()) | _field_map_targets()
               | _DERIVED)
 
@@ -141,3 +145,35 @@ def test_readme_rule_table_shows_each_rules_current_condition_and_severity() -> 
         if row not in readme:
             stale.append(rule.id)
     assert [] == stale
+
+
+def test_every_builtin_rule_fires_within_the_budget_of_its_timing_kind() -> None:
+    """Time to detect is a design target: exact signatures by the 3rd logged step (from the
+    start or an onset), noisy ones within 5 of an onset, slow trends within 30."""
+    over = [f"{r.rule.id}: {r.timing().describe()}" for r in _all_rules()
+            if not r.timing().within_budget]
+    assert [] == over
+
+
+def test_exact_signatures_are_high_or_critical() -> None:
+    """What an exact signature shows (NaN, exactly zero, all truncated) wastes the run."""
+    assert [] == [r.rule.id for r in _all_rules() if r.rule.timing == "exact"
+                  and r.rule.severity.value not in ("high", "critical")]
+
+
+def test_timing_of_a_rule_counts_warmup_alongside_the_window_fill() -> None:
+    """warmup and for do not stack on a window's fill: std(loss, 20, min_count=5) with warmup
+    20 and for 10 fires at step 21 (warmup over, 10 true results since step 14) on a loss flat
+    from step 1, as its computed timing says; per record and in one batch alike."""
+    from trainguard.monitor.engine.engine import Engine
+    from trainguard.rules.loader import compile_rule
+    from trainguard.rules.models import Rule
+
+    rule = compile_rule(Rule.model_validate({
+        "id": "t.stuck", "metric": "loss", "warmup": 20, "for": 10,
+        "condition": "std(loss, 20, min_count=5) < 0.001"}))
+    records = [(0, step, {"loss": 0.5}, None) for step in range(1, 61)]
+    engine = Engine([rule])
+    one_by_one = [a.step for r in records for a in engine.evaluate(*r)]
+    batched = [a.step for a in Engine([rule]).evaluate_many(records)]
+    assert ([21], [21], 21) == (one_by_one, batched, rule.timing().first)

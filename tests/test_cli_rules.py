@@ -33,7 +33,7 @@ def test_rules_explain_says_what_why_and_where_from():
     """rules explain ID gives what it watches, the timing, the recommendation and reference."""
     out = run_cli("rules", "explain", "common.loss_spike").stdout.decode()
     assert "watches:        loss" in out
-    assert "fires after 5 consecutive true evaluations" in out
+    assert "fires after 3 consecutive true evaluations" in out
     assert "reference:      MosaicML llm-foundry" in out and "recommendation:" in out
 
 
@@ -100,12 +100,13 @@ def test_set_rule_mistake_lists_valid_fields(tmp_path: Path):
 
 def test_without_rules_the_detected_trainer_is_announced(tmp_path: Path):
     """No --rules: common runs, and the trainer detected from the keys is said on the terminal."""
-    events = _events(tmp_path / "e.jsonl", [{"loss": 0.69, "rewards/chosen": 0.1, "rewards/rejected": 0.1, "rewards/margins": 0.0,
+    events = _events(tmp_path / "e.jsonl", [{"loss": 0.69, "rewards/chosen": 0.1, "rewards/rejected": 0.05, "rewards/margins": 0.05,
          "rewards/accuracies": 0.5, "logps/chosen": -10.0, "logps/rejected": -10.0}] * 3)
     result = run_cli("monitor", str(events), "--once")
     err = result.stderr.decode()
-    assert (0, True, True) == (result.returncode, "+ the detected trainer's pack" in err,
-                               "detected trainer dpo" in err)
+    assert (0, True, True) == (result.returncode, "+ the trainer's pack" in err,
+                               "trainer dpo (detected from the metric keys); adds pack "
+                               "dpo_basic" in err)
 
 
 def test_every_rules_command_has_help_with_an_example():
@@ -113,3 +114,11 @@ def test_every_rules_command_has_help_with_an_example():
     for command in ("list", "show", "explain", "validate"):
         out = run_cli("rules", command, "--help").stdout.decode()
         assert (True, True) == ("Example" in out, f"trainguard rules {command}" in out), command
+
+
+def test_rules_explain_prints_the_earliest_firing_step_and_the_budget():
+    """rules explain says when the rule can fire at the earliest, and against which budget."""
+    out = run_cli("rules", "explain", "common.grad_norm_zero").stdout.decode()
+    assert ("earliest firing at logged step 3 of a run" in out
+            and "within 3 logged step(s) of an onset" in out
+            and "exact budget: 3 after an onset, first by step 3 (within budget)" in out), out

@@ -42,8 +42,21 @@ def test_unknown_evaluations_neither_fire_nor_reset():
 
 
 def test_warmup_ignores_the_first_evaluations():
-    """warmup=3: true values in the first three evaluations do not count toward firing."""
-    assert [("firing", 5)] == _run(Engine([_rule(warmup=3, **{"for": 2})]), [2, 2, 2, 2, 2])
+    """warmup=3: nothing fires in the first three evaluations; `for` counts through them, so
+    warmup 3 and for 2 fire at the 4th (not the 5th: the two overlap instead of adding up)."""
+    assert [("firing", 4)] == _run(Engine([_rule(warmup=3, **{"for": 2})]), [2, 2, 2, 2, 2])
+
+
+def test_a_false_result_in_the_warmup_still_resets_for():
+    """`for` counted during the warmup is still consecutive: a false result resets it."""
+    assert [("firing", 5)] == _run(Engine([_rule(warmup=3, **{"for": 2})]), [2, 2, 0, 2, 2])
+
+
+def test_warmup_counts_records_whose_window_is_still_filling():
+    """A window that is not yet known still uses up the warmup: mean(x, 5) (known from record
+    5) with warmup 5 fires at record 6, just past the warmup, not at record 10."""
+    rule = _rule(condition="mean(x, 5) > 1", warmup=5)
+    assert [("firing", 6)] == _run(Engine([rule]), [2.0] * 12)
 
 
 def test_resolved_is_delivered_once_per_episode():

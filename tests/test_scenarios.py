@@ -76,10 +76,11 @@ def test_every_named_rule_belongs_to_a_replayed_pack(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["sft_lr_zero", "dpo_lr_zero", "grpo_lr_zero"])
-def test_learning_rate_zero_fires_after_five_logged_steps(outcomes: dict[str, Outcome],
+def test_learning_rate_zero_fires_at_the_second_logged_step(outcomes: dict[str, Outcome],
                                                           name: str) -> None:
-    """lr = 0 is logged from step 1: common.learning_rate_zero (for: 5) fires at step 5."""
-    assert 5 == outcomes[name].first("common.learning_rate_zero")
+    """lr = 0 is logged from step 1: common.learning_rate_zero (for: 2, an exact signature)
+    fires at step 2."""
+    assert 2 == outcomes[name].first("common.learning_rate_zero")
 
 
 def test_sft_learning_rate_far_too_high_is_caught_at_the_jump(
@@ -90,28 +91,31 @@ def test_sft_learning_rate_far_too_high_is_caught_at_the_jump(
                       out.first("common.loss_spike_megatron"))
 
 
-def test_grpo_constant_rewards_fire_after_ten_flat_steps(outcomes: dict[str, Outcome]) -> None:
-    """Every group has zero reward variance from step 1: both for-10 rules fire at step 10."""
+def test_grpo_constant_rewards_fire_after_three_flat_steps(outcomes: dict[str, Outcome]) -> None:
+    """Every group has zero reward variance from step 1: both exact-signature rules (for: 3)
+    fire at step 3."""
     out = outcomes["grpo_constant_rewards"]
-    assert (10, 10) == (out.first("grpo.no_learning_signal"), out.first("grpo.reward_std_zero"))
+    assert (3, 3) == (out.first("grpo.no_learning_signal"), out.first("grpo.reward_std_zero"))
 
 
 def test_grpo_completions_cut_at_the_limit_are_caught(outcomes: dict[str, Outcome]) -> None:
-    """max_completion_length=2 cuts 75-100% of each step's 4 completions: the 5-step mean of
-    completions/clipped_ratio passes 0.8 from step 5, so grpo_strict.truncated_most fires at
-    step 7 even though single steps log 0.75."""
+    """max_completion_length=2 cuts 75-100% of each step's 4 completions: the 3-step mean of
+    completions/clipped_ratio passes 0.8 from step 3, so grpo_strict.truncated_most fires at
+    step 5 even though single steps log 0.75; grpo.completions_truncated (half or more for 4
+    steps) is high at step 4."""
     out = outcomes["grpo_completions_cut"]
     ratios = [m["completions/clipped_ratio"] for _, m in out.records]
-    assert (True, 7) == (min(ratios) >= 0.75, out.first("grpo_strict.truncated_most"))
+    assert (True, 5, 4) == (min(ratios) >= 0.75, out.first("grpo_strict.truncated_most"),
+                            out.first("grpo.completions_truncated"))
 
 
 def test_grpo_overwhelmed_kl_penalty_is_caught(outcomes: dict[str, Outcome]) -> None:
     """beta = 0.04 against lr = 0.5: KL passes 1 within two steps and grpo.kl_blowup fires
-    after five steps above it."""
+    after three steps above it."""
     out = outcomes["grpo_kl_overwhelmed"]
     onset = BY_NAME["grpo_kl_overwhelmed"].onset(out.records)
     assert onset is not None
-    assert onset + 4 == out.first("grpo.kl_blowup")
+    assert onset + 2 == out.first("grpo.kl_blowup")
 
 
 # -- the same runs from plain stdout -----------------------------------------------------------

@@ -255,7 +255,7 @@ def test_public_api_is_pinned():
     from trainguard.monitor import convert
     from trainguard.monitor.ingest import stdout, stdout_text
     assert (["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
-             "load_stdout_preset", "make_line_parser"],
+             "load_stdout_preset", "make_line_parser", "preset_field_maps"],
             ["decode_token", "scan_log_dict", "segments"], ["ConvertResult", "convert"]) == (
         sorted(stdout.__all__), sorted(stdout_text.__all__), sorted(convert.__all__))
 

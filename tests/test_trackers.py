@@ -298,7 +298,7 @@ def test_trl_trainer_reporting_to_tensorboard_is_read_and_detected(tmp_path: Pat
     result = run_cli("monitor", str(out), "--once", "--record", str(record), timeout=120)
     err = " ".join(result.stderr.decode().split())  # rich wraps long lines
     assert 0 == result.returncode, err
-    assert "detected trainer sft" in err
+    assert "trainer sft (detected" in err
     train = [json.loads(line) for line in record.read_text().splitlines()]
     train = [r for r in train if r.get("kind", "train") == "train"]
     assert [1, 2, 3, 4] == [r["step"] for r in train]

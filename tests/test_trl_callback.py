@@ -267,3 +267,28 @@ def test_on_log_drops_non_numbers_keeps_nan_and_separates_eval(tmp_path: Path):
     assert train["metrics"] == {"loss": "NaN", "grad_norm": 1.5}
     assert evaluation["kind"] == "eval" and evaluation["step"] == 3
     assert math.isclose(0.25, evaluation["metrics"]["eval_loss"])
+
+
+def test_the_trainer_list_is_the_installed_trls_configs():
+    """CONFIG_KINDS names exactly the trainer config classes the installed TRL (1.16) ships,
+    in ``trl`` and ``trl.experimental``: no PPOConfig, BCOConfig, XPOConfig, NashMDConfig or
+    PRMConfig any more, and AsyncGRPO and the distillation trainers are there."""
+    import importlib
+    import pkgutil
+
+    import trl
+    import trl.experimental
+
+    from trainguard.emitters.trl import CONFIG_KINDS
+
+    not_trainers = {"ModelConfig", "DatasetMixtureConfig", "MergeConfig"}
+    found = {n for n in dir(trl) if n.endswith("Config") and not n.startswith("_")}
+    for info in pkgutil.walk_packages(trl.experimental.__path__, "trl.experimental."):
+        try:
+            module = importlib.import_module(info.name)
+        except Exception:  # noqa: BLE001, S112 - an optional dependency of one trainer
+            continue
+        found |= {n for n, v in vars(module).items() if n.endswith("Config")
+                  and isinstance(v, type) and v.__module__.startswith("trl")
+                  and not n.startswith("_")}
+    assert sorted(found - not_trainers) == sorted(CONFIG_KINDS)

@@ -1,15 +1,17 @@
 """The ``trainguard`` command line: parses arguments, calls the library, maps errors to exits.
 
 Exit codes (``monitor``): 0 no alert of high severity or above; 2 at least one; 1 it could not
-read its input or its rules (or a source became unreadable: a blind monitor is never clean).
+read its input or its rules (or a source became unreadable, or nothing could be judged: a blind
+monitor is never clean), or the command line itself is wrong (never 2, the alert code).
 """
 
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from trainguard import __version__
 from trainguard.exceptions import TrainguardError
@@ -17,12 +19,44 @@ from trainguard.exceptions import TrainguardError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from trainguard.monitor.engine.alerts import AlertSink
+    from trainguard.monitor.sinks.observer import SessionObserver
+
 # Each command imports what it needs (the monitor, the rules, rich) when it runs: `trainguard
 # --help` and a `monitor --once` CI gate start in a fraction of the time (bench_startup.py).
 #: Mirrors trainguard.monitor.daemon.EXIT_DEGRADED (pinned by tests/test_startup.py).
 EXIT_DEGRADED = 1
+#: A mistake in the command line itself: never the alert code 2.
+EXIT_USAGE = 1
+
+class _Commands(TyperGroup):
+    """The command group, with usage errors (an unknown option, a missing argument, a bad
+    value) exiting 1, not click's 2: 2 is the alert code, and a CI gate must not read a typo
+    in its own command line as "the run had a critical alert"."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None,
+                     **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except typer.TyperException as exc:
+            raise _usage_exit(exc) from None
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            raise _usage_exit(exc) from None
+
+
+def _usage_exit(exc: typer.TyperException) -> typer.TyperException:
+    """``exc`` (typer's usage errors carry click's code 2) with the usage exit code."""
+    if getattr(exc, "exit_code", None) == 2:  # noqa: PLR2004 - click's usage code
+        exc.exit_code = EXIT_USAGE
+    return exc
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="trainguard",
     help="Watch post-training runs (TRL, verl, OpenRLHF, plain PyTorch) and stop them when they "
     "go wrong.\n\nExample: [bold]trainguard monitor runs/exp1 --rules common --stop[/bold]",
@@ -72,9 +106,36 @@ _REGEX_OPT = typer.Option(
 _LOGGING_STEPS_OPT = typer.Option(
     "--logging-steps", help="The trainer's logging_steps: the n-th printed TRL log dict is step "
     "n x N.")
+_LINE_SIGNAL_OPT = typer.Option(
+    "--line-signal", help="Your own known line, read from printed output with the built-in "
+    "ones (OOM, NCCL timeout, traceback...): NAME=PATTERN (re2 syntax) sets metric "
+    "stdout/NAME to 1 on each step that prints it, for rules to read; repeatable.")
 _STEPS_PER_EPOCH_OPT = typer.Option(
     "--steps-per-epoch", help="When known: the TRL step is round(epoch x N) instead of the "
     "count of logs.")
+_NOTIFY_OPT = typer.Option(
+    "--notify", help="Send alerts to this apprise URL (slack://, discord://, tgram://, ntfy://, "
+    "mailto://, json://host/path...); repeatable. Needs trainguard\\[notify].")
+_NOTIFY_SEVERITY_OPT = typer.Option(
+    "--notify-severity", help="Lowest severity notified: info, low, medium, high, critical.")
+_NOTIFY_RESOLVED_OPT = typer.Option(
+    "--notify-resolved", help="Also notify when an alert resolves.")
+
+
+def _outputs(source: str, notify: list[str], notify_severity: str, notify_resolved: bool,
+             live: bool = False, metrics_port: int | None = None,
+             metrics_address: str = "127.0.0.1",
+             ) -> tuple[list[AlertSink], list[SessionObserver]]:
+    """The notifier, live view and /metrics a command asked for (reach: monitor/outputs.py)."""
+    from trainguard.monitor.outputs import OutputOptions, build_outputs
+
+    def say(text: str) -> None:
+        _err().print(f"[yellow]trainguard: {_escape(text)}[/]")
+
+    return build_outputs(OutputOptions(notify=list(notify), notify_severity=notify_severity,
+                                       notify_resolved=notify_resolved, live=live,
+                                       metrics_port=metrics_port,
+                                       metrics_address=metrics_address), run=source, say=say)
 
 
 @app.command()
@@ -142,6 +203,18 @@ def monitor(
         "--ray", help="SOURCE is each node's local run directory on the Ray cluster at "
         "$RAY_ADDRESS: one agent per node ships its events to a monitor actor here, and stops "
         "reach every node. Needs trainguard\\[ray].")] = False,
+    line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="A live view in the terminal: ranks, key metrics with sparklines, "
+        "firing alerts, the stop. Off when stdout is not a terminal.")] = False,
+    metrics_port: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        "--metrics-port", help="Serve Prometheus /metrics on this port (needs "
+        "trainguard\\[prometheus]).")] = None,
+    metrics_address: Annotated[str, typer.Option(
+        "--metrics-address", help="Address /metrics listens on.")] = "127.0.0.1",
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -159,7 +232,10 @@ def monitor(
 
       trainguard monitor --ray /local/runs/exp1 --stop   [dim]# every node of a Ray cluster[/dim]
 
-    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable.
+      trainguard monitor runs/exp1 --live --metrics-port 9108 --notify ntfy://my-topic
+
+    Exit codes: 0 clean, 2 an alert of high severity or above, 1 input or rules unreadable,
+    nothing judged (no events, or no rule reads their metrics), or a usage error.
     """
     from trainguard.monitor.session import MonitorOptions, run_monitor
 
@@ -171,8 +247,13 @@ def monitor(
                              set_rules=list(set_rule), inline_alerts=list(alert))
     options.pid, options.signal, options.kill_after = pid, signal_name, kill_after
     options.regex, options.logging_steps = regex, logging_steps
-    options.steps_per_epoch = steps_per_epoch
+    options.steps_per_epoch, options.signals = steps_per_epoch, list(line_signal)
+    if live and tee is None:
+        options.tee = False  # the live view owns the terminal
     try:
+        options.sinks, options.observers = _outputs(options.source or "stdin", notify,
+                                                    notify_severity, notify_resolved, live,
+                                                    metrics_port, metrics_address)
         if ray_nodes:
             from trainguard.monitor.ray import run_ray_monitor
 
@@ -342,6 +423,10 @@ def run_cmd(
         "SEVERITY\\[/stop]: MESSAGE'; repeatable.")] = [],  # noqa: B006
     regex: Annotated[Optional[str], _REGEX_OPT] = None,  # noqa: UP007
     logging_steps: Annotated[int, _LOGGING_STEPS_OPT] = 1,
+    line_signal: Annotated[list[str], _LINE_SIGNAL_OPT] = [],  # noqa: B006
+    notify: Annotated[list[str], _NOTIFY_OPT] = [],  # noqa: B006
+    notify_severity: Annotated[str, _NOTIFY_SEVERITY_OPT] = "high",
+    notify_resolved: Annotated[bool, _NOTIFY_RESOLVED_OPT] = False,
 ) -> None:
     """Run a trainer under watch: pass its output through, apply the rules, stop it if needed.
 
@@ -367,8 +452,10 @@ def run_cmd(
                          field_maps=list(field_map), grace=grace, kill_after=kill_after,
                          hang_timeout=hang_timeout, checkpoint_dirs=list(checkpoint_dir),
                          quiet=quiet, inline_alerts=list(alert), regex=regex,
-                         logging_steps=logging_steps)
+                         logging_steps=logging_steps, signals=list(line_signal))
     try:
+        options.sinks, options.observers = _outputs(run_dir or " ".join(command), notify,
+                                                    notify_severity, notify_resolved)
         result = run_command(options)
     except TrainguardError as exc:
         raise _fail(exc) from None
@@ -421,6 +508,15 @@ def convert(
     for problem in result.problems:
         _err().print(f"  [bold yellow]DEGRADED:[/] {_escape(problem)}")
     raise typer.Exit(EXIT_DEGRADED if result.problems else 0)
+
+
+def _register_run_commands() -> None:
+    from trainguard.cli_runs import register
+
+    register(app)
+
+
+_register_run_commands()  # check, report, diff (cli_runs.py)
 
 
 def run() -> None:

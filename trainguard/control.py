@@ -7,9 +7,15 @@ rename, fsync of the directory), so a reader sees the old file or the new one, n
      "rule": "common.nonfinite_loss",
      "severity": "critical", "step": 41, "time": 1732350000.5, "reason": "loss is NaN at step 41"}
 
-A trainer obeys a stop request only when it is for its own run: the ``run_id`` matches, or the
-request names no run and was written after the trainer started. A stale file left by an earlier
-run is therefore ignored.
+A trainer obeys a stop request only when it is for its own writer session: the ``run_id``
+matches and, when the request names one, the ``session`` too (a new session that reuses a run
+directory, a rerun or a resume from a checkpoint, gets a new session id even though it keeps the
+run id); a request that names no session must have been written after the session started. A
+stale file left by an earlier session is therefore ignored.
+
+The reader never raises and never blocks, whatever the file holds: a FIFO or a device is not
+opened for a blocking read, more than :data:`MAX_CONTROL_BYTES` is not read, a nesting too
+deep, ``Infinity``, ``NaN`` or a number too large for its field make the file "no request".
 
 This module imports nothing else of trainguard: the trainer side depends on it alone.
 """
@@ -17,7 +23,9 @@ This module imports nothing else of trainguard: the trainer side depends on it a
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +35,11 @@ __all__ = [
     "CONTROL_FILENAME",
     "PROTOCOL_VERSION",
     "RUN_DIR_ENV",
+    "MAX_CONTROL_BYTES",
+    "MAX_METADATA_BYTES",
     "StopRequest",
     "applies_to",
+    "read_small_json",
     "read_stop_request",
     "write_json_atomic",
     "write_stop_request",
@@ -38,6 +49,14 @@ CONTROL_FILENAME: Final = "control.json"
 PROTOCOL_VERSION: Final = 1
 #: Set by ``trainguard run`` for its child so that writers find the run directory unconfigured.
 RUN_DIR_ENV: Final = "TRAINGUARD_RUN_DIR"
+#: A control or metadata file is small; anything longer is not one (and is not read further).
+MAX_CONTROL_BYTES: Final = 1 << 16
+#: Nesting a control or metadata file may have; deeper is garbage, refused before decoding
+#: (the C decoder recurses once per level).
+MAX_NESTING: Final = 32
+_MAX_STEP: Final = 1 << 62
+#: ``run_metadata.json`` holds the trainer's whole config: larger than a control file.
+MAX_METADATA_BYTES: Final = 1 << 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +71,8 @@ class StopRequest:
     run_id: str | None = None
     command: str = "stop"
     version: int = PROTOCOL_VERSION
+    #: The writer session the request is for (``run_metadata.json``'s ``session_id``), or None.
+    session: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The request as the JSON object written to the control file."""
@@ -59,22 +80,34 @@ class StopRequest:
 
     @classmethod
     def from_json(cls, obj: Any) -> StopRequest | None:
-        """Build a request from a decoded control file, or ``None`` if it is not one."""
+        """Build a request from a decoded control file, or ``None`` if it is not one (a field
+        of the wrong type, a step or time that is not a finite number of sane size)."""
         if not isinstance(obj, dict) or obj.get("command") != "stop":
             return None
-        try:
-            step = obj.get("step")
-            return cls(
-                rule=str(obj.get("rule", "")),
-                reason=str(obj.get("reason", "")),
-                step=int(step) if step is not None else None,
-                time=float(obj.get("time", 0.0)),
-                severity=str(obj.get("severity", "critical")),
-                run_id=obj.get("run_id") if isinstance(obj.get("run_id"), str) else None,
-                version=int(obj.get("version", PROTOCOL_VERSION)),
-            )
-        except (TypeError, ValueError):
+        step = obj.get("step")
+        if step is not None and (type(step) is not int or not -_MAX_STEP <= step <= _MAX_STEP):
             return None
+        raw_time = obj.get("time", 0.0)
+        if type(raw_time) not in (int, float):
+            return None
+        try:
+            when = float(raw_time)
+        except OverflowError:  # a 400-digit integer
+            return None
+        if not math.isfinite(when):
+            return None
+        version = obj.get("version", PROTOCOL_VERSION)
+        run_id, session = obj.get("run_id"), obj.get("session")
+        return cls(
+            rule=str(obj.get("rule", ""))[:200],
+            reason=str(obj.get("reason", ""))[:2000],
+            step=step,
+            time=when,
+            severity=str(obj.get("severity", "critical"))[:20],
+            run_id=run_id if isinstance(run_id, str) else None,
+            version=version if type(version) is int and 0 <= version < 1 << 16 else -1,
+            session=session if isinstance(session, str) else None,
+        )
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
@@ -116,22 +149,77 @@ def write_stop_request(path: str | os.PathLike[str], request: StopRequest) -> No
     write_json_atomic(path, request.to_json())
 
 
-def read_stop_request(path: str | os.PathLike[str]) -> StopRequest | None:
-    """Read the control file; ``None`` when it is absent, unreadable or not a stop request."""
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a value a control file holds")
+
+
+def _too_deep(raw: bytes, limit: int) -> bool:
+    """Whether brackets nest deeper than ``limit`` (counting brackets inside strings too,
+    which only makes the count higher: a control file holds none)."""
+    depth = 0
+    for byte in raw.translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in (0x5B, 0x7B) else -1
+        if depth > limit:
+            return True
+    return False
+
+
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def read_small_json(path: str | os.PathLike[str], limit: int = MAX_CONTROL_BYTES,
+                    max_nesting: int | None = MAX_NESTING) -> Any:
+    """The JSON value in a small regular file, or ``None``: absent, not a regular file (a FIFO
+    is never read, so this never blocks), unreadable, longer than ``limit`` bytes, nested
+    deeper than ``max_nesting`` (None: as deep as the decoder goes), or not strict JSON
+    (``NaN``/``Infinity`` refused). Never raises."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(1 << 16)
-        return StopRequest.from_json(json.loads(raw))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(raw) > limit or (max_nesting is not None and _too_deep(raw, max_nesting)):
+        return None
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError, OverflowError, MemoryError):
         return None
 
 
-def applies_to(request: StopRequest, run_id: str | None, started_at: float) -> bool:
-    """Whether ``request`` is meant for the run ``run_id`` that started at ``started_at``.
+def read_stop_request(path: str | os.PathLike[str]) -> StopRequest | None:
+    """Read the control file; ``None`` when it is absent, unreadable, garbled or not a stop
+    request. Never raises and never blocks (see :func:`read_small_json`)."""
+    return StopRequest.from_json(read_small_json(path))
 
-    A request naming a run must name this one; an anonymous request must be newer than the run,
-    so that a file left by an earlier run never stops a new one.
+
+def applies_to(request: StopRequest, run_id: str | None, started_at: float,
+               session: str | None = None) -> bool:
+    """Whether ``request`` is meant for the writer session ``session`` of run ``run_id`` that
+    started at ``started_at``.
+
+    A request naming a run must name this one; a request naming a session must name this
+    session; a request naming no session must be newer than the session's start, so that a
+    file left by an earlier session (same run id: a rerun or a resume in the same run
+    directory) never stops a new one.
     """
-    if request.run_id is not None:
-        return run_id is not None and request.run_id == run_id
+    if request.run_id is not None and (run_id is None or request.run_id != run_id):
+        return False
+    if request.session is not None:
+        return session is not None and request.session == session
     return request.time >= started_at

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "decode_value",
     "encode_record",
     "encode_value",
+    "iso_timestamp",
     "parse_line",
     "record_from_object",
 ]
@@ -173,7 +175,9 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
     time = obj.get("time")
     if time is not None and not (type(time) is float and math.isfinite(time)
                                  or type(time) is int and -MAX_EXACT_INT <= time <= MAX_EXACT_INT):
-        time = None  # not a usable clock reading (a string, NaN, an integer past float range)
+        # An ISO-8601 string (RLDK's form, many loggers') is a clock reading; anything else
+        # (other text, NaN, an integer past float range) is none.
+        time = iso_timestamp(time) if type(time) is str else None
     rank = obj.get("rank", 0)
     if type(rank) is not int:
         rank = 0
@@ -217,6 +221,18 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
     if kind == "train":
         kind = infer_kind(out)
     return Record(step, out, time, rank, kind, False, host, local_rank)
+
+
+def iso_timestamp(text: str) -> float | None:
+    """An ISO-8601 time (``2024-11-23T08:20:00.5Z``) as seconds since the epoch, UTC when it
+    names no offset; None when the text is no such time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def infer_kind(metrics: dict[str, float]) -> str:

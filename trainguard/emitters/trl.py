@@ -5,9 +5,11 @@
 
 It writes every ``on_log`` dict as an event (``RUN_DIR/events.rank{R}.jsonl``), the run's
 metadata (trainer kind, versions, config and its hash, git commit) into ``run_metadata.json`` at
-train start, and checks the control file at each step end. On a stop request for this run it
-sets ``should_save`` and ``should_training_stop`` so that the run ends with a checkpoint; every
-rank polls the file itself, because the Trainer has no cross-rank broadcast of ``control``.
+train start, and checks the control file at each step end. On a stop request for this session
+it sets ``should_save`` and ``should_training_stop`` so that the run ends with a checkpoint. The
+Trainer has no cross-rank broadcast of ``control``, so under a process group the writer's
+``should_stop`` does it: rank 0 reads the file and broadcasts its answer at every step end, and
+every rank stops after the same step (see :mod:`trainguard.emitters.writer`).
 
 ``RUN_DIR`` is ``run_dir=``, else ``$TRAINGUARD_RUN_DIR``, else ``args.output_dir/trainguard``.
 
@@ -37,16 +39,19 @@ __all__ = ["STOPPED_FILENAME", "TrainGuardCallback", "detect_trainer_kind", "jso
 
 STOPPED_FILENAME: Final = "stopped.json"
 
-#: Exact config class name -> trainer kind. Checked before the class hierarchy, because some
-#: configs subclass others (GKDConfig and GOLDConfig < SFTConfig, GMPOConfig < GRPOConfig).
+#: Exact config class name -> trainer kind: the trainer configs TRL 1.16 ships (``trl`` and
+#: ``trl.experimental``; PPO, BCO, XPO, Nash-MD and PRM trainers are gone from it). Checked
+#: before the class hierarchy, because some configs subclass others (GKDConfig and GOLDConfig
+#: < SFTConfig, GMPOConfig < GRPOConfig). Pinned against the installed trl by
+#: tests/test_trl_callback.py.
 CONFIG_KINDS: Final[dict[str, str]] = {
     "SFTConfig": "sft", "DPOConfig": "dpo", "KTOConfig": "kto", "RewardConfig": "reward",
-    "GRPOConfig": "grpo", "RLOOConfig": "rloo", "PPOConfig": "ppo", "OnlineDPOConfig": "online_dpo",
+    "GRPOConfig": "grpo", "RLOOConfig": "rloo", "OnlineDPOConfig": "online_dpo",
     "ORPOConfig": "orpo", "CPOConfig": "cpo", "GKDConfig": "gkd", "GOLDConfig": "gold",
-    "DistillationConfig": "distillation", "TPOConfig": "tpo", "A2POConfig": "a2po",
-    "GMPOConfig": "gmpo", "SDFTConfig": "sdft", "SDPOConfig": "sdpo", "IWOPDConfig": "iwopd",
-    "BCOConfig": "bco", "XPOConfig": "xpo", "NashMDConfig": "nash_md", "PRMConfig": "prm",
-    "AsyncGRPOConfig": "async_grpo",
+    "DistillationConfig": "distillation", "AsyncDistillationConfig": "async_distillation",
+    "ServerDistillationConfig": "server_distillation", "TPOConfig": "tpo",
+    "A2POConfig": "a2po", "GMPOConfig": "gmpo", "SDFTConfig": "sdft", "SDPOConfig": "sdpo",
+    "IWOPDConfig": "iwopd", "AsyncGRPOConfig": "async_grpo",
 }
 #: TRL model tags (``model.model_tags``) whose kind is not the tag itself with ``-`` -> ``_``.
 TAG_KINDS: Final[dict[str, str]] = {"reward-trainer": "reward"}

@@ -77,6 +77,10 @@ class AlertLedger:
         worst = saved.get("worst", -1)
         self.worst = worst if type(worst) is int else -1
         self.suppressed = 0
+        #: Notifications queued and not yet delivered (monitor/sinks/notify.py): alert key ->
+        #: the alert as JSON; the next session sends them.
+        pending = saved.get("notify_pending")
+        self.notify_pending: dict[str, Any] = dict(pending) if isinstance(pending, dict) else {}
 
     def admit(self, alert: Alert) -> bool:
         """True when ``alert`` is new and must be delivered; False for a repeat."""
@@ -118,7 +122,7 @@ class AlertLedger:
         return {"firing": [[r, k, s] for (r, k), s in self.firing.items()],
                 "raised": [list(key) for key in self.raised],
                 "stops": [list(key) for key in sorted(self.stops, key=str)],
-                "worst": self.worst}
+                "worst": self.worst, "notify_pending": dict(self.notify_pending)}
 
 
 class Checkpointer:

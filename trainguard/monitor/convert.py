@@ -71,6 +71,7 @@ def convert(source: str, out: str | os.PathLike[str], *, regex: str | None = Non
         # The monitor with no rules is the conversion: same parsing, step merging and
         # normalization, each evaluated record written once by the recorder.
         monitor = Monitor(stream, [], field_map=field_map, parser=parser, recorder=recorder)
+        monitor.judging = False  # no rules by design: nothing is judged, nothing is missed
         verdict = monitor.run(once=True, poll_interval=0.01)
         lines = sum(s.lines for s in stream.stats().values())
     finally:

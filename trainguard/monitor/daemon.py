@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainguard.events import Record
@@ -45,6 +45,20 @@ EXIT_CLEAN = 0
 EXIT_DEGRADED = 1
 EXIT_ALERT = 2
 _HIGH = SEVERITY_ORDER["high"]
+#: Fewer step records than this fraction of the lines read (at least FEW_EVENTS_MIN_LINES of
+#: them) is said in the verdict: most of the input was not understood.
+FEW_EVENTS_FRACTION = 0.1
+FEW_EVENTS_MIN_LINES = 20
+#: Names of unread metrics the verdict lists; the count says the rest.
+UNREAD_LISTED = 8
+#: Step alignment across ranks (Monitor._aligned): a rank this many steps behind the newest
+#: is not waited for, and no record is held longer than this many seconds.
+ALIGN_LAG_STEPS = 256
+ALIGN_HOLD_SECONDS = 2.0
+
+
+def _step_rank(record: tuple[int, int, dict[str, float], float | None]) -> tuple[int, int]:
+    return record[1], record[0]
 
 
 @dataclass(slots=True)
@@ -58,6 +72,14 @@ class Verdict:
     records: int
     skips: Counter[str]
     skip_examples: list[SkipExample]
+    #: What was seen, said even when the verdict is clean: few events for the lines read,
+    #: metrics no loaded rule reads, nothing judged at all (see :meth:`Monitor.verdict`).
+    notes: list[str] = field(default_factory=list)
+    #: Lines read from every stream.
+    lines: int = 0
+    #: Whether any loaded rule evaluated any value: False means nothing could be judged, and
+    #: the verdict is ``degraded`` (exit 1), never clean.
+    judged: bool = True
 
     @property
     def status(self) -> str:
@@ -114,6 +136,21 @@ class Monitor(StepGathering):
         self.stragglers = StragglerScores()
         self._step_time_keys = frozenset(self.stragglers.keys)
         self._observed_ranks: set[int] = set()
+        #: The (mapped) metric keys of each rank's first record; with the last records, what
+        #: the verdict says about metrics no rule reads (no per-record cost).
+        self._first_keys: dict[int, tuple[str, ...]] = {}
+        #: Records held for step alignment across ranks (see _aligned), each rank's latest
+        #: step, and since when the oldest held record waits.
+        self._held: list[tuple[int, int, dict[str, float], float | None]] = []
+        self._rank_high: dict[int, int] = {}
+        self._held_since = 0.0
+        #: A batch verdict over the whole input (--once): alerts an earlier session already
+        #: delivered are in this verdict too (not delivered again).
+        self.batch = False
+        #: Whether the verdict says what was not judged (off for ``convert``, which has no rules).
+        self.judging = True
+        #: More reasons the verdict is degraded (a stop that cannot be written...).
+        self.problem_sources: list[Callable[[], list[str]]] = []
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
@@ -202,6 +239,8 @@ class Monitor(StepGathering):
             if record.time is not None:
                 unstamped[rank] = record.time
             if rank not in observed or not step_time_keys.isdisjoint(metrics):
+                if rank not in observed:
+                    self._first_keys[rank] = tuple(metrics)
                 observed.add(rank)
                 self.stragglers.observe(rank, record.step, metrics, record.time)
         self.counters.records += steps
@@ -210,6 +249,8 @@ class Monitor(StepGathering):
         """The common case of :meth:`_take_done` without a loop per record: training steps of
         one rank already seen, no field map to apply, no step-time key for the straggler
         scores. Evaluates them as columns and returns True, or returns False."""
+        if self._held or self.engine.cross_rank:
+            return False  # records go through the step alignment (_aligned)
         ranks = [r.rank for r in done]
         rank = ranks[0]
         if (ranks.count(rank) != len(ranks) or rank not in self._observed_ranks
@@ -260,6 +301,8 @@ class Monitor(StepGathering):
         # would change nothing there, so the call is skipped.
         if step_record and (rank not in self._observed_ranks
                             or not self._step_time_keys.isdisjoint(mapped)):
+            if rank not in self._observed_ranks:
+                self._first_keys[rank] = tuple(mapped)
             self._observed_ranks.add(rank)
             self.stragglers.observe(rank, record.step, mapped, record.time)
 
@@ -278,12 +321,59 @@ class Monitor(StepGathering):
         self._take_done()
         self._drain_queue()
 
-    def _drain_queue(self) -> None:
-        """Evaluate the step records queued so far, in order, and route their alerts."""
-        if self._queue:
+    def _drain_queue(self, release_all: bool = False) -> None:
+        """Evaluate the step records queued so far, in order, and route their alerts. With
+        rules across ranks and several streams, in step order across the ranks (see
+        :meth:`_aligned`)."""
+        if self._queue or self._held:  # held records also wait for their time bound
             queue, self._queue = self._queue, []
-            for alert in self.engine.evaluate_many(queue):
-                self._route(alert)
+            if self._held or (self.engine.cross_rank and self._multi_stream()):
+                queue = self._aligned(queue, release_all)
+            if queue:
+                for alert in self.engine.evaluate_many(queue):
+                    self._route(alert)
+
+    def _multi_stream(self) -> bool:
+        return len(self.source.stats()) > 1
+
+    def _aligned(self, queue: list[tuple[int, int, dict[str, float], float | None]],
+                 release_all: bool) -> list[tuple[int, int, dict[str, float], float | None]]:
+        """The records that may be evaluated now, in (step, rank) order; the rest held.
+
+        A rule of scope ``any``, ``all`` or ``mean`` combines the ranks' results, so its
+        alerts depend on the order in which their records are evaluated; and that order is the
+        order of arrival: a run read whole (``--once``) brings every record of rank 0 before
+        rank 1's, a run followed live interleaves them however the writes fell. So with such
+        rules and several streams, a record is evaluated only once every rank has reported its
+        step (the watermark: the lowest of the ranks' latest steps), in step order across the
+        ranks; batch and stream then give the same alerts. A rank that has not written yet
+        (fewer ranks than streams) or falls more than :data:`ALIGN_LAG_STEPS` behind is not
+        waited for, and nothing is held longer than :data:`ALIGN_HOLD_SECONDS`, so a hung rank
+        delays the others' alerts by that much at most."""
+        held = self._held
+        if not held:
+            self._held_since = time.monotonic()
+        held += queue
+        high = self._rank_high
+        for rank, step, _, _ in queue:
+            if step > high.get(rank, step - 1):
+                high[rank] = step
+        if not high:
+            return []
+        top = max(high.values())
+        if release_all or time.monotonic() - self._held_since > ALIGN_HOLD_SECONDS:
+            mark = top
+        elif len(high) < len(self.source.stats()):
+            mark = top - ALIGN_LAG_STEPS  # a rank not yet seen: wait for it, boundedly
+        else:
+            mark = min(h for h in high.values() if h >= top - ALIGN_LAG_STEPS)
+        ready = [r for r in held if r[1] <= mark]
+        if not ready:
+            return []
+        self._held = [r for r in held if r[1] > mark]
+        self._held_since = time.monotonic()
+        ready.sort(key=_step_rank)  # stable: one rank's records of one step keep their order
+        return ready
 
     def _end_batch(self) -> None:
         """The end of a batch: evaluate its records, then the scores of the steps now
@@ -292,7 +382,7 @@ class Monitor(StepGathering):
         self._stamp_arrivals()
         self._drain_queue()
         for rank, step, derived, at in self.stragglers.scores():
-            for alert in self.engine.evaluate(rank, step, derived, at):
+            for alert in self.engine.evaluate_derived(rank, step, derived, at):
                 self._route(alert)
 
     def _detect(self, keys: set[str]) -> None:
@@ -304,6 +394,10 @@ class Monitor(StepGathering):
             self._trainer_rules = None
             self._keys_seen = set()
 
+    def route(self, alert: Alert) -> None:
+        """Deliver an alert raised outside the loop's own evaluation (sinks, stop, ledger)."""
+        self._route(alert)
+
     def _route(self, alert: Alert) -> None:
         if alert.rank is not None and alert.host is None:
             # Name the node, as the rank's (or the GPU's) events said: on many nodes a global
@@ -314,6 +408,9 @@ class Monitor(StepGathering):
                 alert.host, alert.local_rank = where.host, where.local_rank
         ledger = self.ledger
         if ledger is not None and not ledger.admit(alert):
+            if self.batch:  # --once re-reads the whole run: in the verdict, not delivered
+                alert.delivery = "reported by an earlier session"
+                self.alerts.append(alert)
             return  # raised before a restart: already delivered
         if alert.state == "firing" and alert.action == "stop":
             if ledger is not None and ledger.stop_sent(alert):
@@ -398,6 +495,7 @@ class Monitor(StepGathering):
                 self.tick_clock()
                 (self._wait or stop.wait)(poll_interval)
         self.flush()
+        self._drain_queue(release_all=True)
         for alert in self.engine.finish():
             self._route(alert)
         self._checkpoint(force=True)
@@ -427,16 +525,25 @@ class Monitor(StepGathering):
         cp = self.checkpointer
         if cp is None:
             return
-        if self._pending:
+        if self._pending or self._held:  # read, not yet evaluated: a restart must re-read it
             if not (force or cp.due(10.0)):
                 return
             self.flush()
+            self._drain_queue(release_all=True)
         if force or cp.due():
             cp.commit()
 
     def verdict(self) -> Verdict:
-        """The exit code and what led to it."""
-        problems = self.source.problems()
+        """The exit code and what led to it. A session that judged nothing (no events, or no
+        loaded rule reads any metric it saw) is degraded, never clean."""
+        problems = list(self.source.problems())
+        for more in self.problem_sources:
+            problems += more()
+        c = self.counters
+        lines = sum(st.lines for st in self.source.stats().values())
+        notes, judged = self._what_was_seen(lines) if self.judging else ([], True)
+        if not judged:
+            problems.append(notes[-1])
         restored = self.ledger.max_severity if self.ledger is not None else -1
         if max(self.engine.max_severity, restored) >= _HIGH:
             code = EXIT_ALERT
@@ -444,6 +551,38 @@ class Monitor(StepGathering):
             code = EXIT_DEGRADED
         else:
             code = EXIT_CLEAN
-        c = self.counters
         return Verdict(code, list(self.alerts), problems, c.events, c.records, c.skips,
-                       list(c.examples))
+                       list(c.examples), notes, lines, judged)
+
+    def _what_was_seen(self, lines: int) -> tuple[list[str], bool]:
+        """Notes on what the session saw, and whether anything was judged (the last note then
+        says why not)."""
+        c = self.counters
+        notes: list[str] = []
+        if c.records == 0 and not self.engine.judged():  # GPU samples alone can be judged
+            skipped = sum(c.skips.values())
+            how = (f"{lines} lines read" if lines else "no line read") + (
+                f", {skipped} skipped" if skipped else "")
+            notes.append(f"nothing judged: no metric events ({how}); is the format right? "
+                         "(--regex for trainer stdout; a run directory reads *.jsonl)")
+            return notes, False
+        if lines >= FEW_EVENTS_MIN_LINES and c.records < FEW_EVENTS_FRACTION * lines:
+            notes.append(f"few events: {c.records} steps from {lines} lines; the rest was not "
+                         "understood (prose, or a format that needs --regex)")
+        seen = {key for keys in self._first_keys.values() for key in keys}
+        for record in self.last_records.values():
+            seen.update(self._apply_field_map(record.metrics))
+        rules = self.engine.rules
+        read = {name for r in rules for name in r.condition.metrics}
+        unread = sorted(k for k in seen if k not in read)
+        judged = self.engine.judged()
+        if unread:
+            listed = ", ".join(unread[:UNREAD_LISTED]) + (
+                f" and {len(unread) - UNREAD_LISTED} more" if len(unread) > UNREAD_LISTED else "")
+            notes.append(f"{len(unread)} of {len(seen)} metrics are read by no loaded rule: "
+                         f"{listed}")
+        if not judged:
+            notes.append(f"nothing judged: {c.records} steps read, but none of their metrics is "
+                         f"read by the {len(rules)} loaded rules; load a pack for this trainer "
+                         "(--rules) or map its names (--field-map)")
+        return notes, judged

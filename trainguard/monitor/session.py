@@ -10,13 +10,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainguard.control import CONTROL_FILENAME
-from trainguard.exceptions import ConfigError, TrainguardError
+from trainguard.exceptions import ConfigError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
 from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
@@ -25,11 +25,14 @@ from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
+from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
+from trainguard.monitor.packs import PackSelector
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.monitor.sinks.record import Recorder
 from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
 from trainguard.rules.inline import parse_inline_rule
-from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack, load_rules
+from trainguard.rules.loader import apply_overrides, load_rules
 
 if TYPE_CHECKING:
     from trainguard.monitor.act.actions import ControlFileStopper, SentLog, Stopper, StopPlan
@@ -42,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["MonitorOptions", "run_monitor", "DEFAULT_RULES"]
 
-DEFAULT_RULES = ("common",)
+DEFAULT_RULES = PACKS_DEFAULT
 ALERTS_FILENAME = "alerts.jsonl"
 #: Names the source when ``trainguard monitor`` is given none.
 METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
@@ -101,6 +104,17 @@ class MonitorOptions:
     extra_sources: list[Any] = field(default_factory=list)
     #: With ``gpu``: sample this host's GPUs (False on the Ray head: each node's agent does).
     local_gpus: bool = True
+    #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
+    signals: list[str] = field(default_factory=list)
+    # -- reaching people (monitor/sinks/notify.py, prometheus.py, live.py; monitor/check.py) --
+    #: More alert sinks (notifications), after the alerts file and the console.
+    sinks: list[AlertSink] = field(default_factory=list)
+    #: Told of the session: ``start(monitor)`` once built, ``tick(monitor)`` every loop turn,
+    #: ``close()`` at the end (the live view, ``/metrics``, the notifier's queue).
+    observers: list[SessionObserver] = field(default_factory=list)
+    #: ``trainguard check``: neither resume from nor write the checkpoint, and no default
+    #: alerts file: a batch verdict leaves a followed run as it found it.
+    stateless: bool = False
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -114,24 +128,20 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
-    field_map = load_field_map(options.field_maps)
+    field_maps = options.field_maps
+    if options.regex is not None:  # --regex verl brings verl's field map
+        from trainguard.monitor.ingest.stdout import preset_field_maps
+
+        field_maps = preset_field_maps(options.regex, field_maps)
+    field_map = load_field_map(field_maps)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
-    # stdin auto-detects trainer stdout; files and run directories are canonical JSONL.
-    stdout_auto = options.regex is not None or options.source == "-"
-    if options.regex is None and not stdout_auto:
-        parser: LineParser = json_line_parser  # what make_line_parser(None, auto=False) returns
-    else:
-        from trainguard.monitor.ingest.stdout import make_line_parser
-
-        parser = make_line_parser(options.regex, auto=stdout_auto, map_keys=True,
-                                  logging_steps=options.logging_steps,
-                                  steps_per_epoch=options.steps_per_epoch)
+    parser, detected_format = _line_parser(options)
     source_path = Path(options.source)
     run_dir = source_path if options.source != "-" and source_path.is_dir() else None
 
     alerts_path = options.alerts
-    if alerts_path is None and run_dir is not None:
+    if alerts_path is None and run_dir is not None and not options.stateless:
         alerts_path = str(run_dir / ALERTS_FILENAME)
     control_path = options.control
     if control_path is None and options.stop:
@@ -140,9 +150,17 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         control_path = str(run_dir / CONTROL_FILENAME)
 
     state_path = options.state
-    if state_path is None and run_dir is not None:
+    if state_path is None and run_dir is not None and not options.stateless:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
+    # --once is a batch verdict over the whole run: every file is read from its start (a
+    # verdict from where an earlier session stopped would judge the rest without the rules'
+    # windows, or judge nothing and say clean), the record is written anew, and the alert
+    # ledger keeps what was already delivered from being delivered or stopped twice.
+    positions = None if options.once else (saved.get("positions") or None)
+    record_length = saved.get("record_length")
+    if options.once and record_length is not None:
+        record_length = 0  # this run's record, written anew from the start of the run
     exclude = [p for p in (alerts_path, control_path, options.record, options.report,
                            state_path) if p]
     raise_open_files_limit()  # one descriptor per rank file: 4,096 ranks pass 1,024
@@ -150,7 +168,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     # What the path holds (a tracker store, verl's file logger, our JSONL): ingest/formats.py.
     source: Source = open_source_for(
         options.source, exclude=exclude, from_start=not options.from_end,
-        positions=saved.get("positions") or None, tee=sys.stdout.buffer if tee else None,
+        positions=positions, tee=sys.stdout.buffer if tee else None,
         rescan_interval=options.rescan_interval).source
     if options.gpu and options.local_gpus:  # GPU samples carry the monitor's latest step
         from trainguard.monitor.ingest.composite import CompositeSource
@@ -162,7 +180,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         from trainguard.monitor.ingest.composite import CompositeSource
 
         source = CompositeSource(source, *options.extra_sources)
-    recorder = (Recorder(options.record, resume_length=saved.get("record_length"))
+    recorder = (Recorder(options.record, resume_length=record_length)
                 if options.record else None)
     ledger = AlertLedger(saved.get("alerts"))
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
@@ -173,6 +191,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
     if jsonl is not None:
         sinks.insert(0, jsonl)
+    sinks.extend(options.sinks)
     stopper: Stopper | None = None
     control_stopper = None
     if control_path:
@@ -186,7 +205,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         stopper = stop_watch.plan
 
     def report_problem(problem: str) -> None:
-        console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+        if not options.quiet:  # -q: the exit code alone says it
+            console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
 
     def say(text: str) -> None:
         if not options.quiet:
@@ -194,16 +214,25 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
 
     if state_warning:
         console.line(f"trainguard: {state_warning}", style="yellow")
+    selector = PackSelector(options.rules, _metadata_dir(source_path, run_dir), say,
+                            options.set_rules)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
-                      trainer_rules=(lambda keys: _add_trainer_pack(monitor, keys, options, say))
-                      if auto else None)
+                      trainer_rules=selector)
+    selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
+    monitor.batch = options.once
+    if stop_watch is not None:
+        monitor.problem_sources.append(stop_watch.plan.problems)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
-        " + the detected trainer's pack" if auto else "")
+        " + the trainer's pack" if auto else "; rules for other trainers skip once the trainer "
+        "is known")
+    if detected_format is not None:
+        say(f"trainguard: {options.source} reads as {detected_format} (detected from its first "
+            "lines; --regex to choose)")
     say(f"trainguard: {mode} {options.source} with {len(rules)} rules ({packs})"
         + (f"; stops via {control_path}" if control_path else "")
         + (f"; signals pid {options.pid}" if options.pid else "")
@@ -211,7 +240,9 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     stale_watch = _StaleControlWatch(control_path or (run_dir / CONTROL_FILENAME if run_dir
                                                      else None), run_dir, console, sinks)
     stop_event = stop_event or threading.Event()
-    monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event)
+    monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event, options.observers)
+    for observer in options.observers:
+        observer.start(monitor)
     restore = _install_signal_handlers(stop_event,
                                        watcher.wake if watcher is not None else None)
     try:
@@ -229,6 +260,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             jsonl.close()
         if recorder is not None:
             recorder.close()
+        for observer in options.observers:
+            observer.close()
     if options.report:
         write_report(options.report, build_report(options.source, streams, verdict,
                                                   suppressed_alerts=ledger.suppressed))
@@ -239,28 +272,49 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     return verdict
 
 
-def _add_trainer_pack(monitor: Monitor, keys: set[str], options: MonitorOptions,
-                      say: Callable[[str], None]) -> bool:
-    """Auto-selection: once the keys tell the trainer, add its pack; True when done."""
-    from trainguard.rules.detect import DEFAULT_PACKS, detect_trainer
+def _metadata_dir(source: Path, run_dir: Path | None) -> Path | None:
+    """Where ``run_metadata.json`` would be: the run directory, or a followed file's folder."""
+    if run_dir is not None:
+        return run_dir
+    if str(source) != "-" and source.parent.joinpath("run_metadata.json").exists():
+        return source.parent
+    return None
 
-    kind = detect_trainer(keys)
-    if kind is None:
-        return False
-    pack = DEFAULT_PACKS.get(kind)
-    added: list[CompiledRule] = []
-    if pack is not None:
-        try:
-            added = load_pack(pack)
-        except TrainguardError as exc:  # a broken built-in pack must not blind the monitor
-            say(f"trainguard: detected trainer {kind}; cannot load pack {pack}: {exc}")
-            return True
-        added = apply_overrides(added, options.set_rules, missing_ok=True)
-    monitor.engine.add_rules(added)
-    monitor.engine.set_trainer(kind)
-    say(f"trainguard: detected trainer {kind}; added pack {pack} ({len(added)} rules)"
-        if pack else f"trainguard: detected trainer {kind}; no pack for it, common only")
-    return True
+
+def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
+    """The parser for the source, and the format detected when none was given.
+
+    stdin auto-detects each line (canonical JSON, trainer stdout). A file or run directory is
+    told by its first lines (:mod:`~trainguard.monitor.ingest.sniff`): canonical JSONL gets the
+    plain parser (re2 and the presets are not even imported), trainer stdout or an empty file
+    the same auto-detection as stdin, a registered JSON format its own parser."""
+    if options.regex is None and options.source != "-":
+        from trainguard.monitor.ingest.formats import TRACKER_STORES, detect_format
+
+        if detect_format(options.source) in TRACKER_STORES:
+            return json_line_parser, None  # its source hands over canonical lines
+        from trainguard.monitor.ingest.sniff import (
+            CANONICAL,
+            STDOUT,
+            UNKNOWN,
+            json_format_parser,
+            sniff_source,
+        )
+
+        detected = sniff_source(options.source)
+        if detected == CANONICAL:
+            return json_line_parser, None  # what make_line_parser(None, auto=False) returns
+        if detected not in (STDOUT, UNKNOWN):
+            return json_format_parser(detected), detected
+        shown: str | None = "trainer stdout" if detected == STDOUT else None
+    else:
+        shown = None
+    from trainguard.monitor.ingest.stdout import make_line_parser
+
+    # A preset's own map for the lines it reads (verl, OpenRLHF), unless --field-map is given.
+    return make_line_parser(options.regex, auto=True, logging_steps=options.logging_steps,
+                            steps_per_epoch=options.steps_per_epoch,
+                            signals=options.signals, map_keys=not options.field_maps), shown
 
 
 def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-untyped-def]
@@ -318,6 +372,9 @@ def _print_summary(console: _Console, verdict: Verdict) -> None:
         console.line(f"  skipped {count} x {reason}", style="yellow")
     for ex in verdict.skip_examples:
         console.line(f"    {ex.stream}:{ex.line}: {ex.reason} {ex.detail}", style="dim")
+    for note in verdict.notes:
+        if note not in verdict.problems:
+            console.line(f"  note: {note}", style="yellow")
     for problem in verdict.problems:
         console.line(f"  DEGRADED: {problem}", style="bold yellow")
 
@@ -433,9 +490,12 @@ def _recorded_create_time(sent_log: SentLog, pid: int) -> float | None:
 
 
 def _ticks(stale: _StaleControlWatch, stop_watch: _StopWatch | None, monitor: Monitor,
-           stop_event: threading.Event) -> Callable[[], None]:
+           stop_event: threading.Event,
+           observers: Sequence[SessionObserver] = ()) -> Callable[[], None]:
     def tick() -> None:
         stale.tick()
         if stop_watch is not None:
             stop_watch.tick(monitor, stop_event)
+        for observer in observers:
+            observer.tick(monitor)
     return tick

@@ -1,1 +1,2 @@
-"""Presets as YAML data: field maps (``fields/``) and stdout regexes (``stdout/``)."""
+"""Presets as YAML data: field maps (``fields/``), stdout regexes (``stdout/``) and the
+known warning and error lines of trainers (``signals/``)."""

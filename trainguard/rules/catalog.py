@@ -75,6 +75,7 @@ def explain_rule(compiled: CompiledRule, pack: str = "") -> str:
         f"  condition:      {rule.condition}",
         f"  applies to:     {trainers} trainers; {_SCOPE[rule.scope]}",
         f"  timing:         {_timing(rule)}",
+        f"  time to detect: {compiled.timing().describe()}",
         f"  severity:       {rule.severity.value}; action: {rule.action.value}"
         + (" (stops the run when stopping is enabled)" if rule.action.value == "stop" else ""),
         f"  message:        {rule.message}",

@@ -8,9 +8,10 @@ knows the class and can say ``rloo``); TPO logs DPO's keys and is detected as ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-__all__ = ["DEFAULT_PACKS", "TRAINER_KINDS", "detect_trainer"]
+__all__ = ["DEFAULT_PACKS", "PackChoice", "TRAINER_KINDS", "choose_packs", "detect_trainer"]
 
 #: Trainer kind -> the pack applied (with ``common``) when no ``--rules`` is given.
 DEFAULT_PACKS: dict[str, str] = {
@@ -76,3 +77,41 @@ def detect_trainer(keys: Iterable[str]) -> str | None:
         if required <= seen and not (forbidden & seen):
             return kind
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class PackChoice:
+    """What the monitor applies once it knows what is training: the trainer kind the rules are
+    filtered by, the packs to add, and one line for the terminal saying which and why."""
+
+    trainer: str | None
+    #: Where the kind comes from: ``"run_metadata.json"``, ``"metric keys"`` or ``None``.
+    source: str | None
+    packs: tuple[str, ...]
+    reason: str
+
+
+def choose_packs(explicit: Sequence[str], recorded: str | None,
+                 keys: Iterable[str] = ()) -> PackChoice:
+    """The one place packs are chosen (``monitor``, ``trainguard run``, every source).
+
+    ``explicit``: the ``--rules`` given (empty: automatic); ``recorded``: the trainer kind the
+    TRL callback wrote in ``run_metadata.json`` (wins over the keys: RLOO and GRPO log the same
+    keys); ``keys``: the metric keys seen so far. Without ``--rules`` the trainer's default pack
+    is added to ``common``; with them nothing is added, but the kind still filters every rule
+    scoped to other trainers (an SFT loss-spike rule has nothing to say about GRPO's loss).
+    """
+    detected = detect_trainer(keys)
+    kind, source = (recorded, "run_metadata.json") if recorded in DEFAULT_PACKS \
+        else (detected, "metric keys" if detected else None)
+    if kind is None:
+        return PackChoice(None, None, (), "no trainer recognised yet: every rule applies")
+    why = ("recorded by the trainer's callback in run_metadata.json" if source != "metric keys"
+           else "detected from the metric keys")
+    if source != "metric keys" and detected not in (None, kind):
+        why += f"; the keys alone would say {detected}"
+    if explicit:
+        return PackChoice(kind, source, (), f"trainer {kind} ({why}); --rules given, so no "
+                          f"pack is added; rules scoped to other trainers are skipped")
+    pack = DEFAULT_PACKS[kind]
+    return PackChoice(kind, source, (pack,), f"trainer {kind} ({why}); adds pack {pack}")

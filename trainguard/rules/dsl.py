@@ -355,6 +355,16 @@ class Condition:
         return self._node.always
 
     @property
+    def fill(self) -> int:
+        """The record (of those carrying its metrics) the condition is first known at."""
+        return self._node.fill
+
+    @property
+    def reaction(self) -> int:
+        """Records after a change of the data it may take the condition to show it."""
+        return self._node.reaction
+
+    @property
     def batched(self) -> bool:
         """Whether its evaluators have a batch entry point, ``evaluator.many(batch)``."""
         return self._node.batched
@@ -385,3 +395,4 @@ def compile_condition(text: str, metric: str | None = None, rule: str | None = N
 
 # Register the built-in functions (nonfinite, spike, stale, mean, std, slope, drop, range...).
 from trainguard.rules import functions as _functions  # noqa: E402,F401
+from trainguard.rules import robust as _robust  # noqa: E402,F401

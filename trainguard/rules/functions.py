@@ -82,7 +82,7 @@ def _nonfinite(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, lambda b: vector().nonfinite(*fm(b)))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill)
 
 
 @function("spike")
@@ -138,7 +138,7 @@ def _spike(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill + min_count)
 
 
 @function("stale")
@@ -193,7 +193,9 @@ def _stale(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, always=True, batched=operand.batched)
+    # In steps: seen once, then missing for N records; in seconds: the next record or tick.
+    return Node(make, operand.metrics, always=True, batched=operand.batched,
+                fill=1 + (1 if seconds else int(math.ceil(limit))))
 
 
 def _relative(call: Call, direction: float) -> Node:
@@ -271,7 +273,9 @@ def _relative(call: Call, direction: float) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    # The first value after the baseline's N: a fixed baseline also absorbs whatever happened
+    # in its N values, which is why exact signatures get rules of their own.
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill + n)
 
 
 @function("drop")
@@ -310,4 +314,4 @@ def _range(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, lambda b: vector().outside(*fm(b), low, high))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill)

@@ -14,6 +14,7 @@ from trainguard import builtin_cache
 from trainguard.exceptions import ConfigError, RuleSyntaxError, UnknownPackError
 from trainguard.rules.dsl import Condition, compile_condition
 from trainguard.rules.models import Rule, RulePack
+from trainguard.rules.timing import Timing, rule_timing
 
 # ruamel.yaml is imported where YAML is read: a start whose built-in packs come from the cache
 # (builtin_cache.py) never imports it.
@@ -42,6 +43,10 @@ class CompiledRule:
         self.rule = rule
         self.condition = condition
         self.source = source
+
+    def timing(self) -> Timing:
+        """When this rule can fire (trainguard.rules.timing)."""
+        return rule_timing(self.rule, self.condition.fill, self.condition.reaction)
 
 
 def builtin_pack_names() -> list[str]:
@@ -117,10 +122,24 @@ def load_yaml(text: str, path: str) -> Any:
     except RecursionError as exc:
         raise ConfigError("YAML nested too deeply", path=path) from exc
     except YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line) from exc
+        raise _yaml_error(exc, path) from exc
+
+
+def _yaml_error(exc: Any, path: str) -> ConfigError:
+    """A YAML syntax error located where the mistake is: a quote or bracket left open is
+    reported at the line that opened it (ruamel's context), not where the parser gave up (the
+    end of the file, or the next line)."""
+    mark = getattr(exc, "problem_mark", None)
+    line = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context, opened = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and opened is not None and (line is None or opened.line + 1 < line):
+        where = f"line {line}" if line is not None else "the end"
+        what = context.removeprefix("while scanning ").removeprefix("while parsing ")
+        return ConfigError(f"invalid YAML: the {what} that starts here (column "
+                           f"{opened.column + 1}) is not closed: {problem} at {where}; is a "
+                           "quote or bracket left open?", path=path, line=opened.line + 1)
+    return ConfigError(f"invalid YAML: {problem}", path=path, line=line)
 
 
 def _line_of(data: Any, loc: tuple[Any, ...]) -> int | None:
@@ -179,29 +198,86 @@ def _explain(error: Any) -> str:
     return msg + got_text
 
 
-def _validation_error(exc: ValidationError, data: Any, data_for_model: Any,
-                      path: str) -> ConfigError:
-    """All of a pack's mistakes in one error, each with its line and field."""
-    lines: list[str] = []
-    first: tuple[int | None, str] | None = None
+#: One mistake in a rule file: (line, field, what is wrong).
+Mistake = tuple[int | None, str | None, str]
+
+
+def _validation_mistakes(exc: ValidationError, data: Any, data_for_model: Any) -> list[Mistake]:
+    """Every mistake pydantic found, each with its line and field."""
+    out: list[Mistake] = []
     for error in exc.errors():
         loc = tuple(error["loc"])
         line = _line_of(data, loc if not isinstance(data, list) else loc[1:])
         field = ".".join(str(p) for p in loc)
-        text = f"{_rule_ids(data_for_model, loc)}{_explain(error)}"
-        if first is None:
-            first = (line, field)
-            lines.append(text)
-        else:
-            lines.append(f"{path}:{line or '?'}: {field}: {text}")
-    assert first is not None
-    return ConfigError("\n".join(lines), path=path, line=first[0], field=first[1])
+        out.append((line, field, f"{_rule_ids(data_for_model, loc)}{_explain(error)}"))
+    return out
+
+
+def _mistakes_error(mistakes: list[Mistake], path: str) -> ConfigError:
+    """All of a file's mistakes in one error, in line order: the first as the error's own
+    location, the others one per line as ``path:line: field: text``."""
+    ordered = sorted(mistakes, key=lambda m: (m[0] is None, m[0] or 0))
+    first_line, first_field, first_text = ordered[0]
+    lines = [first_text] + [f"{path}:{line or '?'}: " + (f"{field}: " if field else "") + text
+                            for line, field, text in ordered[1:]]
+    if len(ordered) > 1:
+        lines.append(f"{len(ordered)} mistakes in {path}")
+    return ConfigError("\n".join(lines), path=path, line=first_line, field=first_field)
+
+
+def _raw_condition_mistakes(data_for_model: Any, seq: Any, skip: set[int]) -> list[Mistake]:
+    """Conditions that do not compile, read from the raw entries, so that a file with other
+    mistakes still gets its condition mistakes listed too (``skip``: entries already
+    reported for their condition)."""
+    out: list[Mistake] = []
+    entries = data_for_model.get("rules") if isinstance(data_for_model, dict) else None
+    if not isinstance(entries, list):
+        return out
+    for index, entry in enumerate(entries):
+        if index in skip or not isinstance(entry, dict):
+            continue
+        condition, metric = entry.get("condition"), entry.get("metric")
+        if not isinstance(condition, str) or not isinstance(metric, str):
+            continue
+        try:
+            compile_condition(condition, metric, str(entry.get("id", index)))
+        except RuleSyntaxError as exc:
+            line = None
+            try:
+                line = seq[index].lc.key("condition")[0] + 1
+            except (KeyError, TypeError, AttributeError, IndexError):
+                pass
+            rule = entry.get("id", f"#{index}")
+            pointer = f"\n    {exc.text}\n    {' ' * (exc.column - 1)}^"
+            out.append((line, f"rules.{index}.condition",
+                        f"rule {rule}: {exc.reason} at column {exc.column}{pointer}"))
+        except ConfigError as exc:
+            out.append((None, f"rules.{index}.condition", str(exc)))
+    return out
 
 
 def parse_pack(text: str, path: str) -> list[CompiledRule]:
-    """Validate and compile the rules of one YAML document (a pack, or a bare rule list)."""
-    return [compile_rule(rule, path, cond_line, line)
-            for rule, line, cond_line in _parse_located(text, path)]
+    """Validate and compile the rules of one YAML document (a pack, or a bare rule list).
+
+    Every mistake is reported at once (fields, conditions, duplicate ids), each with its
+    line, so a user fixes a file in one pass, not one error per run."""
+    located = _parse_located(text, path)
+    compiled: list[CompiledRule] = []
+    mistakes: list[Mistake] = []
+    errors: list[RuleSyntaxError] = []
+    for index, (rule, line, cond_line) in enumerate(located):
+        try:
+            compiled.append(compile_rule(rule, path, cond_line, line))
+        except RuleSyntaxError as exc:
+            errors.append(exc)
+            pointer = f"\n    {exc.text}\n    {' ' * (exc.column - 1)}^"
+            mistakes.append((cond_line, f"rules.{index}.condition",
+                             f"rule {rule.id}: {exc.reason} at column {exc.column}{pointer}"))
+    if len(errors) == 1:
+        raise errors[0]  # one mistake: its own error, with the column
+    if mistakes:
+        raise _mistakes_error(mistakes, path)
+    return compiled
 
 
 def _parse_located(text: str, path: str) -> list[LocatedRule]:
@@ -216,12 +292,17 @@ def _parse_located(text: str, path: str) -> list[LocatedRule]:
     if not isinstance(data_for_model, dict):
         raise ConfigError("expected a mapping with 'rules:' (or a list of rules)", path=path)
     data_for_model.setdefault("pack", Path(path).stem)
+    seq = data.get("rules") if isinstance(data, dict) else data
     try:
         pack = RulePack.model_validate(dict(data_for_model))
     except ValidationError as exc:
-        raise _validation_error(exc, data, data_for_model, path) from exc
+        mistakes = _validation_mistakes(exc, data, data_for_model)
+        reported = {int(str(f).split(".")[1]) for _, f, _ in mistakes
+                    if f and f.startswith("rules.") and f.endswith(".condition")
+                    and f.split(".")[1].isdigit()}
+        mistakes += _raw_condition_mistakes(data_for_model, seq, reported)
+        raise _mistakes_error(mistakes, path) from exc
     located: list[LocatedRule] = []
-    seq = data.get("rules") if isinstance(data, dict) else data
     seen: dict[str, int | None] = {}
     for index, rule in enumerate(pack.rules):
         line = None

@@ -10,11 +10,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["Action", "Rule", "RulePack", "Severity", "SEVERITY_ORDER", "TEMPLATE_FIELDS",
-           "SCOPES"]
+           "SCOPES", "TIMINGS"]
 
 #: The placeholders a rule's ``message`` and ``recommendation`` may use.
 TEMPLATE_FIELDS = ("value", "step", "rank", "metric", "rule", "baseline")
 SCOPES = ("rank", "any", "all", "mean")
+#: How fast a rule must call what it watches (``trainguard.rules.timing`` holds the budgets).
+TIMINGS = ("exact", "noisy", "slow")
 
 
 class Severity(str, Enum):
@@ -70,6 +72,9 @@ class Rule(BaseModel):
         default="rank", description="rank: per rank; any: one alert when any rank fires; "
         "all: when every rank fires; mean: on the mean of the ranks' values")
     enabled: bool = True
+    timing: Literal["exact", "noisy", "slow"] = Field(
+        default="noisy", description="exact: a signature with no false reading (NaN, exactly "
+        "zero), fires within 3 logged steps; noisy: fires within 5; slow: a trend, within 30")
 
     @field_validator("trainers")
     @classmethod

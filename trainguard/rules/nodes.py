@@ -89,6 +89,13 @@ class Node:
     #: :mod:`trainguard.rules.vector`): every built-in node does; a function registered
     #: without one makes its rule evaluated one record at a time.
     batched: bool = False
+    #: Timing, for ``trainguard rules explain`` and the time-to-detect budget (static, read
+    #: at load time only): ``fill`` is how many records carrying the node's metrics it needs
+    #: before its result can be known (a constant: 0, a metric: 1, a window: its min_count);
+    #: ``reaction`` is how many records after a change of the data it may take to show it
+    #: (a comparison of the current value: 1; a window aggregate: up to its length).
+    fill: int = 1
+    reaction: int = 1
 
 
 def vector() -> Any:
@@ -124,7 +131,7 @@ def many_of(evaluate: Evaluator) -> Any:
 def const(value: float, percent: bool = False, unit: str | None = None) -> Node:
     return Node(lambda: with_many(lambda m: value, lazy_many(lambda: vector().const(value))),
                 frozenset(),
-                constant=value, percent=percent, unit=unit, batched=True)
+                constant=value, percent=percent, unit=unit, batched=True, fill=0, reaction=0)
 
 
 def metric(name: str) -> Node:
@@ -197,7 +204,7 @@ def binary(op: str, left: Node, right: Node) -> Node:
     batched = left.batched and right.batched
     if const is not None and op in CMP:
         return Node(_compare_constant(op, left, const), metrics, always=always,
-                    batched=batched)
+                    batched=batched, fill=left.fill, reaction=left.reaction)
 
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
@@ -222,7 +229,8 @@ def binary(op: str, left: Node, right: Node) -> Node:
             with_many(evaluate, lazy_many(
                 lambda: vector().binary(op, many_of(lf), many_of(rf))))
         return evaluate
-    return Node(make, metrics, always=always, batched=batched)
+    return Node(make, metrics, always=always, batched=batched,
+                fill=max(left.fill, right.fill), reaction=max(left.reaction, right.reaction))
 
 
 def logical(op: str, left: Node, right: Node) -> Node:
@@ -250,8 +258,11 @@ def logical(op: str, left: Node, right: Node) -> Node:
             with_many(evaluate, lazy_many(
                 lambda: vector().logical(op, many_of(lf), many_of(rf))))
         return evaluate
+    # ``and`` is true once both sides are; ``or`` once either is.
+    pick = max if op == "and" else min
     return Node(make, left.metrics | right.metrics, always=left.always or right.always,
-                batched=batched)
+                batched=batched, fill=pick(left.fill, right.fill),
+                reaction=pick(left.reaction, right.reaction))
 
 
 def negate(inner: Node, arithmetic: bool) -> Node:
@@ -267,4 +278,5 @@ def negate(inner: Node, arithmetic: bool) -> Node:
         return evaluate
     return Node(make, inner.metrics,
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
-                always=inner.always, batched=inner.batched)
+                always=inner.always, batched=inner.batched, fill=inner.fill,
+                reaction=inner.reaction)

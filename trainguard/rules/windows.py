@@ -53,6 +53,13 @@ def _window_args(call: Call, what: str = "window N",
     return operand, window, min_count, previous
 
 
+def _timing(operand: Node, min_count: int, previous: bool, window: int) -> tuple[int, int]:
+    """A window's ``fill`` and ``reaction`` (see :class:`~trainguard.rules.nodes.Node`): known
+    from its ``min_count``-th value (one more with ``previous=1``); a window of the values
+    before the current one is a baseline, the current value's comparison shows a change."""
+    return operand.fill + min_count - 1 + (1 if previous else 0), 1 if previous else window
+
+
 class Moments:
     """Running sum and sum of squares over a sliding window (shifted for stability)."""
 
@@ -129,7 +136,8 @@ def _moment(call: Call, std: bool) -> Node:
             with_many(evaluate, lazy_many(
                 lambda: _moment_many(many_of(f), mom, min_count, previous, std)))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    fill, reaction = _timing(operand, min_count, previous, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 def _moment_many(fm: Any, mom: Moments, min_count: int, previous: bool, std: bool) -> Any:
@@ -213,7 +221,8 @@ def _extreme(call: Call, smallest: bool) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    fill, reaction = _timing(operand, min_count, previous, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 @function("min")
@@ -285,7 +294,8 @@ def _slope(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    fill, reaction = _timing(operand, min_count, False, window)
+    return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
 
 
 @function("zscore")
@@ -327,7 +337,9 @@ def _zscore(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched)
+    # The current value against the previous N: it shows a change at once.
+    return Node(make, operand.metrics, batched=operand.batched,
+                fill=operand.fill + min_count, reaction=1)
 
 
 @function("frac_true")
@@ -378,4 +390,5 @@ def _frac_true(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, many)
         return evaluate
-    return Node(make, cond.metrics, batched=cond.batched)
+    return Node(make, cond.metrics, batched=cond.batched,
+                fill=cond.fill + min_count - 1, reaction=window)

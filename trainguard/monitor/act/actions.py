@@ -23,7 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from trainguard.control import StopRequest, read_stop_request, write_json_atomic, write_stop_request
+from trainguard.control import (
+    MAX_METADATA_BYTES,
+    StopRequest,
+    read_small_json,
+    read_stop_request,
+    write_json_atomic,
+    write_stop_request,
+)
 from trainguard.monitor.engine.alerts import Alert
 
 if TYPE_CHECKING:  # psutil: imported by whoever builds a ProcessTarget
@@ -43,14 +50,20 @@ class Stopper(Protocol):
         """Ask the trainer to stop because of ``alert``."""
 
 
+def read_run_session(run_dir: str | os.PathLike[str]) -> tuple[str | None, str | None]:
+    """The run id and writer session id recorded in ``run_metadata.json`` (None for what is
+    not there). Never raises or blocks, whatever the file is (see control.read_small_json)."""
+    meta = read_small_json(Path(run_dir) / "run_metadata.json", MAX_METADATA_BYTES, None)
+    if not isinstance(meta, dict):
+        return None, None
+    run_id, session = meta.get("run_id"), meta.get("session_id")
+    return (run_id if isinstance(run_id, str) else None,
+            session if isinstance(session, str) else None)
+
+
 def read_run_id(run_dir: str | os.PathLike[str]) -> str | None:
     """The run id the trainer's writer recorded in ``run_metadata.json``, if any."""
-    try:
-        meta = json.loads((Path(run_dir) / "run_metadata.json").read_text())
-    except (OSError, ValueError):
-        return None
-    run_id = meta.get("run_id") if isinstance(meta, dict) else None
-    return run_id if isinstance(run_id, str) else None
+    return read_run_session(run_dir)[0]
 
 
 def stale_control_file(control_path: str | os.PathLike[str], run_id: str | None) -> str | None:
@@ -59,7 +72,10 @@ def stale_control_file(control_path: str | os.PathLike[str], run_id: str | None)
     The trainer ignores such a file (see :func:`trainguard.control.applies_to`); the monitor
     says so, because a person who finds ``control.json`` may think this run was stopped.
     """
-    request = read_stop_request(control_path)
+    try:
+        request = read_stop_request(control_path)
+    except Exception:  # noqa: BLE001 - the check is advice; it must never end the monitor
+        return None
     if request is None or run_id is None or request.run_id in (None, run_id):
         return None
     return (f"stale control file {control_path}: a stop request for run {request.run_id} "
@@ -116,6 +132,9 @@ class ControlFileStopper:
         self.run_dir = Path(run_dir) if run_dir is not None else self.path.parent
         self.run_id = run_id
         self.sent: StopRequest | None = None
+        #: A request whose write failed (ENOSPC...), tried again at every retry().
+        self.pending: StopRequest | None = None
+        self.failure: str | None = None
 
     def _already_sent(self, run_id: str | None) -> StopRequest | None:
         existing = read_stop_request(self.path)
@@ -124,19 +143,35 @@ class ControlFileStopper:
         return None
 
     def stop(self, alert: Alert) -> str | None:
-        """Write the stop request unless one was already sent."""
+        """Write the stop request unless one was already sent. A write that fails (a full
+        disk) is kept and tried again by :meth:`retry`; the delivery says it failed."""
         if self.sent is not None:
             return None
-        run_id = self.run_id or read_run_id(self.run_dir)
+        run_id, session = (self.run_id, None) if self.run_id else read_run_session(self.run_dir)
         earlier = self._already_sent(run_id)
-        if earlier is not None:
+        if earlier is not None and (session is None or earlier.session in (None, session)):
             self.sent = earlier
             return None
         request = StopRequest(
             rule=alert.rule, reason=alert.message, step=alert.step, time=time.time(),
-            severity=alert.severity, run_id=run_id,
+            severity=alert.severity, run_id=run_id, session=session,
         )
-        write_stop_request(self.path, request)
+        self.pending = request
+        return self.retry() or (f"control file {self.path} NOT written ({self.failure}); "
+                                "trying again every poll")
+
+    def retry(self) -> str | None:
+        """Write a request whose write failed; the delivery when it is written now."""
+        request = self.pending
+        if request is None:
+            return None
+        try:
+            write_stop_request(self.path, request)
+        except OSError as exc:
+            self.failure = f"{exc.strerror or exc}" + (f" [errno {exc.errno}]" if exc.errno
+                                                       else "")
+            return None
+        self.pending, self.failure = None, None
         self.sent = request
         return f"control_file:{self.path}"
 
@@ -219,6 +254,14 @@ class StopPlan:
         self._killed = False
         self._grace_ends: float | None = None
 
+    def problems(self) -> list[str]:
+        """What keeps the stop from being delivered (a control file that cannot be written)."""
+        control = self.control
+        if control is not None and control.pending is not None:
+            return [f"stop request for {control.pending.rule} not written to {control.path}: "
+                    f"{control.failure}; retrying"]
+        return []
+
     @property
     def can_stop(self) -> bool:
         """Whether any way to stop was given."""
@@ -250,6 +293,10 @@ class StopPlan:
                 parts.append(f"control file already written at {when} (before a restart)")
                 self.record.deliveries.append({"method": "control_file", "time": req.time if req
                                                else None, "detail": "sent before a restart"})
+            elif self.control.pending is not None:  # the write failed: retried by tick()
+                parts.append(how)
+                self.record.deliveries.append({"method": "control_file", "time": None,
+                                               "detail": how})
             else:
                 parts.append(f"{how} at {_stamp(now)}")
                 self.record.deliveries.append({"method": "control_file", "time": now,
@@ -295,6 +342,10 @@ class StopPlan:
         record = self.record
         if record is None:
             return
+        control = self.control
+        if control is not None and control.pending is not None and control.retry():
+            record.deliveries.append({"method": "control_file", "time": time.time(),
+                                      "detail": f"{control.path} (written on a retry)"})
         kill_due = (self.kill_after is not None and self._signalled_at is not None
                     and not self._killed)
         if record.outcome is not None and self._signal_at is None and not kill_due:

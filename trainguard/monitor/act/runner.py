@@ -46,10 +46,13 @@ from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.composite import CompositeSource
 from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
+from trainguard.monitor.ingest.signals import load_scanner
 from trainguard.monitor.ingest.sources import DirectorySource, Line
-from trainguard.monitor.ingest.stdout import make_line_parser
+from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser, preset_field_maps
+from trainguard.monitor.packs import DEFAULT_RULES, PackSelector
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
+from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
 
@@ -86,6 +89,11 @@ class RunOptions:
     #: or a re2 pattern; None auto-detects. ``logging_steps`` derives the TRL step.
     regex: str | None = None
     logging_steps: int = 1
+    #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
+    signals: list[str] = field(default_factory=list)
+    #: More alert sinks (``--notify``) and session observers (started, closed), as for monitor.
+    sinks: list[AlertSink] = field(default_factory=list)
+    observers: list[SessionObserver] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,30 +115,40 @@ def _json_lines_only(line: Line) -> Record | ParseSkip | None:
     return json_line_parser(line)
 
 
-def choose_output_parser(regex: str | None = None, logging_steps: int = 1) -> LineParser:
+def choose_output_parser(regex: str | None = None, logging_steps: int = 1,
+                         signals: list[str] | tuple[str, ...] = ()) -> LineParser:
     """THE place where the parser of the command's output is chosen.
 
     Canonical JSON lines, and the trainer's plain stdout through the stdout presets (or the
     user's ``--regex``): a trainer that knows nothing of trainguard is monitored from what it
     prints. Other lines are prose, ignored.
     """
-    return make_line_parser(regex, auto=True, logging_steps=logging_steps, map_keys=True)
+    return make_line_parser(regex, auto=True, logging_steps=logging_steps, signals=signals,
+                            map_keys=True)
 
 
 def _dispatching_parser(output_parser: LineParser,
-                        own_events: Callable[[], bool] = lambda: False) -> LineParser:
+                        own_events: Callable[[], bool] = lambda: False,
+                        signals: LineParser | None = None,
+                        step: Callable[[], int] = lambda: 0) -> LineParser:
     """Output lines through ``output_parser``; run-directory files as canonical JSONL.
 
     Once the trainer writes events of its own (``own_events()``, e.g. the TRL callback), its
     printed logs are the same logs again, rounded: only JSON lines of the output are read then,
     so no step is evaluated twice. (The callback writes its event before the Trainer prints the
     dict, and a poll reads the run directory before the output, so the switch is in place by the
-    time the first printed dict is read.)
+    time the first printed dict is read.) Known warning and error lines (``signals``: an OOM,
+    an NCCL timeout, a traceback) are read still, at the latest step the monitor has seen.
     """
     def parse(line: Line) -> Record | ParseSkip | list[Record | ParseSkip] | None:
         if line.stream == OUTPUT_STREAM:
             if own_events():
-                return _json_lines_only(line)
+                found = _json_lines_only(line)
+                if found is None and signals is not None:
+                    signal = signals(line)
+                    if type(signal) is Record:
+                        return Record(step(), signal.metrics, None, 0, "train", True)
+                return found
             return output_parser(line)
         return json_line_parser(line)
     return parse
@@ -191,10 +209,11 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     """
     if not options.command:
         raise ConfigError("no command given: trainguard run [OPTIONS] -- COMMAND ...")
-    rules = load_rules(options.rules or ("common",))
+    rules = load_rules(options.rules or DEFAULT_RULES)
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
-    output_parser = choose_output_parser(options.regex, options.logging_steps)
-    field_map = load_field_map(options.field_maps)
+    output_parser = choose_output_parser(options.regex, options.logging_steps, options.signals)
+    signal_parser = StdoutParser([], json_lines=False, signals=load_scanner(options.signals))
+    field_map = load_field_map(preset_field_maps(options.regex, options.field_maps))
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     control_path = run_dir / CONTROL_FILENAME
@@ -219,6 +238,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     console = ConsoleSink()
     jsonl = JsonlAlertSink(alerts_path)
     sinks: list[AlertSink] = [jsonl] if options.quiet else [jsonl, console]
+    sinks.extend(options.sinks)
 
     def emit(alert: Alert) -> None:
         monitor.alerts.append(alert)
@@ -236,12 +256,27 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         kill_after=options.kill_after, sent_log=SentLog(run_dir / SENT_LOG_FILENAME),
         grace=grace, cooperative=lambda: source.event_lines > 0,
         progress=lambda: monitor.max_step, exited=lambda: proc.poll() is not None, emit=emit)
+    def say(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    # The same choice as `trainguard monitor`: the callback's recorded kind, else the keys.
+    selector = PackSelector(options.rules, run_dir, say)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
                       parser=_dispatching_parser(output_parser,
-                                                 lambda: source.event_lines > 0))
+                                                 lambda: source.event_lines > 0,
+                                                 signal_parser,
+                                                 lambda: monitor.max_step or 0),
+                      trainer_rules=selector)
+    selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
+    for observer in options.observers:
+        observer.start(monitor)
     if not options.quiet:
         console.line(f"trainguard run: {' '.join(options.command)} (pid {proc.pid}); run dir "
-                     f"{run_dir}; {len(rules)} rules; stops via {control_path} then SIGTERM",
+                     f"{run_dir}; {len(rules)} rules ("
+                     + (", ".join(options.rules) if options.rules
+                        else ", ".join(DEFAULT_RULES) + " + the trainer's pack")
+                     + f"); stops via {control_path} then SIGTERM",
                      style="dim")
 
     hang: dict[str, object] | None = None
@@ -332,6 +367,8 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
             target.close()
         if proc.stdout is not None:
             proc.stdout.close()
+        for observer in options.observers:
+            observer.close()
 
     stopped = plan.record is not None and plan.record.reached_a_running_trainer
     if stopped:

@@ -15,9 +15,14 @@ rule is firing. The alerts are those of record-by-record evaluation, in record o
 Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
 gave a known result (a step without the metric is unknown: it neither fires nor resets):
 
-* ``warmup``: the first N known evaluations are ignored (the evaluator still sees them, so
-  rolling windows fill up).
+* ``warmup``: the first N records carrying the rule's metrics are ignored, whether their
+  result was known or not: it runs while the windows fill, not after them (the evaluator still
+  sees them). The earliest a rule can fire is record ``max(warmup + 1, fill + for - 1)`` of
+  its metrics, where ``fill`` is the record its condition is first known at
+  (:func:`trainguard.rules.timing.earliest_firing`).
 * ``for``: N consecutive true evaluations fire; one false evaluation resets the pending count.
+  They are counted during the warmup too, so a rule fires at the first record past its warmup
+  whose last N results were true.
 * ``keep_firing_for``: once firing, up to N false evaluations are tolerated (a true one resets
   the count); the N+1st resolves. A metric flapping around its threshold therefore fires once
   and stays firing instead of firing on every crossing.
@@ -115,11 +120,18 @@ class Engine:
         self._scalar_index = Index()  # without the batched entries
         self._mean_entries: list[Entry] = []
         self._batched: list[Entry] = []
+        self._derived_index = Index()  # records derived by the monitor (straggler scores)
         for entry in self._entries:
             if entry.scope == "mean":
                 self._mean_entries.append(entry)
                 continue
             self._index.add(entry)
+            for name in entry.compiled.condition.metrics:
+                # Only the rules that read a derived metric see its record, ``always`` rules
+                # (stale) included: such a record is no new step of its rank, and it arrives
+                # after the rank's later steps, so a rule of every record would see time run
+                # backwards (a stale alert resolving "at step 1").
+                self._derived_index.by_metric.setdefault(name, []).append(entry)
             if entry.batched:
                 self._batched.append(entry)
             else:
@@ -129,6 +141,12 @@ class Engine:
     def rules(self) -> list[CompiledRule]:
         """The rules this engine evaluates now (after trainer filtering)."""
         return [e.compiled for e in self._entries]
+
+    def judged(self) -> bool:
+        """Whether any rule gave a known result on any record (a session that judged nothing
+        must not be called clean)."""
+        return any(state.evaluations for entry in self._entries
+                   for state in entry.states.values()) or bool(self.alerts_fired)
 
     # -- restart without re-notifying (T19) -----------------------------------------------------
 
@@ -181,6 +199,19 @@ class Engine:
                  time: float | None = None) -> list[Alert]:
         """Feed one step record of one rank; return the alerts that fired or resolved."""
         return self._evaluate_record(rank, step, metrics, time, self._index)
+
+    def evaluate_derived(self, rank: int, step: int, metrics: Mapping[str, float],
+                         time: float | None = None) -> list[Alert]:
+        """Feed a record the monitor derived for ``rank`` (``ranks/straggler_score``): only
+        the per-rank rules that read one of its metrics see it; no ``mean`` gathering."""
+        return self._evaluate_record(rank, step, metrics, time, self._derived_index,
+                                     mean=False)
+
+    @property
+    def cross_rank(self) -> bool:
+        """Whether a rule of scope ``any``, ``all`` or ``mean`` applies: their results depend
+        on the order in which the ranks' records arrive (see Monitor's step alignment)."""
+        return any(e.scope != "rank" for e in self._entries)
 
     def evaluate_many(self, records: Sequence[tuple[int, int, Mapping[str, float],
                                                     float | None]]) -> list[Alert]:
@@ -249,8 +280,27 @@ class Engine:
             for entry in self._batched:
                 self._batch_entry(entry, rank, batch, rows, tagged)
         if len(tagged) > 1:
-            tagged.sort(key=lambda t: (t[0], t[1]))
+            tagged.sort(key=lambda t: t[0])  # stable: a record's alerts keep their order...
+            records = [t[0] for t in tagged]
+            if len(set(records)) < len(records):  # ...which is evaluate()'s only if one each
+                tagged.sort(key=self._record_order(metrics))
         return [a for _, _, a in tagged]
+
+    def _record_order(self, metrics: Sequence[Mapping[str, float]]) -> Any:
+        """Sort key putting the alerts of a batch in the order :meth:`evaluate` gives: by
+        record, then by the rule's place among those the record touches (``mean`` rules,
+        gathered first, before all). Computed only for records that raised alerts."""
+        places: dict[tuple[str, ...], dict[str, int]] = {}
+
+        def key(tag: tuple[int, int, Alert]) -> tuple[int, int]:
+            i = tag[0]
+            keys = tuple(metrics[i])
+            place = places.get(keys)
+            if place is None:
+                place = places[keys] = {e.compiled.rule.id: n for n, e in
+                                        enumerate(self._index.touched(keys))}
+            return i, place.get(tag[2].rule, -1)
+        return key
 
     def _batch_entry(self, entry: Entry, rank: int, batch: Any, index: list[int] | None,
                      out: list[tuple[int, int, Alert]]) -> None:
@@ -275,13 +325,16 @@ class Engine:
             state = entry.states[rank] = new_state(entry, rank)
         values, known = state.evaluator.many(batch)  # type: ignore[attr-defined]
         rows = np.flatnonzero(known)
+        unknown0, n = state.unknown, batch.n
         if not len(rows):
+            state.unknown += n
             return
         truth = values[rows] != 0  # NaN is true
         first = 0
         if not state.firing:
             if not truth.any():  # the quiet case, as evaluate() inlines it
                 state.evaluations += len(rows)
+                state.unknown += n - len(rows)
                 state.consecutive = 0
                 return
             first = int(np.argmax(truth))
@@ -289,17 +342,19 @@ class Engine:
                 state.evaluations += first
                 state.consecutive = 0
         steps, baseline = batch.steps, batch.baseline
-        for j in rows[first:].tolist():
+        for k, j in enumerate(rows[first:].tolist(), first):
             step = int(steps[j])
+            state.unknown = unknown0 + j - k  # the unknown rows before this one: for warmup
             change = self._life_cycle(entry, state, step, float(values[j]))
             if change:
                 base = baseline[j] if baseline is not None else math.nan
                 out.append((j if index is None else index[j], 1, self._alert(
                     entry, state, rank, step, batch.metrics[j], batch.time_list[j], change,
                     None if math.isnan(base) else float(base))))
+        state.unknown = unknown0 + n - len(rows)
 
     def _evaluate_record(self, rank: int, step: int, metrics: Mapping[str, float],
-                         time: float | None, index: Index) -> list[Alert]:
+                         time: float | None, index: Index, mean: bool = True) -> list[Alert]:
         """:meth:`evaluate` over the entries of ``index``."""
         by_metric = index.by_metric
         alerts: list[Alert] = []
@@ -307,7 +362,7 @@ class Engine:
             self._known_ranks.add(rank)
             if self._first_step is None:
                 self._first_step = step
-        if self._mean_entries:
+        if self._mean_entries and mean:
             self._gather_mean(rank, step, metrics, time, alerts)
         touched: list[Entry] | None
         if len(metrics) == 1 and not index.always:  # one-metric events: nothing to de-duplicate
@@ -331,7 +386,8 @@ class Engine:
                 ctx.baseline = None
             result = state.evaluator(metrics)
             if result is None:
-                continue  # unknown: neither fires nor resets a pending alert
+                state.unknown += 1  # neither fires nor resets a pending alert; warmup counts it
+                continue
             if not result and not state.firing and entry.quiet_inline:
                 state.evaluations += 1  # the quiet case: what _life_cycle would do
                 state.consecutive = 0
@@ -399,7 +455,8 @@ class Engine:
             ctx.baseline = None
         result = state.evaluator(metrics)
         if result is None:
-            return  # unknown: neither fires nor resets a pending alert
+            state.unknown += 1  # neither fires nor resets a pending alert; warmup counts it
+            return
         if not result and not state.firing and entry.quiet_inline:
             state.evaluations += 1  # the common quiet case, inlined: _life_cycle would do this
             state.consecutive = 0
@@ -441,8 +498,6 @@ class Engine:
         """Advance one rank's state by one known result; return the transition (0: none)."""
         rule = entry.compiled.rule
         state.evaluations += 1
-        if state.evaluations <= rule.warmup:
-            return 0
         if result:  # NaN counts as true: a NaN comparison result is itself a finding
             state.false_while_firing = 0
             if state.firing:
@@ -451,8 +506,10 @@ class Engine:
                     state.notified_at_step = step
                     return _REPEAT
                 return 0
+            # `for` counts during the warmup too: the two overlap instead of adding up.
             state.consecutive += 1
-            if state.consecutive < rule.for_ or step <= state.quiet_until_step:
+            if (state.consecutive < rule.for_ or step <= state.quiet_until_step
+                    or state.evaluations + state.unknown <= rule.warmup):
                 return 0
             state.firing = True
             state.fired_at_step = state.notified_at_step = step

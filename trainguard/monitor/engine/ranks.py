@@ -30,7 +30,7 @@ class StragglerScores:
     """Gathers per-rank step times by step and scores each rank against the fastest."""
 
     def __init__(self, keys: Iterable[str] = STEP_TIME_KEYS, *, window: int = 10,
-                 max_pending: int = 256) -> None:
+                 max_pending: int = 1 << 16) -> None:
         self.keys = tuple(keys)
         self.window = window
         self.max_pending = max_pending

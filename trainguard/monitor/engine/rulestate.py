@@ -18,6 +18,10 @@ class RuleState:
     evaluator: Evaluator
     context: EvalContext
     evaluations: int = 0
+    #: Records that carried the rule's metrics but gave no known result (a window still
+    #: filling, a NaN operand): ``warmup`` counts them with the known ones, so it runs while
+    #: windows fill instead of after.
+    unknown: int = 0
     consecutive: int = 0
     firing: bool = False
     false_while_firing: int = 0

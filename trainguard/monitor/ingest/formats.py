@@ -33,7 +33,10 @@ from typing import Any, BinaryIO
 
 from trainguard.monitor.ingest.sources import Source, open_source
 
-__all__ = ["OpenedSource", "detect_format", "open_source_for"]
+__all__ = ["OpenedSource", "TRACKER_STORES", "detect_format", "open_source_for"]
+
+#: Formats whose source reads a tracker's store and hands over canonical JSON lines.
+TRACKER_STORES = frozenset({"tensorboard", "mlflow", "wandb"})
 
 #: Lines of a file looked at to tell its format.
 _SNIFF_LINES = 5
@@ -81,14 +84,17 @@ def _detect(spec: str) -> str:
         return "stdin"
     if spec.startswith(("sqlite:///", "file://")):
         return "mlflow"
+    def verl(line: bytes) -> bool:
+        return is_verl_file_line(line) and not _claimed(line)
+
     path = Path(spec)
     jsonl = [path] if path.is_file() else _jsonl_files(path) if path.is_dir() else []
     if path.is_dir() and jsonl:
-        verl = any(is_verl_file_line(line) for f in jsonl for line in _first_lines(f, 1))
-        return "verl_file" if verl else "jsonl"
+        found = any(verl(line) for f in jsonl for line in _first_lines(f, 1))
+        return "verl_file" if found else "jsonl"
     if path.is_file() and path.suffix in (".jsonl", ".json", ".log", ".txt", ""):
         lines = [line for line in _first_lines(path) if line.strip()]
-        if lines and is_verl_file_line(lines[0]):
+        if lines and verl(lines[0]):
             return "verl_file"
     if path.exists() and not (path.is_file() and path.suffix == ".jsonl"):
         # Imported only here: a file or run directory of our own events never needs them.
@@ -103,6 +109,22 @@ def _detect(spec: str) -> str:
         if mlflow_store_uri(spec) is not None:
             return "mlflow"
     return "jsonl"
+
+
+def _claimed(line: bytes) -> bool:
+    """A JSON format registered in ``sniff.JSON_FORMATS`` recognises the line: it reads the
+    file through its own parser, and the built-in verl rewrite stays out of its way."""
+    from trainguard.monitor.ingest.sniff import JSON_FORMATS
+
+    if not JSON_FORMATS:
+        return False
+    import orjson
+
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return any(fmt.detects(obj) for fmt in JSON_FORMATS)
 
 
 def open_source_for(spec: str, *, exclude: Iterable[str] = (),

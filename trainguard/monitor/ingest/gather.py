@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import count, repeat
 from typing import Annotated, Any
 
@@ -50,7 +51,7 @@ class _OneMetric(msgspec.Struct, gc=False):
     value: float
     step: _Step
     rank: int = 0
-    time: float | None = None
+    time: float | datetime | None = None  # an ISO-8601 string decodes to a datetime, in C
     kind: Any = "train"
     metrics: Any = UNSET
     host: str | None = None
@@ -77,7 +78,7 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     name: str | UnsetType = UNSET
     value: float | UnsetType = UNSET
     rank: int = 0
-    time: float | None = None
+    time: float | datetime | None = None
     kind: Any = "train"
     metrics: dict[str, float] | None = None
     run_id: Any = None
@@ -104,10 +105,35 @@ class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=
     run_id: Any = None
 
 
+class _MetricLineISOTime(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
+    """:class:`_MetricLine` with an ISO-8601 ``time`` (decoded to a datetime in C, converted
+    to epoch seconds before gathering): a block whose times are strings fails the plain decode
+    at its first line and is decoded again as this, not line by line."""
+
+    time: float | datetime | None = None
+    step: _Step
+    name: str
+    value: float
+    rank: int = 0
+    kind: Any = "train"
+    run_id: Any = None
+
+
+def _timestamp(moment: Any) -> float | None:
+    """The epoch seconds of a decoded ISO time (UTC when it names no offset), as
+    :func:`trainguard.events.iso_timestamp` reads the same text on the general path."""
+    if type(moment) is not datetime:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return float(moment.timestamp())
+
+
 #: ``decode_lines`` reads a run of JSON values apart by any whitespace; the block path checks
 #: that its lines are exactly those values before it takes them (see _gather_block).
 _decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
 _decode_metric_block = msgspec.json.Decoder(_MetricLine).decode_lines
+_decode_metric_block_iso = msgspec.json.Decoder(_MetricLineISOTime).decode_lines
 MAX_SKIP_EXAMPLES = 5
 #: Completed step records a batch holds before they are evaluated anyway: a poll of a run
 #: directory reads a chunk of every file, and its records must not all wait at once.
@@ -205,11 +231,22 @@ class StepGathering:
         """
         stream, first, raw, n = block.stream, block.first, block.raw, block.count
         assert raw is not None
+        metric_lines: list[Any] | None
         try:
             metric_lines = _decode_metric_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form: decoded again below
-            pass
-        else:
+            metric_lines = None
+            if b'"time":"' in raw[:256] or b'"time": "' in raw[:256]:  # ISO-8601 times?
+                try:
+                    metric_lines = _decode_metric_block_iso(raw)
+                except _NOT_ONE_METRIC:
+                    pass
+                else:
+                    for iso in metric_lines:
+                        t = iso.time
+                        if t is not None and type(t) is not float:
+                            iso.time = _timestamp(t)
+        if metric_lines is not None:
             if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
                 return False
             self._gather_metric_lines(stream, metric_lines)
@@ -244,13 +281,13 @@ class StepGathering:
                 evaluate(held)
             t = one.time
             if t is not None and type(t) is not float and type(t) is not int:
-                t = None
+                t = _timestamp(t)
             kind = one.kind
             evaluate(Record(step, metrics, t, rank, kind if type(kind) is str else "train",
                             False, one.host, one.local_rank))
         return True
 
-    def _gather_metric_lines(self, stream: str, decoded: list[_MetricLine]) -> None:
+    def _gather_metric_lines(self, stream: str, decoded: list[Any]) -> None:
         """Gather a block of one-metric lines of ``stream`` into step records, as
         :meth:`_gather` would: a line of the step and rank of the line before it only adds its
         metric (most lines, and the only check they get); any other starts a step, completing
@@ -350,7 +387,7 @@ class StepGathering:
                         cur_stream, cur_rank, cur_key = stream, rank, key
                     t = one.time
                     if t is not None and type(t) is not float and type(t) is not int:
-                        t = None
+                        t = _timestamp(t)
                     kind = one.kind
                     cur_metrics = {name: value}
                     cur_step = step

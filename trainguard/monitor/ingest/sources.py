@@ -129,7 +129,7 @@ class DirectorySource:
 
     def __init__(self, root: str | os.PathLike[str], *, exclude: Iterable[str] = (),
                  positions: dict[str, dict[str, Any]] | None = None,
-                 rescan_interval: float = 1.0) -> None:
+                 rescan_interval: float = 1.0, from_start: bool = True) -> None:
         self.root = Path(root)
         self.name = str(root)
         self._exclude = {os.path.abspath(p) for p in exclude}
@@ -143,7 +143,11 @@ class DirectorySource:
         self._rescan_interval = rescan_interval
         self._last_full = float("-inf")  # the first poll reads everything already there
         self._listings: dict[str, tuple[int, list[str], list[str]]] = {}
+        # --from-end: the files already there start at their end; files that appear later
+        # are new, read from their start (a checkpointed position wins either way).
+        self._from_start = from_start
         self._scan()
+        self._from_start = True
 
     def _excluded(self, path: str) -> bool:
         absolute = os.path.abspath(path)
@@ -164,8 +168,9 @@ class DirectorySource:
             return
         for path in found:
             if path not in self._tails and not self._excluded(path):
-                self._tails[path] = FileTail(path, from_start=True,
-                                             position=self._positions.pop(path, None))
+                position = self._positions.pop(path, None)
+                self._tails[path] = FileTail(path, from_start=self._from_start
+                                             or position is not None, position=position)
 
     def _walk(self, top: str) -> list[str]:
         """``*.jsonl`` files under ``top`` (symlinked files yes, symlinked folders not entered).
@@ -314,7 +319,7 @@ def open_source(spec: str, *, exclude: Iterable[str] = (), from_start: bool = Tr
             raise SourceError(f"{spec}: permission denied: the monitor cannot read this run "
                               "directory (check its mode and owner)")
         return DirectorySource(path, exclude=exclude, positions=positions,
-                               rescan_interval=rescan_interval)
+                               rescan_interval=rescan_interval, from_start=from_start)
     if path.exists() and not os.access(path, os.R_OK):
         raise SourceError(f"{spec}: permission denied: the monitor cannot read this file")
     return FileSource(path, from_start=from_start, positions=positions)

@@ -35,23 +35,24 @@ with ``\\r``), the last is returned (the step count still counts each TRL log);
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Final, Literal
 
-import re2
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from trainguard.events import ParseSkip, Record, decode_value, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.ingest.gather import LineParser, json_line_parser
+from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_scanner, quoted
 from trainguard.monitor.ingest.sources import Line
 from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
 __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
-           "load_stdout_preset", "make_line_parser"]
+           "load_stdout_preset", "make_line_parser", "preset_field_maps"]
 
 #: The order in which auto-detection tries the presets (most specific first).
 AUTO_ORDER: Final = ("openrlhf", "openrlhf_tqdm", "trl", "verl", "kv")
@@ -83,7 +84,9 @@ class StdoutPreset(BaseModel):
     step_key: str = "step"
     #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
     require_any: list[str] = []
-    #: The field-map preset ``--regex NAME`` brings (the framework's keys to canonical names).
+    #: The field map (a preset in ``presets/fields/``) that goes with this trainer's names:
+    #: ``--regex NAME`` applies it unless ``--field-map`` is given (see preset_field_maps),
+    #: and a parser made with ``map_keys`` applies it to the lines this preset reads.
     field_map: str | None = None
 
     @field_validator("line", "pair")
@@ -134,6 +137,16 @@ def builtin_stdout_presets() -> dict[str, StdoutPreset]:
         for name in (preset.name, *preset.aliases):
             out[name] = preset
     return out
+
+
+def preset_field_maps(regex: str | None, field_maps: list[str]) -> list[str]:
+    """The field maps a session applies: the user's, or, when there are none and ``regex``
+    names a preset that brings one (verl: ``actor/pg_loss`` stays and ``actor/grad_norm``
+    also feeds ``grad_norm``...), that preset's map."""
+    if field_maps or regex is None:
+        return list(field_maps)
+    preset = builtin_stdout_presets().get(regex)
+    return [preset.field_map] if preset is not None and preset.field_map else []
 
 
 def load_stdout_preset(name: str) -> StdoutPreset:
@@ -242,24 +255,17 @@ class _UserPattern:
     __slots__ = ("counted", "progress", "needle", "key_map", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
-        options = re2.Options()
-        options.log_errors = False  # the ConfigError below says it; re2 would also print it
-        try:
-            self._regex = re2.compile(pattern, options)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
-            raise ConfigError(f"--regex {pattern!r}: re2 cannot compile it: {reason}. re2 has no "
-                              "backreferences or lookarounds (they can take exponential time); "
-                              "rewrite the pattern without them") from None
+        shown = quoted(pattern)
+        self._regex = compile_safe(pattern, "--regex")
         names = dict(self._regex.groupindex)
         if "step" not in names:
-            raise ConfigError(f"--regex {pattern!r}: not a preset name ("
+            raise ConfigError(f"--regex {shown}: not a preset name ("
                               + ", ".join(sorted(builtin_stdout_presets()))
                               + ") and has no (?P<step>...) group; name the step group, and one "
                               "group per metric, e.g. 'step (?P<step>\\d+) loss (?P<loss>\\S+)'")
         self._names = [(n, n.replace("__", "/")) for n in names if n != "step"]
         if not self._names:
-            raise ConfigError(f"--regex {pattern!r}: no metric group; add a named group per "
+            raise ConfigError(f"--regex {shown}: no metric group; add a named group per "
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
         self.progress = False
@@ -295,16 +301,23 @@ class _Progress:
 
     train_logs: int = 0
     step: int = 0
+    #: Signal metrics this stream has printed, and those printed since its last training log.
+    signals_seen: set[str] | None = None
+    signals_since: set[str] | None = None
 
 
 class StdoutParser:
     """Turns physical console lines into records; a :data:`~trainguard.monitor.daemon.LineParser`.
 
-    Stateful per stream (the derived TRL step), otherwise pure: no files, clocks or threads.
+    Stateful per stream (the derived TRL step), otherwise pure: no files or threads; the one
+    clock it reads (``clock``, the time a line was read, stamped on its record because a printed
+    log has none) is injected.
     """
 
     def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
-                 logging_steps: int = 1, steps_per_epoch: int | None = None) -> None:
+                 logging_steps: int = 1, steps_per_epoch: int | None = None,
+                 signals: SignalScanner | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if logging_steps < 1:
             raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
                               "trainer's logging_steps)")
@@ -317,13 +330,18 @@ class StdoutParser:
         self.json_first = json_lines
         self.logging_steps = logging_steps
         self.steps_per_epoch = steps_per_epoch
-        needles = [m.needle for m in matchers]
+        #: Known warning/error lines (ingest/signals.py), tried on lines no matcher takes.
+        self.signals = signals
+        needles = [m.needle for m in matchers] + list(signals.needles if signals else ())
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
         #: Per stream, the last step a progress bar gave (see _bar_steps).
         self._last_bar_step: dict[str, int] = {}
         self._bar_hits = 0  # records of the last parse_all that a progress bar gave
+        #: A printed log carries no time: its record's time is when it was read (``clock``,
+        #: injected so the parser stays a function of its input in tests).
+        self._clock = clock
 
     def __call__(self, line: Line) -> Record | ParseSkip | list[Record | ParseSkip] | None:
         """The last record of the line, or a skip, or ``None`` for prose; with a progress-bar
@@ -392,9 +410,28 @@ class StdoutParser:
                     if matcher.progress:
                         self._bar_hits += 1
                 break
+            else:
+                if self.signals is not None:
+                    signal = self.signals.scan(text)
+                    if signal is not None:
+                        out.append(self._signal(stream, signal))
         if not out and json_skip is not None:
             return [json_skip]
         return out
+
+    def _signal(self, stream: str, metrics: dict[str, float]) -> Record:
+        """A printed warning/error line, at the step being computed: the one whose log comes
+        next (a trainer prints a step's warnings before its log). Partial, so it joins that
+        log's record, and several lines of one step count once; a run that crashes before
+        that log still has it evaluated, at that step."""
+        progress = self._progress.get(stream)
+        if progress is None:
+            progress = self._progress[stream] = _Progress()
+        if progress.signals_seen is None or progress.signals_since is None:
+            progress.signals_seen, progress.signals_since = set(), set()
+        progress.signals_seen.update(metrics)
+        progress.signals_since.update(metrics)
+        return Record(progress.step + self.logging_steps, metrics, None, 0, "train", True)
 
     def _record(self, stream: str, step: int | None, metrics: dict[str, float], kind: str,
                 counted: bool) -> Record:
@@ -411,7 +448,14 @@ class StdoutParser:
             else:
                 step = progress.step
         progress.step = step
-        return Record(step, metrics, None, 0, kind)
+        if kind == "train" and progress.signals_seen:
+            # A signal this stream printed before is 0 on a step that did not print it, so a
+            # rule's `for` counts consecutive steps and its alert resolves.
+            assert progress.signals_since is not None
+            for name in progress.signals_seen - progress.signals_since:
+                metrics.setdefault(name, 0.0)
+            progress.signals_since.clear()
+        return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
 def _epoch_offset(m: re.Match[str]) -> int:
@@ -424,7 +468,9 @@ def _epoch_offset(m: re.Match[str]) -> int:
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
-                     steps_per_epoch: int | None = None, map_keys: bool = False) -> LineParser:
+                     steps_per_epoch: int | None = None,
+                     signals: list[str] | tuple[str, ...] | None = (),
+                     map_keys: bool = False) -> LineParser:
     """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
 
     * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
@@ -432,6 +478,8 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     * ``auto``: canonical JSON lines still parse; with ``regex=None`` every preset is tried.
       ``regex=None, auto=False`` is the plain canonical JSONL parser.
     * ``logging_steps`` / ``steps_per_epoch``: how the TRL step is derived (module doc).
+    * ``signals``: the user's ``NAME=PATTERN`` signals, read with the built-in ones
+      (ingest/signals.py) from lines no preset takes; ``None``: read no signals.
     * ``map_keys``: a line a preset with a ``field_map:`` read (verl, OpenRLHF) has its keys
       mapped by that map, whether the preset was named or found by auto-detection, so verl's
       ``actor/pg_loss`` feeds the loss rules. The monitor and ``run`` map; ``convert`` keeps
@@ -456,5 +504,6 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
             if name:
                 matcher.key_map = load_field_map([name]).apply
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
-                        steps_per_epoch=steps_per_epoch)
+                        steps_per_epoch=steps_per_epoch,
+                        signals=None if signals is None else load_scanner(signals))
 

@@ -1,5 +1,5 @@
-"""Sinks: where alerts and verdicts go (console, JSONL record, reports; later notifications,
-Prometheus and the live view).
+"""Sinks: where alerts and verdicts go (console, JSONL record, reports, notifications through
+apprise, Prometheus ``/metrics``, the live view, the HTML and Markdown run reports).
 
 A sink receives alerts and summaries; it never changes them and never decides a verdict.
 

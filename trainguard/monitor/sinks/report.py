@@ -33,6 +33,9 @@ def build_report(source_name: str, streams: dict[str, TailStats], verdict: Verdi
             {"stream": ex.stream, "line": ex.line, "reason": ex.reason, "detail": ex.detail}
             for ex in verdict.skip_examples],
         "problems": list(verdict.problems),
+        "notes": list(verdict.notes),
+        "lines": verdict.lines,
+        "judged": verdict.judged,
         "alerts": sum(1 for a in verdict.alerts if a.state == "firing"),
         "alerts_resolved": sum(1 for a in verdict.alerts if a.state == "resolved"),
         "alerts_suppressed_after_restart": suppressed_alerts,

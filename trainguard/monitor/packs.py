@@ -1,0 +1,104 @@
+"""Choosing rule packs for a session: the rules to start with, then the trainer's pack and
+filtering once the run says what is training. ``trainguard monitor`` and ``trainguard run``
+both use :class:`PackSelector`; the decision itself is :func:`trainguard.rules.detect.choose_packs`
+(pure); this module adds what needs I/O: reading ``run_metadata.json`` and loading packs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from trainguard.exceptions import TrainguardError
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.engine import Engine
+from trainguard.rules.detect import PackChoice, choose_packs
+from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack
+
+__all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "config_metrics",
+           "recorded_trainer"]
+
+#: The packs a session starts with when no --rules are given (the trainer's pack follows).
+DEFAULT_RULES = ("common",)
+
+METADATA_FILENAME = "run_metadata.json"  # as the writer names it (emitters/writer.py)
+
+
+#: Fields of the trainer's config (recorded by the TRL callback) that rules read, as
+#: ``config/NAME`` metrics of one record at the first step (common.warmup_longer_than_run).
+CONFIG_FIELDS = ("max_steps", "warmup_steps", "warmup_ratio", "learning_rate")
+
+
+def _metadata(run_dir: str | Path | None) -> dict[str, Any]:
+    if run_dir is None:
+        return {}
+    try:
+        meta = json.loads((Path(run_dir) / METADATA_FILENAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def recorded_trainer(run_dir: str | Path | None) -> str | None:
+    """The trainer kind the TRL callback recorded in ``RUN_DIR/run_metadata.json``, if any."""
+    kind = _metadata(run_dir).get("trainer")
+    return kind.lower() if isinstance(kind, str) else None
+
+
+def config_metrics(run_dir: str | Path | None) -> dict[str, float]:
+    """The recorded config's numeric :data:`CONFIG_FIELDS` as ``config/NAME`` metrics."""
+    config = _metadata(run_dir).get("config")
+    if not isinstance(config, dict):
+        return {}
+    return {f"config/{name}": float(config[name]) for name in CONFIG_FIELDS
+            if isinstance(config.get(name), (int, float)) and not isinstance(config[name], bool)}
+
+
+class PackSelector:
+    """Called by the loop with the metric keys seen so far until it returns True: reads the
+    recorded trainer kind, asks :func:`choose_packs`, adds the pack and sets the engine's
+    trainer (so rules scoped to other trainers stop applying), and says so through ``say``.
+    The recorded config's :data:`CONFIG_FIELDS` are then evaluated as one record at the step
+    being read (a warmup longer than the run shows at the first one); alerts go to ``route``."""
+
+    def __init__(self, explicit: Sequence[str], run_dir: str | Path | None,
+                 say: Callable[[str], None], overrides: Sequence[str] = ()) -> None:
+        self.explicit = list(explicit)
+        self.run_dir = run_dir
+        self.say = say
+        self.overrides = list(overrides)
+        self.engine: Engine | None = None
+        self.route: Callable[[Alert], None] | None = None
+        self.step: Callable[[], int] = lambda: 0
+        self.choice: PackChoice | None = None
+
+    def attach(self, engine: Engine, route: Callable[[Alert], None] | None = None,
+               step: Callable[[], int] = lambda: 0) -> None:
+        """The engine to configure, where its config alerts go, and the step they carry (the
+        record being read when the trainer became known): the loop's, made after this."""
+        self.engine, self.route, self.step = engine, route, step
+
+    def __call__(self, keys: set[str]) -> bool:
+        assert self.engine is not None, "attach() the engine first"
+        choice = choose_packs(self.explicit, recorded_trainer(self.run_dir), keys)
+        if choice.trainer is None:
+            return False
+        self.choice = choice
+        added: list[CompiledRule] = []
+        for pack in choice.packs:
+            try:
+                added += load_pack(pack)
+            except TrainguardError as exc:  # a broken built-in pack must not blind the monitor
+                self.say(f"trainguard: {choice.reason}; cannot load pack {pack}: {exc}")
+        if added:
+            self.engine.add_rules(apply_overrides(added, self.overrides, missing_ok=True))
+        self.engine.set_trainer(choice.trainer)
+        self.say(f"trainguard: {choice.reason}"
+                 + (f" ({len(added)} rules)" if added else ""))
+        config = config_metrics(self.run_dir) if choice.source == "run_metadata.json" else {}
+        if config:
+            for alert in self.engine.evaluate(0, self.step(), config):
+                if self.route is not None:
+                    self.route(alert)
+        return True
