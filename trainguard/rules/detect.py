@@ -38,6 +38,7 @@ _FINGERPRINTS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     # (GRPO, or RLOO/REINFORCE++, whose group-reward failures grpo_safe watches).
     ("ppo", frozenset({"critic/values/mean"}), frozenset()),       # verl with a critic
     ("ppo", frozenset({"critic/vf_loss"}), frozenset()),           # verl with a critic
+    ("ppo", frozenset({"critic/grad_norm"}), frozenset()),         # verl with a critic
     ("grpo", frozenset({"critic/score/mean"}), frozenset()),       # verl, critic-free
     ("grpo", frozenset({"actor/pg_loss"}), frozenset()),           # verl, critic-free
     ("ppo", frozenset({"policy_loss", "actor_lr"}), frozenset()),  # OpenRLHF
