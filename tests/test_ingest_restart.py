@@ -91,7 +91,7 @@ def test_a_session_killed_before_its_first_checkpoint_leaves_no_duplicate_record
     Checkpointer(state, FileSource(events), AlertLedger(), recorder)
     for step in range(5000):
         recorder.write(Record(step, {"loss": 1.0}))
-    recorder._file.flush()  # what a full buffer does by itself; then the process dies
+    recorder._write_buffer()  # what a full buffer does by itself; then the process dies
     assert record.stat().st_size > 0
 
     saved, warning = load_state(state)

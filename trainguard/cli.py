@@ -215,6 +215,9 @@ def monitor(
         "trainguard\\[prometheus]).")] = None,
     metrics_address: Annotated[str, typer.Option(
         "--metrics-address", help="Address /metrics listens on.")] = "127.0.0.1",
+    max_ranks: Annotated[int, typer.Option(
+        "--max-ranks", min=1, help="Ranks are 0 to N-1; a line of any other rank is a counted "
+        "bad_rank skip (each rank holds its own rule state).")] = 65536,
 ) -> None:
     """Follow a run's events, evaluate rules, write alerts, and optionally stop the trainer.
 
@@ -250,6 +253,7 @@ def monitor(
     options.steps_per_epoch, options.signals = steps_per_epoch, list(line_signal)
     if live and tee is None:
         options.tee = False  # the live view owns the terminal
+    options.max_ranks = max_ranks
     try:
         options.sinks, options.observers = _outputs(options.source or "stdin", notify,
                                                     notify_severity, notify_resolved, live,

@@ -141,6 +141,9 @@ def check(
             results.append(result.to_json())
         else:
             typer.echo(_run_line(result))
+            for problem in result.verdict.problems:  # why it is degraded: what could not be seen
+                _err().print(f"{run}: [yellow]DEGRADED:[/] {problem}", markup=True,
+                             highlight=False)
             for a in result.verdict.alerts:
                 if a.state == "firing":
                     rank = f" rank {a.rank}" if a.rank else ""

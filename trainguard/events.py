@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 __all__ = [
+    "MAX_RANKS",
     "NONFINITE_ENCODING",
     "Record",
     "RESERVED_KEYS",
@@ -156,6 +157,10 @@ def _loads(line: bytes | str) -> Any:
 #: Steps and integer times beyond this are refused: the monitor computes with them as floats,
 #: which hold every integer up to 2**53 exactly.
 MAX_EXACT_INT = 2**53
+#: The monitor's default cap on ranks, ``0 <= rank < MAX_RANKS`` (``--max-ranks`` changes
+#: it): each rank costs the monitor its own rule state, so a file of random integers must
+#: not become a hundred thousand ranks.
+MAX_RANKS = 1 << 16
 
 
 def record_from_object(obj: Any, default_step: int | None = None) -> Record | ParseSkip:
@@ -179,8 +184,10 @@ def record_from_object(obj: Any, default_step: int | None = None) -> Record | Pa
         # (other text, NaN, an integer past float range) is none.
         time = iso_timestamp(time) if type(time) is str else None
     rank = obj.get("rank", 0)
-    if type(rank) is not int:
-        rank = 0
+    if type(rank) is not int or rank < 0:
+        # "1", 1.5, null or a negative rank: never silently rank 0 (that would mix another
+        # rank's metrics into rank 0's windows). The monitor caps how large (MAX_RANKS).
+        return ParseSkip("bad_rank", repr(rank)[:40])
     kind = obj.get("kind", "train")
     if type(kind) is not str:
         kind = "train"  # a malformed kind must not become a record's kind (the fast path agrees)

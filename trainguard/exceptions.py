@@ -41,7 +41,11 @@ class RuleSyntaxError(ConfigError):
     def __init__(self, message: str, *, text: str, column: int, rule: str | None = None,
                  path: str | None = None, line: int | None = None) -> None:
         self.text, self.column, self.rule, self.reason = text, column, rule, message
-        pointer = f"\n    {text}\n    {' ' * (column - 1)}^"
+        shown, at = text, column
+        if len(text) > 100:  # a huge condition: show the 80 characters around the column
+            start = max(0, column - 40)
+            shown, at = "..." + text[start:start + 80] + "...", column - start + 3
+        pointer = f"\n    {shown}\n    {' ' * (at - 1)}^"
         label = f"rule {rule}: " if rule else ""
         super().__init__(f"{label}{message} at column {column}{pointer}", path=path, line=line,
                          field="condition")

@@ -173,6 +173,8 @@ class Monitor(StepGathering):
         self._done: list[Record] = []
         self._evaluate: Callable[[Record], None] = self._done.append
         self._on_problem = on_problem
+        #: Problems of the session itself (a refused state folder): the verdict is degraded.
+        self.session_problems: list[str] = []
         self._reported_problems: set[str] = set()
         # Restart safety (see checkpoint.py): what is evaluated is recorded, duplicates of
         # alerts raised before a restart are suppressed, and positions are saved at points
@@ -412,6 +414,20 @@ class Monitor(StepGathering):
                 alert.delivery = "reported by an earlier session"
                 self.alerts.append(alert)
             return  # raised before a restart: already delivered
+        if self.checkpointer is not None:
+            # The intent first: a kill -9 during delivery leaves it journaled, and the restart
+            # delivers it again (idempotently) instead of raising it a second time.
+            self.checkpointer.note_intent(alert)
+        self._deliver(alert)
+
+    def redeliver(self, alerts: Sequence[Alert]) -> None:
+        """Deliver alerts a killed session journaled but did not finish delivering: a sink
+        that can tell (``contains``, the alerts file) is skipped when it already has one."""
+        for alert in alerts:
+            self._deliver(alert, again=True)
+
+    def _deliver(self, alert: Alert, again: bool = False) -> None:
+        ledger = self.ledger
         if alert.state == "firing" and alert.action == "stop":
             if ledger is not None and ledger.stop_sent(alert):
                 alert.delivery = "stop already sent"
@@ -424,9 +440,12 @@ class Monitor(StepGathering):
                     ledger.note_stop(alert)
         self.alerts.append(alert)
         for sink in self.sinks:
+            if again and getattr(sink, "contains", None) is not None and \
+                    sink.contains(alert):  # type: ignore[attr-defined]
+                continue
             sink.emit(alert)
         if self.checkpointer is not None:
-            self.checkpointer.save_ledger()
+            self.checkpointer.note_delivered(alert)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -451,12 +470,27 @@ class Monitor(StepGathering):
             self._checkpoint()
             if self.counters.records != before:
                 self._progressed()
-        for problem in self.source.problems():
+        for problem in self.source.problems() + self.output_problems():
             if problem not in self._reported_problems:
                 self._reported_problems.add(problem)
                 if self._on_problem is not None:
                     self._on_problem(problem)
         return n
+
+    def output_problems(self) -> list[str]:
+        """What the monitor cannot write (a full disk, a refused path): the verdict is then
+        degraded, while alerts still reach the sinks that work. Sinks with a backlog retry."""
+        found = list(self.session_problems)
+        for part in (*self.sinks, self.checkpointer, self.recorder):
+            problem = getattr(part, "problem", None)
+            if problem:
+                retry = getattr(part, "retry", None)
+                if retry is not None:
+                    retry()
+                    problem = part.problem  # type: ignore[union-attr]
+                if problem:
+                    found.append(problem)
+        return found
 
     def _progressed(self) -> None:
         now = time.monotonic()
@@ -536,7 +570,7 @@ class Monitor(StepGathering):
     def verdict(self) -> Verdict:
         """The exit code and what led to it. A session that judged nothing (no events, or no
         loaded rule reads any metric it saw) is degraded, never clean."""
-        problems = list(self.source.problems())
+        problems = list(self.source.problems()) + self.output_problems()
         for more in self.problem_sources:
             problems += more()
         c = self.counters

@@ -219,12 +219,12 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 #: Metadata that differs between any two runs by nature, not by setting.
-_VOLATILE = frozenset({"run_id", "start_time", "pid", "host"})
+_VOLATILE = frozenset({"run_id", "start_time", "pid", "host", "session_id", "session_start"})
 
 
 def config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Flattened keys whose values differ (missing on one side included), volatile ones left
-    out (run id, start time, pid, host)."""
+    out (run id, writer session, start times, pid, host)."""
     fa, fb = _flatten(a), _flatten(b)
     out = []
     for key in sorted(fa.keys() | fb.keys()):

@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainguard.control import CONTROL_FILENAME
+from trainguard.events import MAX_RANKS
 from trainguard.exceptions import ConfigError
-from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state
-from trainguard.monitor.daemon import LineParser, Monitor, Verdict, json_line_parser
+from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state, replay_journal
+from trainguard.monitor.daemon import (
+    EXIT_DEGRADED,
+    LineParser,
+    Monitor,
+    Verdict,
+    json_line_parser,
+)
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.formats import open_source_for
@@ -27,6 +34,7 @@ from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
 from trainguard.monitor.packs import PackSelector
+from trainguard.monitor.sinks.files import is_symlink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.monitor.sinks.record import Recorder
@@ -115,6 +123,8 @@ class MonitorOptions:
     #: ``trainguard check``: neither resume from nor write the checkpoint, and no default
     #: alerts file: a batch verdict leaves a followed run as it found it.
     stateless: bool = False
+    #: Ranks are ``0 <= rank < max_ranks``; any other is a counted ``bad_rank`` skip.
+    max_ranks: int = MAX_RANKS
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -152,6 +162,13 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     state_path = options.state
     if state_path is None and run_dir is not None and not options.stateless:
         state_path = str(run_dir / STATE_DIRNAME / "state.json")
+    refused_state = None
+    if state_path and is_symlink(os.path.dirname(os.path.abspath(state_path))):
+        # Planted by someone who can write the run directory: its state.json would be
+        # written wherever the link points. No checkpoint this session; said, degraded.
+        refused_state = (f"cannot keep state in {os.path.dirname(state_path)}: it is a "
+                         "symbolic link, refused (remove it); no checkpoint this session")
+        state_path = None
     saved, state_warning = load_state(state_path) if state_path else ({}, None)
     # --once is a batch verdict over the whole run: every file is read from its start (a
     # verdict from where an earlier session stopped would judge the rest without the rules'
@@ -180,9 +197,14 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         from trainguard.monitor.ingest.composite import CompositeSource
 
         source = CompositeSource(source, *options.extra_sources)
-    recorder = (Recorder(options.record, resume_length=record_length)
-                if options.record else None)
+    try:
+        recorder = (Recorder(options.record, resume_length=record_length)
+                    if options.record else None)
+    except OSError as exc:  # a symlink or FIFO planted at the name, a full disk
+        raise ConfigError(f"cannot open the record: {exc.strerror or exc}; give --record a "
+                          "path to a regular file", path=options.record) from exc
     ledger = AlertLedger(saved.get("alerts"))
+    redeliver, journal_warning = replay_journal(state_path, ledger) if state_path else ([], None)
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
                     if state_path else None)
     watcher = None if options.poll or options.once else start_watcher(source)
@@ -205,15 +227,19 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         stopper = stop_watch.plan
 
     def report_problem(problem: str) -> None:
-        if not options.quiet:  # -q: the exit code alone says it
-            console.line(f"DEGRADED: cannot read {problem}", style="bold yellow")
+        if options.quiet:  # -q: the exit code alone says it
+            return
+        # Output problems (monitor.output_problems) say "cannot write/save ..." themselves.
+        text = problem if problem.startswith("cannot ") else f"cannot read {problem}"
+        console.line(f"DEGRADED: {text}", style="bold yellow")
 
     def say(text: str) -> None:
         if not options.quiet:
             console.line(text, style="dim")
 
-    if state_warning:
-        console.line(f"trainguard: {state_warning}", style="yellow")
+    for warning in (state_warning, journal_warning):
+        if warning:
+            console.line(f"trainguard: {warning}", style="yellow")
     selector = PackSelector(options.rules, _metadata_dir(source_path, run_dir), say,
                             options.set_rules)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
@@ -225,6 +251,10 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     monitor.batch = options.once
     if stop_watch is not None:
         monitor.problem_sources.append(stop_watch.plan.problems)
+    monitor.max_ranks = options.max_ranks
+    if refused_state:
+        monitor.session_problems.append(refused_state)
+    monitor.redeliver(redeliver)
     poll_interval = options.rescan_interval if watcher is not None else options.poll_interval
     mode = "reading" if options.once else "following"
     packs = ", ".join(options.rules or default_rules) + (
@@ -262,9 +292,17 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             recorder.close()
         for observer in options.observers:
             observer.close()
+        if checkpointer is not None:
+            checkpointer.close()
     if options.report:
-        write_report(options.report, build_report(options.source, streams, verdict,
-                                                  suppressed_alerts=ledger.suppressed))
+        try:
+            write_report(options.report, build_report(options.source, streams, verdict,
+                                                      suppressed_alerts=ledger.suppressed))
+        except OSError as exc:
+            problem = f"cannot write the report {options.report}: {exc.strerror or exc}"
+            report_problem(problem)
+            verdict.problems.append(problem)
+            verdict.exit_code = max(verdict.exit_code, EXIT_DEGRADED)
     if not options.quiet:
         _print_summary(console, verdict)
         for text in summary_lines(streams):

@@ -186,12 +186,39 @@ def function(name: str) -> Callable[[Compiler], Compiler]:
 # -- parser ----------------------------------------------------------------------------------
 
 
+#: Parentheses, ``not``, unary minus and function calls nested deeper than this are refused:
+#: the parser recurses once per level, and 10,000 ``(`` must be a located error, not a bare
+#: RecursionError.
+MAX_NESTING = 32
+#: Operators in one condition (``and``, ``or``, arithmetic, ``not``, ``-``, calls) beyond
+#: this are refused: each compiles to a nested closure, the evaluation recurses once per
+#: level, and a 1,000-clause chain crashed the first evaluation. Far more than a rule needs.
+MAX_OPERATORS = 128
+
+
 class _Parser:
     def __init__(self, text: str, implicit: str | None, rule: str | None) -> None:
         self.text, self.rule = text, rule
         self.tokens = _tokenize(text, rule)
         self.i = 0
         self.implicit = metric(implicit) if implicit else None
+        self.nesting = 0
+        self.operators = 0
+
+    def enter(self) -> None:
+        """One level deeper (a parenthesis, ``not``, ``-``, a call): refused past the limit."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise self.error(f"nested more than {MAX_NESTING} levels deep: split the condition "
+                             "into several rules or simpler parts")
+        self.chained(0)
+
+    def chained(self, operands: int) -> None:
+        """Count one operator; refused past :data:`MAX_OPERATORS` in the condition."""
+        self.operators += 1
+        if self.operators > MAX_OPERATORS:
+            raise self.error(f"more than {MAX_OPERATORS} operators in one condition: split it "
+                             "into several rules")
 
     def error(self, message: str, tok: _Tok | None = None) -> RuleSyntaxError:
         tok = tok or self.tokens[self.i]
@@ -220,19 +247,28 @@ class _Parser:
 
     def expr(self) -> Node:
         node = self.conj()
+        operands = 1
         while self.take("or"):
+            operands += 1
+            self.chained(operands)
             node = logical("or", node, self.conj())
         return node
 
     def conj(self) -> Node:
         node = self.neg()
+        operands = 1
         while self.take("and"):
+            operands += 1
+            self.chained(operands)
             node = logical("and", node, self.neg())
         return node
 
     def neg(self) -> Node:
         if self.take("not"):
-            return negate(self.neg(), arithmetic=False)
+            self.enter()
+            node = negate(self.neg(), arithmetic=False)
+            self.nesting -= 1
+            return node
         return self.compare()
 
     def compare(self) -> Node:
@@ -252,23 +288,32 @@ class _Parser:
 
     def sum(self) -> Node:
         node = self.term()
+        operands = 1
         while self.tok.kind == "op" and self.tok.text in ("+", "-"):
             op = self.tok.text
             self.i += 1
+            operands += 1
+            self.chained(operands)
             node = _fold(op, node, self.term())
         return node
 
     def term(self) -> Node:
         node = self.unary()
+        operands = 1
         while self.tok.kind == "op" and self.tok.text in ("*", "/"):
             op = self.tok.text
             self.i += 1
+            operands += 1
+            self.chained(operands)
             node = _fold(op, node, self.unary())
         return node
 
     def unary(self) -> Node:
         if self.take("-"):
-            return negate(self.unary(), arithmetic=True)
+            self.enter()
+            node = negate(self.unary(), arithmetic=True)
+            self.nesting -= 1
+            return node
         return self.atom()
 
     def atom(self) -> Node:
@@ -289,16 +334,23 @@ class _Parser:
         if tok.kind == "name":
             self.i += 1
             if self.take("("):
-                return self.call(tok)
+                self.enter()
+                node = self.call(tok)
+                self.nesting -= 1
+                return node
             if tok.text in FUNCTIONS:
                 return self.call(tok, bare=True)
             if tok.text in ("inf", "nan"):
                 return const(math.inf if tok.text == "inf" else math.nan)
             return metric(tok.text)
         if self.take("("):
+            self.i -= 1
+            self.enter()  # located at the '(' that goes one level too deep
+            self.i += 1
             node = self.expr()
             if not self.take(")"):
                 raise self.error("expected ')'")
+            self.nesting -= 1
             return node
         if tok.kind == "end":
             raise self.error("unexpected end of condition")

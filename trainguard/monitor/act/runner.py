@@ -12,7 +12,8 @@ it writes no events of its own, i.e. cannot be reading the control file), SIGKIL
 is reported. ``RUN_DIR/postmortem.json`` is written when the command ends or hangs.
 
 Exit codes: the command's own exit code; 128+N when it was killed by signal N that trainguard did
-not send; :data:`EXIT_STOPPED` (3) when trainguard stopped it; 1 when it could not be started.
+not send; :data:`EXIT_STOPPED` (3) when trainguard stopped it; 2 when it exited 0 on its own
+but an alert of high severity or above fired; 1 when it could not be started.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from trainguard.monitor.act.actions import (
 )
 from trainguard.monitor.act.postmortem import write_postmortem
 from trainguard.monitor.act.process import ProcessTarget
-from trainguard.monitor.daemon import LineParser, Monitor, json_line_parser
+from trainguard.monitor.daemon import EXIT_ALERT, LineParser, Monitor, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.composite import CompositeSource
 from trainguard.monitor.ingest.normalize import load_field_map
@@ -55,12 +56,14 @@ from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import load_rules
+from trainguard.rules.models import SEVERITY_ORDER
 
 __all__ = ["EXIT_STOPPED", "OUTPUT_STREAM", "RunOptions", "RunResult", "choose_output_parser",
            "run_command"]
 
 #: ``trainguard run`` exits with this when it stopped the command (whatever the command's code).
 EXIT_STOPPED = 3
+_HIGH = SEVERITY_ORDER["high"]
 OUTPUT_STREAM = "<output>"
 ALERTS_FILENAME = "alerts.jsonl"
 TAIL_LINES = 50
@@ -377,6 +380,11 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         status, code = "killed", 128 - returncode
     else:
         status, code = ("exited" if returncode == 0 else "failed"), returncode
+        if code == 0 and any(a.state == "firing" and SEVERITY_ORDER.get(a.severity, 0) >= _HIGH
+                             for a in monitor.alerts):
+            # It ended on its own before a stop could reach it, but what it logged was bad: a
+            # zero exit would tell a script (or CI) the run was fine.
+            code = EXIT_ALERT
     path = write(status, returncode)
     if not options.quiet:
         console.line(f"trainguard run: {status} (command exit {returncode}); exit {code}; "

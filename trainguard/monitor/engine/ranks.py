@@ -50,7 +50,16 @@ class StragglerScores:
             value = metrics.get(key)
             if value is not None:
                 break
-        if value is None or step <= self._done or not value > 0.0:  # also skips NaN
+        if value is None or not value > 0.0:  # also skips NaN
+            return
+        if step <= self._done:
+            # A step already judged without this rank (it appeared late: its file was read
+            # after the others'). No score for it now, but its window fills with its own step
+            # times, so its later scores are those a whole-run read gives.
+            history = self._history.get(rank)
+            if history is None:
+                history = self._history[rank] = deque(maxlen=self.window)
+            history.append(value)
             return
         entry = self._pending.get(step)
         if entry is None:

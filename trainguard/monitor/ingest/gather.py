@@ -23,6 +23,7 @@ from msgspec import UNSET, UnsetType
 
 from trainguard.events import (
     MAX_EXACT_INT,
+    MAX_RANKS,
     ParseSkip,
     Record,
     _fast_loads,  # the same decoder, for the fast path
@@ -37,6 +38,9 @@ __all__ = ["Counters", "LineParser", "MAX_HELD_RECORDS", "MAX_SKIP_EXAMPLES", "S
 
 #: A step the fast paths take; any other goes to events.record_from_object, which says why.
 _Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
+#: Likewise a rank (a string, float, null or negative rank is refused there as bad_rank); the
+#: cap on how large a rank may be is checked where a new rank's step starts.
+_Rank = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class _OneMetric(msgspec.Struct, gc=False):
@@ -50,7 +54,7 @@ class _OneMetric(msgspec.Struct, gc=False):
     name: str
     value: float
     step: _Step
-    rank: int = 0
+    rank: _Rank = 0
     time: float | datetime | None = None  # an ISO-8601 string decodes to a datetime, in C
     kind: Any = "train"
     metrics: Any = UNSET
@@ -59,7 +63,10 @@ class _OneMetric(msgspec.Struct, gc=False):
 
 
 _decode_one_metric = msgspec.json.Decoder(_OneMetric).decode
-_NOT_ONE_METRIC = (msgspec.ValidationError, msgspec.DecodeError)
+#: A line msgspec cannot take: another form, garbage, or nesting past its depth limit (a
+#: 1,000-deep ``{"a":{"a":...`` raises RecursionError in msgspec; the general parser then
+#: reads the line and says what it is, a counted skip).
+_NOT_ONE_METRIC = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 
 
 class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
@@ -77,7 +84,7 @@ class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     step: _Step
     name: str | UnsetType = UNSET
     value: float | UnsetType = UNSET
-    rank: int = 0
+    rank: _Rank = 0
     time: float | datetime | None = None
     kind: Any = "train"
     metrics: dict[str, float] | None = None
@@ -98,7 +105,7 @@ class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=
     step: _Step
     name: str
     value: float
-    rank: int = 0
+    rank: _Rank = 0
     host: str | None = None
     local_rank: int | None = None
     kind: Any = "train"
@@ -115,6 +122,8 @@ class _MetricLineISOTime(msgspec.Struct, gc=False, forbid_unknown_fields=True, k
     name: str
     value: float
     rank: int = 0
+    host: str | None = None
+    local_rank: int | None = None
     kind: Any = "train"
     run_id: Any = None
 
@@ -185,6 +194,8 @@ class StepGathering:
     #: Completed records of this batch; ``_evaluate`` appends to it.
     _done: list[Record]
     _evaluate: Callable[[Record], None]
+    #: Ranks are ``0 <= rank < max_ranks``; a line of another rank is a counted ``bad_rank``.
+    max_ranks: int = MAX_RANKS
 
     def _end_batch(self) -> None:
         """Evaluate what the batch completed."""
@@ -249,7 +260,7 @@ class StepGathering:
         if metric_lines is not None:
             if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
                 return False
-            self._gather_metric_lines(stream, metric_lines)
+            self._gather_metric_lines(stream, first, metric_lines)
             return True
         try:
             decoded = _decode_block(raw)
@@ -268,8 +279,11 @@ class StepGathering:
                 self._gather(((stream, first + i, block.lines[i]),))
                 continue
             # A step line: a complete record, taken as the general path of _gather takes it.
-            self.counters.events += len(metrics)
             step, rank = one.step, one.rank
+            if rank >= self.max_ranks:
+                self._bad_rank(stream, first + i, rank)
+                continue
+            self.counters.events += len(metrics)
             key = (stream, rank)
             held = pending.get(key)
             if held is not None:
@@ -287,7 +301,8 @@ class StepGathering:
                             False, one.host, one.local_rank))
         return True
 
-    def _gather_metric_lines(self, stream: str, decoded: list[Any]) -> None:
+    def _gather_metric_lines(self, stream: str, first: int,
+                             decoded: list[Any]) -> None:
         """Gather a block of one-metric lines of ``stream`` into step records, as
         :meth:`_gather` would: a line of the step and rank of the line before it only adds its
         metric (most lines, and the only check they get); any other starts a step, completing
@@ -301,7 +316,9 @@ class StepGathering:
         cur_step: int | None = None
         cur_rank: int | None = None
         cur_key: tuple[str, int] = (stream, 0)
-        for one in decoded:
+        max_ranks = self.max_ranks
+        bad = 0
+        for number, one in enumerate(decoded):
             step = one.step
             rank = one.rank
             if step == cur_step and rank == cur_rank:
@@ -311,6 +328,10 @@ class StepGathering:
                 del pending[cur_key]
                 evaluate(cur)  # type: ignore[arg-type]  # set with cur_rank
             else:
+                if rank >= max_ranks:
+                    self._bad_rank(stream, first + number, rank)
+                    bad += 1
+                    continue
                 key = (stream, rank)
                 held = pending.get(key)
                 if held is not None:
@@ -328,7 +349,7 @@ class StepGathering:
             cur = pending[cur_key] = Record(step, cur_metrics, one.time, rank,
                                             kind if type(kind) is str else "train", True,
                                             one.host, one.local_rank)
-        self.counters.events += len(decoded)
+        self.counters.events += len(decoded) - bad
 
     def _gather(self, lines: Iterable[tuple[str, int, bytes]]) -> None:
         """Parse ``lines`` (``(stream, number, data)``) and evaluate every step they complete;
@@ -357,6 +378,7 @@ class StepGathering:
         cur_rank = 0
         cur_key: tuple[str, int] = ("", 0)
         events = 0
+        max_ranks = self.max_ranks
         for stream, number, data in lines:
             if fast:
                 try:
@@ -365,8 +387,8 @@ class StepGathering:
                     one = None
                 if one is not None and one.metrics is UNSET:
                     name, value, step, rank = one.name, one.value, one.step, one.rank
-                    events += 1
                     if cur is not None and stream is cur_stream and rank == cur_rank:
+                        events += 1
                         if step == cur_step:
                             cur_metrics[name] = value
                             continue
@@ -374,6 +396,10 @@ class StepGathering:
                         del pending[cur_key]
                         evaluate(cur)
                     else:
+                        if rank >= max_ranks:
+                            self._bad_rank(stream, number, rank)
+                            continue
+                        events += 1
                         key = (stream, rank)
                         held = pending.get(key)
                         if held is not None:
@@ -419,6 +445,9 @@ class StepGathering:
                         self._take_record(stream, one_result)  # type: ignore[arg-type]
                 continue
             record: Record = result  # type: ignore[assignment]
+            if record.rank >= max_ranks:
+                self._bad_rank(stream, number, record.rank)
+                continue
             counters.events += len(record.metrics)
             key = (stream, record.rank)
             held = pending.get(key)
@@ -461,6 +490,11 @@ class StepGathering:
                                   record.rank, record.kind, True)
         else:
             self._evaluate(record)
+
+    def _bad_rank(self, stream: str, number: int, rank: int) -> None:
+        self._skip(Line(stream, number, b""), ParseSkip(
+            "bad_rank", f"rank {rank} is not below the cap of {self.max_ranks} ranks "
+            "(--max-ranks)"))
 
     def _skip(self, line: Line, skip: ParseSkip) -> None:
         counters = self.counters

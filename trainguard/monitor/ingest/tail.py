@@ -26,12 +26,25 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, NamedTuple
 
+from trainguard.monitor.ingest.rotated import (
+    find_by_identity as _find_by_identity,
+)
+from trainguard.monitor.ingest.rotated import (
+    find_copy,
+    rotated_since,
+)
+from trainguard.monitor.ingest.rotated import (
+    open_regular as _open_regular,
+)
+
 __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
            "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
 
 MAX_LINE_BYTES = 1 << 20
 #: How many leading bytes identify a file's content (with its device and inode).
 FINGERPRINT_BYTES = 256
+#: Files read to their end remembered per tail, so a rotated name is never read twice.
+MAX_RETIRED_IDS = 256
 #: Skips reported with their line number, per file; the rest are only counted.
 MAX_EXAMPLES = 5
 _READ_CHUNK = 1 << 20
@@ -144,7 +157,8 @@ class FileTail:
 
     def __init__(self, path: str, *, from_start: bool = True,
                  max_line_bytes: int = MAX_LINE_BYTES,
-                 position: dict[str, Any] | None = None) -> None:
+                 position: dict[str, Any] | None = None,
+                 skip_jsonl_siblings: bool = False) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
         self.stats = TailStats()
@@ -161,19 +175,31 @@ class FileTail:
         self._seen: tuple[int, int] | None = None  # (size, mtime_ns) at the last full read
         self._partial = b""
         self._discarding = False  # inside an over-long line, dropping bytes until its newline
-        if self._open(seek_end=not from_start) and position is not None:
+        #: ``(identity, position)`` of files this tail read to their end and left at a
+        #: rotation: a run directory hands one to a tail of the rotated name, if it is a
+        #: ``*.jsonl`` it also follows, so that file is not read twice.
+        self.retired: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        #: The rotated name the checkpointed file was found under after a restart, if any.
+        self.resumed_from: str | None = None
+        #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
+        self.skip_jsonl_siblings = skip_jsonl_siblings
+        self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
+        self._suspended = False  # closed while idle (see suspend); reopened on change
+        self._size_seen = 0  # the file's size at the last stat
+        #: Bytes known to be lost (truncated before they were read, no copy found).
+        self.lost_bytes = 0
+        #: What was lost, for the verdict (degraded), or ``None``.
+        self.losses: str | None = None
+        opened = self._open(seek_end=not from_start)
+        if position is not None and (opened or self.error is None):
             self._restore(position)
 
     # -- identity and checkpoints ----------------------------------------------------------
 
     def _open(self, seek_end: bool = False) -> bool:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            self.error = None
-            return False
-        except OSError as exc:
-            self.error = f"{exc.strerror}"
+        fd = _open_regular(self.path)
+        if not isinstance(fd, int):
+            self.error = fd
             return False
         st = os.fstat(fd)
         self._fd, self._ino = fd, (st.st_dev, st.st_ino)
@@ -212,19 +238,45 @@ class FileTail:
                 "fp_len": len(head), "fp_hash": self._head_hash[1],
                 "discarding": self._discarding}
 
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """``(device, inode)`` of the file being read, while one is open."""
+        return self._ino if self._fd is not None else None
+
     def _restore(self, pos: dict[str, Any]) -> None:
-        """Resume at a checkpointed position if the file there is still the same file."""
-        assert self._fd is not None
-        size = os.fstat(self._fd).st_size
+        """Resume at a checkpointed position if the file there is still the same file, or
+        if it is found next to it under a rotated name (``name.1``, ``name.jsonl.1``,
+        ``name-20261201``, ``name.1.jsonl``): that file is read on from the position, then
+        the file now at the path from its start, as a rotation seen live would be."""
         try:
             offset, line = int(pos["offset"]), int(pos["line"])
-            same_inode = (int(pos["dev"]), int(pos["ino"])) == self._ino
+            ident = (int(pos["dev"]), int(pos["ino"]))
             fp_len, fp_hash = int(pos["fp_len"]), str(pos["fp_hash"])
         except (KeyError, TypeError, ValueError):
             self.stats.skip(0, "bad_checkpoint_entry")
             return
-        same = (same_inode and size >= offset and size >= fp_len
-                and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
+        if offset < 0 or fp_len < 0:
+            self.stats.skip(0, "bad_checkpoint_entry")
+            return
+        same = False
+        if self._fd is not None:
+            size = os.fstat(self._fd).st_size
+            same = (ident == self._ino and size >= offset and size >= fp_len
+                    and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
+        if not same:
+            found = _find_by_identity(self.path, ident, fp_len, fp_hash, offset)
+            if found is not None:
+                self.resumed_from, fd = found
+                self.close()
+                self._fd, self._ino, self._seen = fd, ident, None
+                self._partial, self._head = b"", b""
+                self._refresh_fingerprint(os.fstat(fd).st_size)
+                self._offset, self.line_no = offset, line
+                self._discarding = bool(pos.get("discarding", False))
+                self.error = None
+                return
+        if self._fd is None:
+            return  # nothing at the path, nor next to it: read it whole once it appears
         if not same:
             # Replaced, truncated or rewritten while we were down: read the new file whole.
             self.stats.truncations += 1
@@ -237,9 +289,46 @@ class FileTail:
 
     def close(self) -> None:
         """Release the file descriptor."""
+        self._suspended = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    @property
+    def is_open(self) -> bool:
+        """Whether this tail holds a file descriptor now."""
+        return self._fd is not None
+
+    def suspend(self) -> None:
+        """Close the descriptor of an idle file but remember it (identity, offset, head): the
+        next read reopens it, or finds it under its rotated name if it was renamed away
+        meanwhile. So a run of more files than the descriptor limit allows is followed whole.
+        """
+        if self._fd is not None and not self._partial and not self.behind:
+            os.close(self._fd)
+            self._fd = None
+            self._suspended = True
+
+    def _resume(self, st: os.stat_result | None) -> bool:
+        """Reopen a suspended file; False when it is gone (then the path is opened anew)."""
+        self._suspended = False
+        ident = self._ino
+        assert ident is not None
+        if st is not None and (st.st_dev, st.st_ino) == ident:
+            fd = _open_regular(self.path)
+            if isinstance(fd, int):
+                if os.fstat(fd).st_ino == ident[1]:
+                    self._fd = fd
+                    return True
+                os.close(fd)
+        head = self._head
+        found = _find_by_identity(self.path, ident, len(head),
+                                  hashlib.blake2b(head, digest_size=8).hexdigest()
+                                  if head else "", self._offset)
+        if found is not None:
+            self._fd = found[1]
+            return True
+        return False
 
     def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
         """``(line_number, line)`` for complete lines appended since the last call."""
@@ -258,6 +347,17 @@ class FileTail:
         inotify, which reports every real change; never for polling.
         """
         out: list[Block] = []
+        if self._suspended:
+            try:
+                st0: os.stat_result | None = os.stat(self.path)
+            except OSError:
+                st0 = None
+            if st0 is not None and (st0.st_dev, st0.st_ino) == self._ino and \
+                    (st0.st_size, st0.st_mtime_ns) == self._seen:
+                return out  # idle and unchanged: stays closed
+            if not self._resume(st0):
+                self.stats.rotations += 1  # renamed away and gone while closed
+                self._read_ids[self._ino] = None  # type: ignore[index]
         if self._fd is None and not self._open():
             return out
         # One stat of the path answers both "rotated?" and, when not, "how big?" (the same
@@ -273,6 +373,9 @@ class FileTail:
             if self.error:
                 self.error = None
             seen = (st.st_size, st.st_mtime_ns)
+            size_before, self._size_seen = self._size_seen, st.st_size
+            if st.st_size < self._offset:
+                self._size_seen = size_before  # what we knew of it before the truncation
             if quick and seen == self._seen:
                 return out
             self._drain(out, st.st_size)
@@ -284,16 +387,58 @@ class FileTail:
             # Rotation: a different file now lives at the path. The old one is drained above.
             self.stats.rotations += 1
             self._flush_partial_on_rotation()
+            left = self._ino
+            if left is not None:
+                self.retired.append((left, self.position()))
+                del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
+                self._read_ids[left] = None
+                while len(self._read_ids) > MAX_RETIRED_IDS:
+                    del self._read_ids[next(iter(self._read_ids))]
+            # Two renames while the monitor was descheduled (or down): the file between the
+            # one just drained and the one now at the path sits under a rotated name. It is
+            # read whole before the new file, as if its rotation had been seen.
+            between = self._rotated_since(self._left_mtime(), {left, (st.st_dev, st.st_ino)})
             self.close()
-            if self._open():
+            if between is not None:
+                name, fd = between
+                self._adopt(fd)
+                self.resumed_from = name
+                self._drain(out, os.fstat(fd).st_size)
+            elif self._open():
                 self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
         return out
+
+    def _left_mtime(self) -> int:
+        try:
+            return os.fstat(self._fd).st_mtime_ns  # type: ignore[arg-type]
+        except OSError:
+            return 0
+
+    def _adopt(self, fd: int) -> None:
+        """Read ``fd`` (a file under a rotated name) from its start, as the current file."""
+        st = os.fstat(fd)
+        self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
+        self._offset, self.line_no = 0, 0
+        self._partial, self._discarding, self._head = b"", False, b""
+        self._refresh_fingerprint(st.st_size)
+
+    def _rotated_since(self, mtime_ns: int, exclude: set[tuple[int, int] | None]
+                       ) -> tuple[str, int] | None:
+        """The oldest unread file under a rotated name of this path written since
+        ``mtime_ns``, opened (see :func:`.rotated.rotated_since`)."""
+        return rotated_since(self.path, mtime_ns, exclude | set(self._read_ids),
+                             self.skip_jsonl_siblings)
 
     def _flush_partial_on_rotation(self) -> None:
         if self._partial:
             self.stats.skip(self.line_no + 1, "partial_line_at_rotation",
                             f"{len(self._partial)} bytes without a newline")
             self._partial = b""
+
+    def _find_copy(self) -> tuple[str, int] | None:
+        """What copytruncate left next to this file, opened (see :func:`.rotated.find_copy`)."""
+        return find_copy(self.path, self._head, self._offset, self._ino,
+                         self.skip_jsonl_siblings)
 
     def _restart_from_zero(self, reason: str) -> None:
         self.stats.truncations += 1
@@ -307,12 +452,31 @@ class FileTail:
     def _drain(self, out: list[Block], size: int) -> None:
         fd = self._fd
         assert fd is not None
-        if size < self._offset:  # truncated (copytruncate): start over
-            self._restart_from_zero("truncated")
-        elif not self._same_content(size):
-            # Truncated and rewritten, past our offset or to the very size we last saw (which
-            # the size alone cannot tell from "unchanged"): the head is no longer ours.
-            self._restart_from_zero("rewritten")
+        truncated = size < self._offset
+        rewritten = not truncated and not self._same_content(size)
+        if truncated or rewritten:  # copytruncate (and written again): start over
+            copy = self._find_copy()
+            if copy is not None:
+                # copytruncate left a copy next to it (name.1): read on in the copy from our
+                # offset, then the truncated file from its start, as after a rotation.
+                self.resumed_from, fd = copy
+                self.close()
+                st = os.fstat(fd)
+                self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
+                self.stats.truncations += 1
+                size = st.st_size
+            else:
+                unread = self._size_seen - self._offset
+                if unread > 0:
+                    self.lost_bytes += unread
+                    self.losses = (f"truncated with {self.lost_bytes} bytes not yet read and "
+                                   "no copy next to it: those lines are lost")
+                    self.stats.skip(self.line_no + 1, "lost_at_truncation",
+                                    f"{unread} bytes")
+                # Rewritten: truncated and written again, past our offset or to the very size
+                # we last saw (which the size alone cannot tell from "unchanged"): the head
+                # is no longer ours.
+                self._restart_from_zero("truncated" if truncated else "rewritten")
         self._refresh_fingerprint(size)
         # One chunk per call, or more while a chunk yields no complete line (inside an
         # over-long line): a call that leaves the tail behind has always handed out lines.

@@ -7,10 +7,11 @@ alerts. The terminal summary prints the same counts (:func:`summary_lines`).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from trainguard.control import write_json_atomic
+from trainguard.monitor.sinks.files import write_atomic
 
 if TYPE_CHECKING:
     from trainguard.monitor.daemon import Verdict
@@ -49,8 +50,8 @@ def build_report(source_name: str, streams: dict[str, TailStats], verdict: Verdi
 
 
 def write_report(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
-    """Write the report atomically."""
-    write_json_atomic(path, report)
+    """Write the report atomically, never through a symlink."""
+    write_atomic(path, json.dumps(report, indent=1, allow_nan=False).encode() + b"\n")
 
 
 def summary_lines(streams: dict[str, TailStats], limit: int = 20) -> list[str]:

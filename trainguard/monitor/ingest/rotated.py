@@ -1,0 +1,143 @@
+"""Finding a followed file again: under a rotated name, by its identity, or as the copy that
+copytruncate left. What :class:`~trainguard.monitor.ingest.tail.FileTail` calls on a rotation,
+a truncation, a restart or a reopen; every candidate is opened non-blocking and must be a
+regular file (a FIFO planted at a rotated name never blocks the monitor).
+
+A rotated name is the file's name or its stem (without ``.jsonl``), then ``.``, ``-`` or ``_``
+and a digit: logrotate's ``name.1``, ``name.jsonl.1``, dated ``name-20261201``, and
+``name.1.jsonl``; never another rank's file (``events.rank01.jsonl`` is no rotation of
+``events.rank0.jsonl``), never a compressed copy (which cannot be read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+__all__ = ["find_by_identity", "find_copy", "open_regular", "rotated_name", "rotated_since"]
+
+
+def _head_hash(fd: int, length: int) -> str:
+    return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
+
+
+def open_regular(path: str) -> int | str | None:
+    """A read descriptor of the regular file at ``path``; else why not (``None``: absent).
+
+    ``O_NONBLOCK``: a FIFO planted at an event file's name (``mkfifo f; mv f events.jsonl``)
+    must not block the loop (a blocked ``open`` also keeps SIGTERM from ending the monitor);
+    it opens at once and is refused by its type. It has no effect on a regular file's reads.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{exc.strerror}"
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        os.close(fd)
+        return f"{exc.strerror}"
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+        return f"{kind}: not read (an event file must be a regular file)"
+    return fd
+
+
+def rotated_name(name: str, base: str, stem: str) -> bool:
+    """Whether ``name`` is what a rotation makes of ``base``: ``base`` or its ``stem`` (the
+    name without ``.jsonl``), then ``.``, ``-`` or ``_`` and a digit. ``events.rank01.jsonl``
+    is no rotation of ``events.rank0.jsonl``; compressed copies cannot be read."""
+    if name.endswith((".gz", ".bz2", ".xz", ".zst")):
+        return False
+    for prefix in (base, stem):
+        n = len(prefix)
+        if (len(name) > n + 1 and name.startswith(prefix) and name[n] in ".-_"
+                and name[n + 1].isdigit()):
+            return True
+    return False
+
+
+def find_by_identity(path: str, ident: tuple[int, int], fp_len: int, fp_hash: str,
+                      offset: int) -> tuple[str, int] | None:
+    """The file of identity ``ident`` (and fingerprint) in ``path``'s folder under another
+    name, opened; ``None`` when it is gone. The folder's entries carry their inode numbers,
+    so only a match is opened; device and fingerprint are then checked too."""
+    folder = os.path.dirname(path) or "."
+    try:
+        with os.scandir(folder) as entries:
+            matches = [e.path for e in entries if e.inode() == ident[1] and e.path != path]
+    except OSError:
+        return None
+    for candidate in matches:
+        fd = open_regular(candidate)
+        if not isinstance(fd, int):
+            continue
+        st = os.fstat(fd)
+        if ((st.st_dev, st.st_ino) == ident and st.st_size >= max(offset, fp_len)
+                and (fp_len == 0 or _head_hash(fd, fp_len) == fp_hash)):
+            return candidate, fd
+        os.close(fd)
+    return None
+
+
+def _siblings(path: str, skip_jsonl: bool) -> list[tuple[os.stat_result, str]]:
+    """``(lstat, path)`` of the regular files under a rotated name of ``path``."""
+    folder = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
+    found: list[tuple[os.stat_result, str]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if name == base or not rotated_name(name, base, stem):
+                    continue
+                if skip_jsonl and name.endswith(".jsonl"):
+                    continue  # the run directory follows it as a file of its own
+                try:
+                    est = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(est.st_mode):
+                    found.append((est, entry.path))
+    except OSError:
+        return []
+    return found
+
+
+def rotated_since(path: str, mtime_ns: int, exclude: set[tuple[int, int] | None],
+                  skip_jsonl: bool) -> tuple[str, int] | None:
+    """The oldest file under a rotated name of ``path`` last written at or after
+    ``mtime_ns`` whose identity is not in ``exclude`` (what the tail read), opened; else
+    ``None``: the file between two renames the monitor did not see."""
+    found = sorted((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+                   if est.st_mtime_ns >= mtime_ns
+                   and (est.st_dev, est.st_ino) not in exclude)
+    for _, name in found:
+        fd = open_regular(name)
+        if isinstance(fd, int):
+            return name, fd
+    return None
+
+
+def find_copy(path: str, head: bytes, offset: int, ident: tuple[int, int] | None,
+              skip_jsonl: bool) -> tuple[str, int] | None:
+    """A copy of ``path`` under a rotated name (what copytruncate leaves): a regular file
+    that starts with ``head`` and holds more than ``offset`` bytes (only then is it worth
+    reading on in), opened; the newest such; else ``None``."""
+    if not head:
+        return None
+    found = sorted(((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+                    if est.st_size > offset and (est.st_dev, est.st_ino) != ident),
+                   reverse=True)
+    for _, name in found:
+        fd = open_regular(name)
+        if isinstance(fd, int):
+            if os.pread(fd, len(head), 0) == head:
+                return name, fd
+            os.close(fd)
+    return None
