@@ -51,6 +51,8 @@ class OpenedSource:
 
 
 def _first_lines(path: Path, limit: int = _SNIFF_LINES) -> list[bytes]:
+    if not path.is_file():  # a FIFO or device would block the read
+        return []
     try:
         with path.open("rb") as handle:
             return [line for line in (handle.readline(1 << 16) for _ in range(limit)) if line]
@@ -163,7 +165,8 @@ def open_source_for(spec: str, *, exclude: Iterable[str] = (),
             _jsonl_files(path) if path.is_dir() else path.is_file() and path.stat().st_size)
     except OSError:
         empty = False
-    if kind in ("verl_file", "stdin") or empty:
+    if kind in ("verl_file", "stdin") or (empty and not path.is_dir() and path.suffix == ".jsonl"
+                                          and not path.exists()):
         # stdin and a store not written yet may turn out to be verl's file logger: lines are
         # checked one by one there (cheap); a file of our own events keeps its fast path.
         from trainguard.monitor.ingest.verl_file import VerlFileSource
