@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: 2.13.0 is the local CPU wheel; any other version pulls gigabytes.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[trl,ray,fast,notify,prometheus,dev]"
+	$(BIN)/python -m pip install -q -e ".[trl,ray,fast,notify,prometheus,dev,tensorboard,mlflow,wandb]"
 	touch $(STAMP)
 
 demo: $(STAMP)  ## a real training loop goes wrong and the monitor stops it

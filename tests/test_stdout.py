@@ -242,8 +242,9 @@ def test_logging_steps_below_one_is_refused():
 # -- presets as data -----------------------------------------------------------------------------
 
 def test_every_shipped_preset_and_alias_loads():
-    """trl, transformers, verl, openrlhf and kv are shipped and validate."""
-    assert {"kv", "openrlhf", "trl", "transformers", "verl"} == set(builtin_stdout_presets())
+    """trl, transformers, verl, openrlhf, openrlhf_tqdm and kv are shipped and validate."""
+    assert {"kv", "openrlhf", "openrlhf_tqdm", "openrlhf-tqdm", "trl", "transformers",
+            "verl"} == set(builtin_stdout_presets())
     assert load_stdout_preset("transformers") is load_stdout_preset("trl")
     with pytest.raises(UnknownPackError, match="built-in: kv, openrlhf"):
         load_stdout_preset("nope")

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from trainguard.exceptions import ConfigError, SourceError
 from trainguard.monitor.daemon import Monitor, SkipExample
+from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
-from trainguard.monitor.ingest.sources import open_source
 from trainguard.monitor.ingest.stdout import make_line_parser
 from trainguard.monitor.sinks.record import Recorder
 
@@ -65,7 +65,8 @@ def convert(source: str, out: str | os.PathLike[str], *, regex: str | None = Non
     except OSError as exc:
         raise ConfigError(f"cannot write the output: {exc.strerror or exc}",
                           path=out_path) from exc
-    stream = open_source(source, exclude=[out_path], from_start=True)
+    # A tracker store or verl's file logger reads as what it is (ingest/formats.py).
+    stream = open_source_for(source, exclude=[out_path], from_start=True, map_keys=False).source
     try:
         # The monitor with no rules is the conversion: same parsing, step merging and
         # normalization, each evaluated record written once by the recorder.

@@ -222,7 +222,7 @@ class Monitor(StepGathering):
                 self._evaluate_one(record)
             return
         apply = self._apply_field_map
-        identity = not self.field_map.mapping and not self.field_map.aliases
+        identity = self.field_map.identity
         last, unstamped = self.last_records, self._unstamped
         observed, step_time_keys = self._observed_ranks, self._step_time_keys
         if identity and self._columns(done):

@@ -28,8 +28,9 @@ from trainguard.monitor.daemon import (
 )
 from trainguard.monitor.engine.alerts import Alert, AlertSink
 from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
+from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
-from trainguard.monitor.ingest.sources import STATE_DIRNAME, open_source
+from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
 from trainguard.monitor.packs import PackSelector
@@ -181,10 +182,11 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                            state_path) if p]
     raise_open_files_limit()  # one descriptor per rank file: 4,096 ranks pass 1,024
     tee = options.tee if options.tee is not None else sys.stdout.isatty()
-    source = open_source(options.source, exclude=exclude, from_start=not options.from_end,
-                         positions=positions,
-                         tee=sys.stdout.buffer if tee else None,
-                         rescan_interval=options.rescan_interval)
+    # What the path holds (a tracker store, verl's file logger, our JSONL): ingest/formats.py.
+    source: Source = open_source_for(
+        options.source, exclude=exclude, from_start=not options.from_end,
+        positions=positions, tee=sys.stdout.buffer if tee else None,
+        rescan_interval=options.rescan_interval).source
     if options.gpu and options.local_gpus:  # GPU samples carry the monitor's latest step
         from trainguard.monitor.ingest.composite import CompositeSource
         from trainguard.monitor.ingest.gpu import NvmlSource
@@ -325,6 +327,10 @@ def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
     plain parser (re2 and the presets are not even imported), trainer stdout or an empty file
     the same auto-detection as stdin, a registered JSON format its own parser."""
     if options.regex is None and options.source != "-":
+        from trainguard.monitor.ingest.formats import TRACKER_STORES, detect_format
+
+        if detect_format(options.source) in TRACKER_STORES:
+            return json_line_parser, None  # its source hands over canonical lines
         from trainguard.monitor.ingest.sniff import (
             CANONICAL,
             STDOUT,
@@ -343,9 +349,10 @@ def _line_parser(options: MonitorOptions) -> tuple[LineParser, str | None]:
         shown = None
     from trainguard.monitor.ingest.stdout import make_line_parser
 
+    # A preset's own map for the lines it reads (verl, OpenRLHF), unless --field-map is given.
     return make_line_parser(options.regex, auto=True, logging_steps=options.logging_steps,
                             steps_per_epoch=options.steps_per_epoch,
-                            signals=options.signals), shown
+                            signals=options.signals, map_keys=not options.field_maps), shown
 
 
 def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-untyped-def]

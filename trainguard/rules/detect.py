@@ -33,9 +33,14 @@ TRAINER_KINDS: tuple[str, ...] = tuple(DEFAULT_PACKS)
 _FINGERPRINTS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
     ("online_dpo", frozenset({"objective/kl"}), frozenset()),
     ("online_dpo", frozenset({"objective/scores"}), frozenset()),
-    ("ppo", frozenset({"actor/pg_loss"}), frozenset()),            # verl
-    ("ppo", frozenset({"actor/pg_clipfrac"}), frozenset()),        # verl
-    ("ppo", frozenset({"critic/score/mean"}), frozenset()),        # verl
+    # verl logs critic/score/mean and actor/pg_loss whatever the algorithm; only a run with a
+    # critic (PPO/GAE) logs the critic's values, so a verl run without them is critic-free
+    # (GRPO, or RLOO/REINFORCE++, whose group-reward failures grpo_safe watches).
+    ("ppo", frozenset({"critic/values/mean"}), frozenset()),       # verl with a critic
+    ("ppo", frozenset({"critic/vf_loss"}), frozenset()),           # verl with a critic
+    ("ppo", frozenset({"critic/grad_norm"}), frozenset()),         # verl with a critic
+    ("grpo", frozenset({"critic/score/mean"}), frozenset()),       # verl, critic-free
+    ("grpo", frozenset({"actor/pg_loss"}), frozenset()),           # verl, critic-free
     ("ppo", frozenset({"policy_loss", "actor_lr"}), frozenset()),  # OpenRLHF
     ("ppo", frozenset({"ppo_clip_ratio"}), frozenset()),           # OpenRLHF
     ("orpo", frozenset({"log_odds_ratio"}), frozenset()),

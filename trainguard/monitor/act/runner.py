@@ -126,7 +126,8 @@ def choose_output_parser(regex: str | None = None, logging_steps: int = 1,
     user's ``--regex``): a trainer that knows nothing of trainguard is monitored from what it
     prints. Other lines are prose, ignored.
     """
-    return make_line_parser(regex, auto=True, logging_steps=logging_steps, signals=signals)
+    return make_line_parser(regex, auto=True, logging_steps=logging_steps, signals=signals,
+                            map_keys=True)
 
 
 def _dispatching_parser(output_parser: LineParser,
@@ -142,7 +143,7 @@ def _dispatching_parser(output_parser: LineParser,
     time the first printed dict is read.) Known warning and error lines (``signals``: an OOM,
     an NCCL timeout, a traceback) are read still, at the latest step the monitor has seen.
     """
-    def parse(line: Line) -> Record | ParseSkip | None:
+    def parse(line: Line) -> Record | ParseSkip | list[Record | ParseSkip] | None:
         if line.stream == OUTPUT_STREAM:
             if own_events():
                 found = _json_lines_only(line)

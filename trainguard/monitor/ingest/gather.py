@@ -149,7 +149,7 @@ MAX_SKIP_EXAMPLES = 5
 MAX_HELD_RECORDS = 16_384
 
 #: Turns one line into a record or a counted skip. The default reads canonical JSONL.
-LineParser = Callable[[Line], "Record | ParseSkip | None"]
+LineParser = Callable[[Line], "Record | ParseSkip | list[Record | ParseSkip] | None"]
 
 
 def json_line_parser(line: Line) -> Record | ParseSkip | None:
@@ -437,6 +437,13 @@ class StepGathering:
                 self._skip(Line(stream, number, data), result)
                 continue
             cur = None
+            if type(result) is list:  # several steps on one line (a redrawn progress bar)
+                for one_result in result:
+                    if type(one_result) is ParseSkip:
+                        self._skip(Line(stream, number, data), one_result)
+                    else:
+                        self._take_record(stream, one_result)  # type: ignore[arg-type]
+                continue
             record: Record = result  # type: ignore[assignment]
             if record.rank >= max_ranks:
                 self._bad_rank(stream, number, record.rank)
@@ -461,6 +468,28 @@ class StepGathering:
             else:
                 evaluate(record)
         counters.events += events
+
+    def _take_record(self, stream: str, record: Record) -> None:
+        """One record of a line that held several: gathered as the general path does."""
+        self.counters.events += len(record.metrics)
+        pending = self._pending
+        key = (stream, record.rank)
+        held = pending.get(key)
+        if held is not None:
+            if held.step == record.step:
+                held.metrics.update(record.metrics)
+                if record.partial:
+                    return
+                del pending[key]
+                self._evaluate(held)
+                return
+            del pending[key]
+            self._evaluate(held)
+        if record.partial:
+            pending[key] = Record(record.step, dict(record.metrics), record.time,
+                                  record.rank, record.kind, True)
+        else:
+            self._evaluate(record)
 
     def _bad_rank(self, stream: str, number: int, rank: int) -> None:
         self._skip(Line(stream, number, b""), ParseSkip(

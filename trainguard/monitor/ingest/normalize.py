@@ -8,8 +8,12 @@ Field maps are YAML data in ``trainguard/presets/fields/NAME.yaml``, validated a
       actor/kl_loss: kl
     aliases:                                    # copies: the source key stays as well
       actor/grad_norm: grad_norm
+    strip_prefixes: [train/]                    # train/x reads as x, for every x
 
-``aliases`` exist because some framework keys are read by rules under their own name *and*
+
+``strip_prefixes`` fold what trackers add to every key (transformers' reporting callbacks and
+OpenRLHF log ``train/x``): the prefix is dropped, then ``fields`` and ``aliases`` apply to the
+rest. ``aliases`` exist because some framework keys are read by rules under their own name *and*
 stand for a canonical one (verl's ``actor/grad_norm`` feeds ``ppo_strict``'s actor/critic
 balance rule and ``common``'s ``grad_norm`` rules). ``--field-map a=b`` adds single renames;
 ``--field-map FILE`` reads a file of the same shape. Keys without a mapping pass through
@@ -39,16 +43,49 @@ class FieldMap:
     of an unneeded map is one set lookup per key and no new dict.
     """
 
-    __slots__ = ("mapping", "aliases", "_touched")
+    __slots__ = ("mapping", "aliases", "prefixes", "_touched", "_plain", "_stripped")
 
     def __init__(self, mapping: Mapping[str, str] | None = None,
-                 aliases: Mapping[str, str] | None = None) -> None:
+                 aliases: Mapping[str, str] | None = None,
+                 prefixes: Iterable[str] = ()) -> None:
         self.mapping: dict[str, str] = dict(mapping or {})
         self.aliases: dict[str, str] = dict(aliases or {})
+        self.prefixes: tuple[str, ...] = tuple(dict.fromkeys(prefixes))
         self._touched = frozenset(self.mapping) | frozenset(self.aliases)
+        #: With prefixes: keys seen that need nothing, and prefixed keys -> their stripped name
+        #: (learned as keys arrive: a run logs the same few dozen keys at every step).
+        self._plain: set[str] = set()
+        self._stripped: dict[str, str] = {}
+
+    @property
+    def identity(self) -> bool:
+        """True when the map changes nothing (no renames, aliases or prefixes)."""
+        return not self.mapping and not self.aliases and not self.prefixes
+
+    def _strip(self, metrics: dict[str, float]) -> dict[str, float]:
+        """``metrics`` with the prefixes dropped (a key logged without one wins)."""
+        plain, stripped = self._plain, self._stripped
+        if plain.issuperset(metrics):
+            return metrics
+        for key in metrics:
+            if key in plain or key in stripped:
+                continue
+            prefix = next((p for p in self.prefixes if key.startswith(p) and key != p), None)
+            if prefix is None:
+                plain.add(key)
+            else:
+                stripped[key] = key[len(prefix):]
+        out = {k: v for k, v in metrics.items() if k not in stripped}
+        for key, value in metrics.items():
+            name = stripped.get(key)
+            if name is not None and name not in out:
+                out[name] = value
+        return out
 
     def apply(self, metrics: dict[str, float]) -> dict[str, float]:
         """Return ``metrics`` with keys renamed; the same dict when nothing needs renaming."""
+        if self.prefixes:
+            metrics = self._strip(metrics)
         touched = self._touched
         if not touched or touched.isdisjoint(metrics):
             return metrics
@@ -63,10 +100,12 @@ class FieldMap:
 
     def merged(self, other: FieldMap) -> FieldMap:
         """A map applying ``other``'s renames and aliases over this one's."""
-        return FieldMap({**self.mapping, **other.mapping}, {**self.aliases, **other.aliases})
+        return FieldMap({**self.mapping, **other.mapping}, {**self.aliases, **other.aliases},
+                        self.prefixes + other.prefixes)
 
     def __repr__(self) -> str:
-        return f"FieldMap({self.mapping!r}, aliases={self.aliases!r})"
+        return (f"FieldMap({self.mapping!r}, aliases={self.aliases!r}, "
+                f"prefixes={list(self.prefixes)!r})")
 
 
 _Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -83,6 +122,8 @@ class FieldMapFile(BaseModel):
     fields: dict[_Name, _Name] = {}
     #: source key -> canonical key; the source key is kept and the canonical one added.
     aliases: dict[_Name, _Name] = {}
+    #: prefixes dropped from every key that has one (``train/``), before the renames.
+    strip_prefixes: list[_Name] = []
 
 
 def builtin_field_maps() -> list[str]:
@@ -111,7 +152,8 @@ def parse_field_map(text: str, origin: str) -> FieldMap:
                           path=origin)
     try:
         model = FieldMapFile.model_validate(
-            {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()})
+            {k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+             for k, v in data.items()})
     except ValidationError as exc:
         messages: list[str] = []
         first: tuple[int | None, str] | None = None
@@ -134,7 +176,7 @@ def parse_field_map(text: str, origin: str) -> FieldMap:
                 raise ConfigError(f"{source!r} is mapped to itself; remove the entry",
                                   path=origin, line=_line_of(data, (section, source)),
                                   field=f"{section}.{source}")
-    return FieldMap(model.fields, model.aliases)
+    return FieldMap(model.fields, model.aliases, model.strip_prefixes)
 
 
 def load_field_map(specs: Iterable[str]) -> FieldMap:
@@ -174,11 +216,14 @@ _CACHE_CODE = ("trainguard.monitor.ingest.normalize",)
 def _builtin_field_map(name: str, text: str) -> FieldMap:
     """A field-map preset, from the cache when its YAML and this module are unchanged."""
     cached = builtin_cache.load("fields", name, text, _CACHE_CODE)
-    if isinstance(cached, dict) and all(_is_str_map(cached.get(k)) for k in ("fields", "aliases")):
-        return FieldMap(cached["fields"], cached["aliases"])
+    if (isinstance(cached, dict) and all(_is_str_map(cached.get(k)) for k in ("fields", "aliases"))
+            and isinstance(cached.get("prefixes"), list)
+            and all(isinstance(p, str) for p in cached["prefixes"])):
+        return FieldMap(cached["fields"], cached["aliases"], cached["prefixes"])
     field_map = parse_field_map(text, f"<preset {name}>")
     builtin_cache.store("fields", name, text, _CACHE_CODE,
-                        {"fields": field_map.mapping, "aliases": field_map.aliases})
+                        {"fields": field_map.mapping, "aliases": field_map.aliases,
+                         "prefixes": list(field_map.prefixes)})
     return field_map
 
 

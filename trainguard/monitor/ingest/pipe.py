@@ -9,6 +9,10 @@ junk is no metric). Lines wait for the monitor in a queue bounded in bytes
 (:data:`MAX_QUEUED_BYTES`); when it is full the reader waits, which blocks the writer on its
 pipe: backpressure, counted in ``backpressure_waits``. Memory stays bounded whatever the other
 end writes.
+Before that, once a line without a newline holds :data:`REDRAW_FLUSH` bytes, its redraws up
+to the last ``\\r`` are handed over as one line, so a program whose only output is a progress
+bar (OpenRLHF's SFT, RM and DPO trainers print their metrics in the bar's postfix) is read as
+it runs.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from typing import BinaryIO
 
 from trainguard.monitor.ingest.tail import Line, TailStats
 
-__all__ = ["MAX_LINE", "PipeSource"]
+__all__ = ["MAX_LINE", "PipeSource", "REDRAW_FLUSH"]
 
 MAX_LINE = 1 << 20
+#: Bytes of ``\r``-separated redraws without a newline after which they are handed over.
+REDRAW_FLUSH = 4096
 _READ = 1 << 16
 
 
@@ -105,6 +111,11 @@ class PipeSource:
                     # The end of the over-long line: dropped with the rest of it.
                     items[0] = _TooLong(dropping + len(lines[0]))
                     dropping = 0
+                if not dropping and len(buffer) >= REDRAW_FLUSH:
+                    cut = buffer.rfind(b"\r") + 1
+                    if cut and len(buffer) < MAX_LINE:
+                        items.append(buffer[:cut])  # whole redraws; the one being drawn waits
+                        buffer = buffer[cut:]
                 if len(buffer) >= MAX_LINE:
                     # No newline in a megabyte: the pieces of such a line are never lines.
                     dropping += len(buffer)

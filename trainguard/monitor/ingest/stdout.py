@@ -7,6 +7,8 @@ line at a time, by *presets*: YAML data in ``trainguard/presets/stdout/NAME.yaml
 * ``trl`` (alias ``transformers``): the HF Trainer's printed log dicts, inside tqdm output.
 * ``verl``: ``step:N - key:value - key:value`` (verl's console logger).
 * ``openrlhf``: ``Global step N: {dict}``.
+* ``openrlhf_tqdm``: the tqdm postfix of OpenRLHF's SFT/RM/DPO/KTO step bar (the step is the
+  bar's counter; a line of redraws gives one record per counter value).
 * ``kv``: generic ``key=value`` / ``key: value`` lines with a ``step`` key.
 
 A user's own pattern (``--regex 'PATTERN'``, named groups, a ``step`` group required) is compiled
@@ -22,8 +24,8 @@ steps_per_epoch)``. Eval dicts (``eval_*`` keys) are eval records, and the final
 Trainer log only if it has an ``epoch`` key (every Trainer log has one; a printed config does not).
 
 **Auto-detection** (``auto=True``): a JSON line is parsed as canonical JSONL; other lines are
-tried against every preset (OpenRLHF, TRL, verl, then kv); lines that match nothing are the
-trainer's prose and are ignored (``None``), not counted as skips.
+tried against every preset (OpenRLHF, OpenRLHF's tqdm bar, TRL, verl, then kv); lines that
+match nothing are the trainer's prose and are ignored (``None``), not counted as skips.
 
 One physical line gives one record: when a line holds several (a program redrawing a status line
 with ``\\r``), the last is returned (the step count still counts each TRL log);
@@ -53,7 +55,7 @@ __all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets
            "load_stdout_preset", "make_line_parser", "preset_field_maps"]
 
 #: The order in which auto-detection tries the presets (most specific first).
-AUTO_ORDER: Final = ("openrlhf", "trl", "verl", "kv")
+AUTO_ORDER: Final = ("openrlhf", "openrlhf_tqdm", "trl", "verl", "kv")
 
 
 class StdoutPreset(BaseModel):
@@ -74,13 +76,17 @@ class StdoutPreset(BaseModel):
     #: For ``pairs``: one item, groups ``key`` and ``value`` (searched in ``body``).
     pair: str | None = None
     #: ``group``: the ``step`` group of ``line``; ``key``: the pair named ``step_key``;
-    #: ``count``: derived from the count of training logs (or the epoch), see the module doc.
-    step: Literal["group", "key", "count"]
+    #: ``count``: derived from the count of training logs (or the epoch), see the module doc;
+    #: ``progress``: a progress bar's counter (group ``step``), plus ``epoch`` x ``total`` when
+    #: the line has those groups (a bar that restarts every epoch); a line of many redraws
+    #: gives one record per counter value (its last redraw).
+    step: Literal["group", "key", "count", "progress"]
     step_key: str = "step"
     #: A log_dict needs one of these keys to count as a log (tells logs from other dicts).
     require_any: list[str] = []
     #: The field map (a preset in ``presets/fields/``) that goes with this trainer's names:
-    #: ``--regex NAME`` applies it unless ``--field-map`` is given (see preset_field_maps).
+    #: ``--regex NAME`` applies it unless ``--field-map`` is given (see preset_field_maps),
+    #: and a parser made with ``map_keys`` applies it to the lines this preset reads.
     field_map: str | None = None
 
     @field_validator("line", "pair")
@@ -97,8 +103,10 @@ class StdoutPreset(BaseModel):
     def _consistent(self) -> StdoutPreset:
         if self.format == "pairs" and self.pair is None:
             raise ValueError("format 'pairs' needs a 'pair' pattern with groups key and value")
-        if self.step == "group" and (self.line is None or "(?P<step>" not in self.line):
-            raise ValueError("step 'group' needs a 'line' pattern with a (?P<step>...) group")
+        if self.step in ("group", "progress") and (self.line is None
+                                                   or "(?P<step>" not in self.line):
+            raise ValueError(f"step {self.step!r} needs a 'line' pattern with a (?P<step>...) "
+                             "group")
         if self.line is not None and "(?P<body>" not in self.line:
             raise ValueError("'line' needs a (?P<body>...) group")
         return self
@@ -176,11 +184,15 @@ def _int_step(raw: str) -> int | None:
 class _PresetMatcher:
     """A compiled :class:`StdoutPreset`."""
 
-    __slots__ = ("preset", "counted", "needle", "_line", "_pair", "_require")
+    __slots__ = ("preset", "counted", "progress", "needle", "key_map", "_line", "_pair",
+                 "_require")
 
     def __init__(self, preset: StdoutPreset) -> None:
         self.preset = preset
         self.counted = preset.step == "count"
+        self.progress = preset.step == "progress"
+        #: The preset's field map (``field_map:``), set by a parser that maps keys.
+        self.key_map: Callable[[dict[str, float]], dict[str, float]] | None = None
         self.needle = preset.contains.encode()
         self._line = re.compile(preset.line) if preset.line else None
         self._pair = re.compile(preset.pair) if preset.pair else None
@@ -197,10 +209,16 @@ class _PresetMatcher:
             if m is None:
                 return None
             body_start, body = m.start("body"), m.group("body")
-            if preset.step == "group":
+            if preset.step in ("group", "progress"):
                 step = _int_step(m.group("step"))
                 if step is None:
                     return ParseSkip("bad_step", m.group("step")[:40])
+                if self.progress:
+                    if m.groupdict().get("total") == str(step):
+                        # The bar's last redraw repeats the postfix drawn at total - 1 (the
+                        # next epoch's bar starts at the same step number).
+                        return None
+                    step += _epoch_offset(m)
         if preset.format == "log_dict":
             scanned = scan_log_dict(text, body_start)
             if scanned is None:
@@ -234,7 +252,7 @@ class _PresetMatcher:
 class _UserPattern:
     """A user's ``--regex`` pattern, compiled with re2 (linear time, no backtracking)."""
 
-    __slots__ = ("counted", "needle", "_regex", "_names")
+    __slots__ = ("counted", "progress", "needle", "key_map", "_regex", "_names")
 
     def __init__(self, pattern: str) -> None:
         shown = quoted(pattern)
@@ -250,6 +268,8 @@ class _UserPattern:
             raise ConfigError(f"--regex {shown}: no metric group; add a named group per "
                               "metric, e.g. (?P<loss>\\S+)")
         self.counted = False
+        self.progress = False
+        self.key_map = None
         self.needle = b""
 
     def match(self, text: str) -> _Found | ParseSkip | None:
@@ -316,12 +336,16 @@ class StdoutParser:
         #: Lines holding none of these are prose and skipped without decoding (b"" = try all).
         self._needles: tuple[bytes, ...] | None = None if b"" in needles else tuple(needles)
         self._progress: dict[str, _Progress] = {}
+        #: Per stream, the last step a progress bar gave (see _bar_steps).
+        self._last_bar_step: dict[str, int] = {}
+        self._bar_hits = 0  # records of the last parse_all that a progress bar gave
         #: A printed log carries no time: its record's time is when it was read (``clock``,
         #: injected so the parser stays a function of its input in tests).
         self._clock = clock
 
-    def __call__(self, line: Line) -> Record | ParseSkip | None:
-        """The last record of the line, or a skip, or ``None`` for prose."""
+    def __call__(self, line: Line) -> Record | ParseSkip | list[Record | ParseSkip] | None:
+        """The last record of the line, or a skip, or ``None`` for prose; with a progress-bar
+        preset, every step the line's redraws show (the last redraw of each), in order."""
         data = line.data
         if self.json_lines and data[:1] == b"{" and data[1:2] != b"'":
             # Canonical JSON on stdin is the common case: no list, no second look.
@@ -331,13 +355,34 @@ class StdoutParser:
         results = self.parse_all(line.stream, data)
         if not results:
             return None
+        if self._bar_hits:
+            return self._bar_steps(line.stream, results)
         if len(results) == 1:
             return results[0]
         records = [r for r in results if type(r) is Record]
         return records[-1] if records else results[-1]
 
+    def _bar_steps(self, stream: str, results: list[Record | ParseSkip]
+                   ) -> list[Record | ParseSkip] | None:
+        """One record per step of a line of bar redraws; a step already given on an earlier
+        line (tqdm redraws the same counter) is not given again."""
+        by_step: dict[int, Record | ParseSkip] = {}
+        skips: list[Record | ParseSkip] = []
+        for result in results:
+            if type(result) is Record:
+                by_step.pop(result.step, None)  # the last redraw of a counter wins
+                by_step[result.step] = result
+            else:
+                skips.append(result)
+        last = self._last_bar_step.get(stream)
+        out = skips + [r for step, r in by_step.items() if step != last]
+        if by_step:
+            self._last_bar_step[stream] = next(reversed(by_step))
+        return out or None
+
     def parse_all(self, stream: str, data: bytes) -> list[Record | ParseSkip]:
         """Every record (and skip) on one physical line of ``stream``."""
+        self._bar_hits = 0
         json_skip: ParseSkip | None = None
         if self.json_lines:
             head = data.lstrip()[:2]
@@ -359,7 +404,11 @@ class StdoutParser:
                     out.append(found)
                 else:
                     step, metrics, kind = found  # type: ignore[misc]
+                    if matcher.key_map is not None:
+                        metrics = matcher.key_map(metrics)
                     out.append(self._record(stream, step, metrics, kind, matcher.counted))
+                    if matcher.progress:
+                        self._bar_hits += 1
                 break
             else:
                 if self.signals is not None:
@@ -409,9 +458,19 @@ class StdoutParser:
         return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
+def _epoch_offset(m: re.Match[str]) -> int:
+    """``epoch x total`` of a progress bar that restarts each epoch, when the line shows both."""
+    groups = m.groupdict()
+    epoch, total = groups.get("epoch"), groups.get("total")
+    if epoch is None or total is None or not epoch.isdigit() or not total.isdigit():
+        return 0
+    return int(epoch) * int(total)
+
+
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
                      steps_per_epoch: int | None = None,
-                     signals: list[str] | tuple[str, ...] | None = ()) -> LineParser:
+                     signals: list[str] | tuple[str, ...] | None = (),
+                     map_keys: bool = False) -> LineParser:
     """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
 
     * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
@@ -421,6 +480,10 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
     * ``logging_steps`` / ``steps_per_epoch``: how the TRL step is derived (module doc).
     * ``signals``: the user's ``NAME=PATTERN`` signals, read with the built-in ones
       (ingest/signals.py) from lines no preset takes; ``None``: read no signals.
+    * ``map_keys``: a line a preset with a ``field_map:`` read (verl, OpenRLHF) has its keys
+      mapped by that map, whether the preset was named or found by auto-detection, so verl's
+      ``actor/pg_loss`` feeds the loss rules. The monitor and ``run`` map; ``convert`` keeps
+      the keys as printed.
 
     Raises :class:`~trainguard.exceptions.ConfigError` for a bad pattern or option.
     """
@@ -433,6 +496,13 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
         matchers = [_PresetMatcher(load_stdout_preset(regex))]
     else:
         matchers = [_UserPattern(regex)]
+    if map_keys:
+        from trainguard.monitor.ingest.normalize import load_field_map
+
+        for matcher in matchers:
+            name = matcher.preset.field_map if isinstance(matcher, _PresetMatcher) else None
+            if name:
+                matcher.key_map = load_field_map([name]).apply
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
                         steps_per_epoch=steps_per_epoch,
                         signals=None if signals is None else load_scanner(signals))
