@@ -381,9 +381,10 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     else:
         status, code = ("exited" if returncode == 0 else "failed"), returncode
         if code == 0 and any(a.state == "firing" and SEVERITY_ORDER.get(a.severity, 0) >= _HIGH
-                             for a in monitor.alerts):
+                             and not a.rule.startswith("trainguard.") for a in monitor.alerts):
             # It ended on its own before a stop could reach it, but what it logged was bad: a
-            # zero exit would tell a script (or CI) the run was fine.
+            # zero exit would tell a script (or CI) the run was fine. trainguard's own alerts
+            # (a hang that ended, a stale control file) are in the postmortem, not the code.
             code = EXIT_ALERT
     path = write(status, returncode)
     if not options.quiet:
