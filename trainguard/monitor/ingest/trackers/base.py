@@ -20,7 +20,8 @@ from trainguard.events import encode_value
 from trainguard.exceptions import SourceError
 from trainguard.monitor.ingest.tail import Line, TailStats
 
-__all__ = ["MissingExtraError", "TrackerLines", "fold_tracker_key", "require_extra"]
+__all__ = ["MissingExtraError", "TrackerLines", "TrackerSource", "fold_tracker_key",
+           "require_extra"]
 
 #: End-of-run keys of the HF Trainer (its last log): a summary record, not a training step.
 SUMMARY_KEYS: Final = frozenset({"train_runtime", "train_samples_per_second",
@@ -110,3 +111,24 @@ class TrackerLines:
         """The lines queued since the last call."""
         lines, self.lines = self.lines, []
         return lines
+
+
+class TrackerSource:
+    """What every tracker-store source shares: its lines (``_out``), the one problem it has
+    now (``_error``), and a store that can always grow. Subclasses poll their store."""
+
+    _out: TrackerLines
+    _error: str | None
+
+    def problems(self) -> list[str]:
+        """What keeps the store from being read now (it vanished, is corrupt, has no run)."""
+        return [self._error] if self._error else []
+
+    @property
+    def exhausted(self) -> bool:
+        """A tracker's store can always grow."""
+        return False
+
+    def stats(self) -> dict[str, TailStats]:
+        """Counters per kind of record."""
+        return self._out.stats

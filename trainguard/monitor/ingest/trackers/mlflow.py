@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainguard.monitor.ingest.tail import Line, TailStats
-from trainguard.monitor.ingest.trackers.base import TrackerLines, require_extra
+from trainguard.monitor.ingest.tail import Line
+from trainguard.monitor.ingest.trackers.base import TrackerLines, TrackerSource, require_extra
 
 __all__ = ["MIN_INTERVAL", "MlflowSource", "mlflow_store_uri"]
 
@@ -72,7 +72,7 @@ def mlflow_store_uri(spec: str) -> str | None:
     return None
 
 
-class MlflowSource:
+class MlflowSource(TrackerSource):
     """The newest run of an MLflow store, as canonical one-metric lines."""
 
     def __init__(self, spec: str, uri: str, *,
@@ -147,19 +147,6 @@ class MlflowSource:
         fresh.sort(key=lambda point: (point[0], point[1]))
         for step, key, value, stamp in fresh:
             self._out.add(key, value, step, stamp)
-
-    def problems(self) -> list[str]:
-        """A store MLflow cannot read, or one with no run yet."""
-        return [self._error] if self._error else []
-
-    @property
-    def exhausted(self) -> bool:
-        """A run can always log more."""
-        return False
-
-    def stats(self) -> dict[str, TailStats]:
-        """Counters per kind of record."""
-        return self._out.stats
 
     def positions(self) -> dict[str, dict[str, Any]]:
         """The run followed and the points read per metric, so a restart reads on."""

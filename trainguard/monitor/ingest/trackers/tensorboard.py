@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainguard.monitor.ingest.tail import Line, TailStats
-from trainguard.monitor.ingest.trackers.base import TrackerLines, require_extra
+from trainguard.monitor.ingest.tail import Line
+from trainguard.monitor.ingest.trackers.base import TrackerLines, TrackerSource, require_extra
 
 __all__ = ["EVENT_FILE_MARK", "TensorBoardSource", "find_event_files", "is_tensorboard_store"]
 
@@ -67,7 +67,7 @@ def _start_time(path: Path) -> float:
         return path.stat().st_mtime if path.exists() else 0.0
 
 
-class TensorBoardSource:
+class TensorBoardSource(TrackerSource):
     """The scalars of a TensorBoard run, as canonical one-metric lines."""
 
     def __init__(self, spec: str, *, positions: dict[str, dict[str, Any]] | None = None) -> None:
@@ -128,19 +128,6 @@ class TensorBoardSource:
         else:
             return  # images, histograms, text: not metrics
         self._out.add(value.tag, number, int(event.step), float(event.wall_time) or None)
-
-    def problems(self) -> list[str]:
-        """A store that vanished, has no event file yet, or a corrupt record."""
-        return [self._error] if self._error else []
-
-    @property
-    def exhausted(self) -> bool:
-        """Event files can always grow."""
-        return False
-
-    def stats(self) -> dict[str, TailStats]:
-        """Counters per kind of record."""
-        return self._out.stats
 
     def positions(self) -> dict[str, dict[str, Any]]:
         """Events read per file, so a restart reads on from there."""

@@ -20,8 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from trainguard.events import decode_value
-from trainguard.monitor.ingest.tail import Line, TailStats
-from trainguard.monitor.ingest.trackers.base import MissingExtraError, TrackerLines, require_extra
+from trainguard.monitor.ingest.tail import Line
+from trainguard.monitor.ingest.trackers.base import (
+    MissingExtraError,
+    TrackerLines,
+    TrackerSource,
+    require_extra,
+)
 
 __all__ = ["WandbSource", "find_wandb_file"]
 
@@ -54,7 +59,7 @@ def find_wandb_file(path: Path) -> Path | None:
     return None
 
 
-class WandbSource:
+class WandbSource(TrackerSource):
     """The history of one W&B offline run, as canonical one-metric lines."""
 
     def __init__(self, spec: str, file: Path, *,
@@ -149,19 +154,6 @@ class WandbSource:
             value = decode_value(raw)
             if value is not None:  # strings, media, tables: not metrics
                 self._out.add(key, value, int(step_value), time)
-
-    def problems(self) -> list[str]:
-        """A run file that vanished, cannot be opened, or holds a corrupt record."""
-        return [self._error] if self._error else []
-
-    @property
-    def exhausted(self) -> bool:
-        """An offline run file can always grow."""
-        return False
-
-    def stats(self) -> dict[str, TailStats]:
-        """Counters per kind of record."""
-        return self._out.stats
 
     def positions(self) -> dict[str, dict[str, Any]]:
         """The byte offset after the last whole record read."""
