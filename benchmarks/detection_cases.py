@@ -96,6 +96,14 @@ def _nonfinite(records: Records) -> int | None:
                                          if k in ("loss", "grad_norm")))
 
 
+def _nonfinite_or_diverged(records: Records) -> int | None:
+    """The first non-finite loss or gradient; where the run never goes non-finite (the same
+    weights overflow to exact zeros instead of NaN on some CPUs' floating point), the loss
+    jump that began the divergence."""
+    found = _nonfinite(records)
+    return found if found is not None else _jump(records, "loss", 2.0)
+
+
 def _entropy_gone(records: Records) -> int | None:
     """Under a tenth of the first step's entropy, or under 0.5 nats at all: the untrained tiny
     model samples from ~3.6 nats (its 38-token vocabulary), so a run that starts collapsed
@@ -117,6 +125,7 @@ ONSETS: dict[str, Callable[[Records], int | None]] = {
     "loss_jump": lambda r: _jump(r, "loss", 2.0),
     "grad_jump": lambda r: _jump(r, "grad_norm", 10.0),
     "nonfinite": _nonfinite,
+    "nonfinite_or_diverged": _nonfinite_or_diverged,
     "entropy_gone": _entropy_gone,
     "clipped": lambda r: _first(r, lambda m: m.get("completions/clipped_ratio", 0.0) > 0.5),
     "length_at_cap": _length_at_cap,
@@ -259,12 +268,12 @@ def _broken() -> list[Case]:
                                         "lr_scheduler_type": "constant"},
           metrics=("kl",), onset="kl_high"),
         c("sft", "nan", 38, 20, {"learning_rate": 100.0, "optim": "sgd", "max_grad_norm": 0.0},
-          metrics=("loss", "grad_norm"), onset="nonfinite",
+          metrics=("loss", "grad_norm"), onset="nonfinite_or_diverged",
           note="plain SGD at lr 100 without clipping: the weights overflow within a few steps"),
         c("reward", "nan", 39, 20, {"learning_rate": 300.0, "optim": "sgd",
                                     "max_grad_norm": 0.0},
           metrics=("loss", "grad_norm", "margin", "max_reward", "min_reward", "mean_reward"),
-          onset="nonfinite"),
+          onset="nonfinite_or_diverged"),
         # -- reward-model failures
         c("grpo", "reward_none", 40, 16, {"learning_rate": 1e-4}, {"reward": "none"},
           metrics=_REWARD_NONE, onset="first",
@@ -346,7 +355,7 @@ def _holdout() -> list[Case]:
                                          "lr_scheduler_type": "constant"},
           metrics=("kl",), onset="kl_high"),
         c("dpo", "nan", 217, 20, {"learning_rate": 300.0, "optim": "sgd", "max_grad_norm": 0.0},
-          metrics=("loss", "grad_norm", *_PREF_DIVERGE), onset="nonfinite"),
+          metrics=("loss", "grad_norm", *_PREF_DIVERGE), onset="nonfinite_or_diverged"),
         c("grpo", "reward_none", 218, 16, {"learning_rate": 3e-4, "beta": 0.04},
           {"reward": "none"}, metrics=_REWARD_NONE, onset="first"),
         c("kto", "lr_far_too_high", 220, 20, {"learning_rate": 8.0, "beta": 0.2},

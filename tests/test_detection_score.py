@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from benchmarks.detection_cases import CASES, FAILURE_FAMILIES, HOLDOUT, TRAINERS, case_by_name
 from benchmarks.detection_score import CaseScore, ModeResult, Said, table_rows
+from benchmarks.detection_unseen import UNSEEN
 
 
 def _score(name: str, onset: int | None, alerts: list[Said], hit: Said | None = None) -> CaseScore:
@@ -47,6 +48,18 @@ def test_the_case_sets_cover_what_the_issue_asks() -> None:
     assert len(broken) >= 30
     assert len({c.failure for c in broken}) >= 15
     assert {c.failure for c in broken} <= set(FAILURE_FAMILIES)
-    names = [c.name for c in (*CASES, *HOLDOUT)]
+    names = [c.name for c in (*CASES, *HOLDOUT, *UNSEEN)]
     assert len(names) == len(set(names))
     assert all(c.metrics for c in broken)
+
+
+def test_a_nan_case_that_stays_finite_has_its_onset_at_the_divergence() -> None:
+    """Where the weights overflow to exact zeros instead of NaN (another CPU's floating point),
+    the NaN case's onset is the loss jump that began the divergence; a NaN still wins."""
+    from benchmarks.detection_cases import find_onset
+
+    finite = [(1, {"loss": 0.69, "grad_norm": 0.8}), (2, {"loss": 16.5, "grad_norm": 32.0}),
+              (3, {"loss": 1e4, "grad_norm": 5e6}), (4, {"loss": 0.70, "grad_norm": 0.0})]
+    assert find_onset(case_by_name("dpo-nan-s217"), finite) == 2
+    with_nan = [*finite[:3], (4, {"loss": 0.7, "grad_norm": float("nan")})]
+    assert find_onset(case_by_name("dpo-nan-s217"), with_nan) == 4

@@ -26,8 +26,9 @@ METADATA_FILENAME = "run_metadata.json"  # as the writer names it (emitters/writ
 
 
 #: Fields of the trainer's config (recorded by the TRL callback) that rules read, as
-#: ``config/NAME`` metrics of one record at the first step (common.warmup_longer_than_run).
-CONFIG_FIELDS = ("max_steps", "warmup_steps", "warmup_ratio", "learning_rate")
+#: ``config/NAME`` metrics of one record at the first step (common.warmup_longer_than_run,
+#: grpo.temperature_too_low, rloo.temperature_too_low).
+CONFIG_FIELDS = ("max_steps", "warmup_steps", "warmup_ratio", "learning_rate", "temperature")
 
 
 def _metadata(run_dir: str | Path | None) -> dict[str, Any]:
