@@ -61,6 +61,21 @@ def read_run_session(run_dir: str | os.PathLike[str]) -> tuple[str | None, str |
             session if isinstance(session, str) else None)
 
 
+def read_session_start(run_dir: str | os.PathLike[str]) -> float | None:
+    """When the writer session now recorded in ``run_metadata.json`` began (its
+    ``session_start``, wall-clock seconds), or None."""
+    meta = read_small_json(Path(run_dir) / "run_metadata.json", MAX_METADATA_BYTES, None)
+    start = meta.get("session_start") if isinstance(meta, dict) else None
+    return float(start) if isinstance(start, (int, float)) and not isinstance(start, bool) \
+        else None
+
+
+#: How much older than the running session an alert's event must be to count as an earlier
+#: session's: the clocks of one job's nodes differ by milliseconds (NTP), while a restart
+#: (a process start, a model load) takes seconds.
+SESSION_CLOCK_SLACK = 2.0
+
+
 def read_run_id(run_dir: str | os.PathLike[str]) -> str | None:
     """The run id the trainer's writer recorded in ``run_metadata.json``, if any."""
     return read_run_session(run_dir)[0]
@@ -274,6 +289,15 @@ class StopPlan:
         restart)."""
         if self.record is not None:
             return None
+        earlier = self._earlier_session(alert)
+        if earlier is not None:
+            # A fresh monitor reading a directory from its start meets the NaN that ended
+            # yesterday's session: stopping today's session for it would stop a run nobody
+            # asked to stop. Said, not delivered; a stop for today's events still goes out.
+            self._emit(replace(alert, state="stop_outcome", time=time.time(),
+                               message=f"stop of {alert.rule}: {earlier}", recommendation="",
+                               reference="", delivery="not delivered"))
+            return earlier
         now, mono = time.time(), time.monotonic()
         self._stop_mono = mono
         self.record = StopRecord(alert.rule, alert.step)
@@ -316,6 +340,23 @@ class StopPlan:
                 when = f" at {_stamp(d['time'])}" if d.get("time") else ""
                 parts.append(f"{d['detail']}{when}")
         return "; ".join(parts) if parts else None
+
+    def _earlier_session(self, alert: Alert) -> str | None:
+        """Why ``alert`` must not stop what runs now, when its event was written before the
+        session the stop would reach began (the recorded ``session_start``, or the watched
+        process's start), else None. An event without a time cannot tell: it stops."""
+        starts = []
+        if self.control is not None:
+            recorded = read_session_start(self.control.run_dir)
+            if recorded is not None:
+                starts.append(recorded)
+        if self.target is not None:
+            starts.append(self.target.create_time)
+        if alert.time is None or not starts or alert.time >= max(starts) - SESSION_CLOCK_SLACK:
+            return None
+        return (f"not stopped: the event that fired it (step {alert.step}, written "
+                f"{_stamp(alert.time)}) is older than the session running now (started "
+                f"{_stamp(max(starts))}); it belongs to an earlier run of this directory")
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.target is not None and self.record is not None
