@@ -1,7 +1,8 @@
 """Choosing rule packs for a session: the rules to start with, then the trainer's pack and
 filtering once the run says what is training. ``trainguard monitor`` and ``trainguard run``
 both use :class:`PackSelector`; the decision itself is :func:`trainguard.rules.detect.choose_packs`
-(pure); this module adds what needs I/O: reading ``run_metadata.json`` and loading packs."""
+(pure); this module adds what needs I/O: reading ``run_metadata.json`` (or the config a trainer's
+command line names) and loading packs."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from trainguard.monitor.engine.engine import Engine
 from trainguard.rules.detect import PackChoice, choose_packs
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack
 
-__all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "config_metrics",
+__all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "command_config", "config_metrics",
            "recorded_trainer"]
 
 #: The packs a session starts with when no --rules are given (the trainer's pack follows).
@@ -56,17 +57,77 @@ def config_metrics(run_dir: str | Path | None) -> dict[str, float]:
             if isinstance(config.get(name), (int, float)) and not isinstance(config[name], bool)}
 
 
+#: A ``--config FILE`` larger than this is not a trainer's config (and is not read).
+_MAX_CONFIG_FILE_BYTES = 1 << 20
+
+
+def command_config(argv: Sequence[str]) -> dict[str, float]:
+    """What a trainer's command line says of the :data:`CONFIG_FIELDS`, as ``config/NAME``
+    metrics: the TrainingArguments flags HfArgumentParser reads (``--warmup_steps 100``,
+    ``--warmup_steps=100``, ``--warmup-steps 100``) over the top-level keys of a TRL
+    ``--config FILE.yaml`` (TrlParser), flags winning as they do there. ``trainguard run``
+    gives this to a trainer that records no config of its own; a field the command does not
+    name stays unknown, so a rule reading it says nothing rather than guess a default."""
+    wanted = set(CONFIG_FIELDS)
+    flags: dict[str, str] = {}
+    config_file: str | None = None
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or following.startswith("--"):
+                continue
+            value = following
+        key = name.replace("-", "_")
+        if key == "config":
+            config_file = value
+        elif key in wanted:
+            flags[key] = value
+    values: dict[str, Any] = dict(_config_file_fields(config_file, wanted)) if config_file else {}
+    values.update(flags)
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(value, bool):
+            out[f"config/{key}"] = number
+    return out
+
+
+def _config_file_fields(path: str, wanted: set[str]) -> dict[str, Any]:
+    """The wanted top-level keys of a YAML config file; nothing if it cannot be read."""
+    from trainguard.rules.loader import load_yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(_MAX_CONFIG_FILE_BYTES + 1)
+        data = load_yaml(text, path) if len(text) <= _MAX_CONFIG_FILE_BYTES else None
+    except (OSError, UnicodeDecodeError, TrainguardError):
+        return {}
+    return {k: v for k, v in data.items() if k in wanted} if isinstance(data, dict) else {}
+
+
 class PackSelector:
     """Called by the loop with the metric keys seen so far until it returns True: reads the
     recorded trainer kind, asks :func:`choose_packs`, adds the pack and sets the engine's
     trainer (so rules scoped to other trainers stop applying), and says so through ``say``.
-    The recorded config's :data:`CONFIG_FIELDS` are then evaluated as one record at the step
-    being read (a warmup longer than the run shows at the first one); alerts go to ``route``."""
+    The recorded config's :data:`CONFIG_FIELDS` (or, where none is recorded, what the trainer's
+    command line says of them) are then evaluated as one record at the step being read (a
+    warmup longer than the run shows at the first one); alerts go to ``route``."""
 
     def __init__(self, explicit: Sequence[str], run_dir: str | Path | None,
-                 say: Callable[[str], None], overrides: Sequence[str] = ()) -> None:
+                 say: Callable[[str], None], overrides: Sequence[str] = (),
+                 command: Sequence[str] = ()) -> None:
         self.explicit = list(explicit)
         self.run_dir = run_dir
+        #: The trainer's command line (``trainguard run``): its config flags stand in for a
+        #: config the trainer did not record.
+        self.command = list(command)
+        self._config_read = False
         self.say = say
         self.overrides = list(overrides)
         self.engine: Engine | None = None
@@ -84,6 +145,9 @@ class PackSelector:
         assert self.engine is not None, "attach() the engine first"
         choice = choose_packs(self.explicit, recorded_trainer(self.run_dir), keys)
         if choice.trainer is None:
+            if not self._config_read:  # a plain loop may never name its trainer
+                self._config_read = True
+                self._evaluate_config()
             return False
         self.choice = choice
         added: list[CompiledRule] = []
@@ -97,9 +161,18 @@ class PackSelector:
         self.engine.set_trainer(choice.trainer)
         self.say(f"trainguard: {choice.reason}"
                  + (f" ({len(added)} rules)" if added else ""))
-        config = config_metrics(self.run_dir) if choice.source == "run_metadata.json" else {}
+        # Again for the pack just added (grpo.temperature_too_low): a rule that already saw
+        # the same config record stays as it was (config rules have no `for`).
+        if added or not self._config_read:
+            self._config_read = True
+            self._evaluate_config()
+        return True
+
+    def _evaluate_config(self) -> None:
+        """Evaluate the recorded config (else the command line's) as one record."""
+        assert self.engine is not None
+        config = config_metrics(self.run_dir) or command_config(self.command)
         if config:
             for alert in self.engine.evaluate(0, self.step(), config):
                 if self.route is not None:
                     self.route(alert)
-        return True

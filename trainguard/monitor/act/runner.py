@@ -264,7 +264,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
             console.line(text, style="dim")
 
     # The same choice as `trainguard monitor`: the callback's recorded kind, else the keys.
-    selector = PackSelector(options.rules, run_dir, say)
+    selector = PackSelector(options.rules, run_dir, say, command=options.command)
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=plan,
                       parser=_dispatching_parser(output_parser,
                                                  lambda: source.event_lines > 0,
