@@ -14,18 +14,17 @@ cannot see one case: a rewrite to at least our offset whose first :data:`FINGERP
 are byte-identical to the old ones (no reader that does not keep the whole file can; ``tail -F``
 and Filebeat miss it too). NUL bytes (the hole a copytruncate leaves before a non-append
 writer's next line) are dropped and counted; over-long lines are skipped and counted, and
-memory stays bounded by ``max_line_bytes``.
+memory stays bounded by ``max_line_bytes`` (the cutting of chunks into lines: :mod:`.lines`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
-from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any
 
+from trainguard.monitor.ingest.blocks import Block, Line, expand_blocks
+from trainguard.monitor.ingest.lines import LineCutter
 from trainguard.monitor.ingest.rotated import (
     find_by_identity as _find_by_identity,
 )
@@ -36,6 +35,7 @@ from trainguard.monitor.ingest.rotated import (
 from trainguard.monitor.ingest.rotated import (
     open_regular as _open_regular,
 )
+from trainguard.monitor.ingest.tail_stats import MAX_EXAMPLES, TailStats
 
 __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
            "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
@@ -45,114 +45,14 @@ MAX_LINE_BYTES = 1 << 20
 FINGERPRINT_BYTES = 256
 #: Files read to their end remembered per tail, so a rotated name is never read twice.
 MAX_RETIRED_IDS = 256
-#: Skips reported with their line number, per file; the rest are only counted.
-MAX_EXAMPLES = 5
 _READ_CHUNK = 1 << 20
-
-
-class Line(NamedTuple):
-    """One complete line and where it came from (re-exported by :mod:`.sources`).
-
-    A named tuple, so a chunk's lines are built in C (``tuple.__new__`` over ``zip``) rather
-    than by one Python ``__init__`` call per line: at a million lines a second that matters.
-    """
-
-    stream: str
-    number: int
-    data: bytes
-
-
-class Block:
-    """Consecutive complete lines of one stream, numbered from ``first``: what a file hands the
-    monitor per read, so no per-line object is built before the monitor decodes the line.
-
-    ``raw``, when not ``None``, is exactly ``b"".join(line + b"\n" for line in lines)``: the
-    bytes as read (one copy of the chunk at most), so the monitor can decode the whole block in
-    one call without joining its lines again. Left ``None`` for a chunk whose lines are not
-    its bytes as they stand (a CR stripped, an over-long line dropped).
-
-    A block read whole (:meth:`of_raw`) splits ``raw`` into ``lines`` only when they are first
-    asked for: a monitor that decodes the block whole never needs them, and splitting a
-    megabyte into bytes objects costs about a tenth of decoding it.
-    """
-
-    __slots__ = ("stream", "first", "count", "raw", "_lines")
-
-    def __init__(self, stream: str, first: int, lines: list[bytes],
-                 raw: bytes | None = None) -> None:
-        self.stream = stream
-        self.first = first
-        #: How many lines: ``len(lines)``, known without splitting ``raw``.
-        self.count = len(lines)
-        self.raw = raw
-        self._lines: list[bytes] | None = lines
-
-    @classmethod
-    def of_raw(cls, stream: str, first: int, raw: bytes, count: int) -> Block:
-        """The ``count`` lines of ``raw`` (each ending in a newline, the last included)."""
-        block = cls.__new__(cls)
-        block.stream, block.first, block.count, block.raw = stream, first, count, raw
-        block._lines = None
-        return block
-
-    @property
-    def lines(self) -> list[bytes]:
-        """The lines, without their newlines."""
-        lines = self._lines
-        if lines is None:
-            assert self.raw is not None
-            lines = self._lines = self.raw.split(b"\n")
-            lines.pop()  # after the last newline: nothing
-        return lines
-
-    def __repr__(self) -> str:
-        return f"Block({self.stream!r}, {self.first}, {self.count} lines)"
-
-
-def expand_blocks(blocks: list[Block]) -> list[Line]:
-    """The lines of ``blocks``, one :class:`Line` each, in order."""
-    out: list[Line] = []
-    for block in blocks:
-        first = block.first
-        out.extend(map(_new_tuple, repeat(Line), zip(
-            repeat(block.stream), range(first, first + block.count), block.lines)))
-    return out
-
-
-_new_tuple = tuple.__new__
-
-
-@dataclass(slots=True)
-class TailStats:
-    """What one followed file yielded and what it skipped, by reason (first few located)."""
-
-    lines: int = 0
-    skips: Counter[str] = field(default_factory=Counter)
-    rotations: int = 0
-    truncations: int = 0
-    #: ``(line_number, reason, detail)`` for the first :data:`MAX_EXAMPLES` skips.
-    examples: list[tuple[int, str, str]] = field(default_factory=list)
-
-    def skip(self, line: int, reason: str, detail: str = "") -> None:
-        """Count one skip, remembering where the first few were."""
-        self.skips[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append((line, reason, detail))
-
-
-def _lines_bytes(head: bytes, chunk: bytes, start: int, end: int) -> bytes:
-    """The bytes of the lines handed out: ``head`` (read with the last chunk), then
-    ``chunk[start:end]``; one copy at most, none when the chunk ends with its last line."""
-    if head or start:
-        return b"".join((head, memoryview(chunk)[start:end]))
-    return chunk if end == len(chunk) else chunk[:end]
 
 
 def _head_hash(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
 
 
-class FileTail:
+class FileTail(LineCutter):
     """Follow one path; :meth:`read_lines` returns the complete lines appended since last call."""
 
     def __init__(self, path: str, *, from_start: bool = True,
@@ -488,106 +388,3 @@ class FileTail:
             self._offset += len(chunk)
             self._split(chunk, out)
         self.behind = self._offset < size
-
-    def _split(self, chunk: bytes, out: list[Block]) -> None:
-        if b"\x00" in chunk:
-            # The hole copytruncate leaves before a non-append writer's next write.
-            self.stats.skip(self.line_no + 1, "nul_bytes", f"{chunk.count(0)} NUL bytes dropped")
-            chunk = chunk.replace(b"\x00", b"")
-        end = chunk.rfind(b"\n") + 1  # past the last complete line; 0 when there is none
-        if not (end and self._take_whole(chunk, end, out)):
-            self._take_lines(chunk, out)
-            return
-        self._keep_partial(chunk[end:])
-
-    def _take_whole(self, chunk: bytes, end: int, out: list[Block]) -> bool:
-        """The common chunk: every line in it as it stands (no CR, none over the limit) goes
-        out as one block of raw bytes, counted but not split (see :class:`Block`). False,
-        with nothing done, for any other chunk."""
-        limit = self.max_line_bytes
-        if len(chunk) > limit or b"\r" in chunk:
-            return False
-        head = self._partial  # the start of the first line, read with the previous chunk
-        first = self.line_no + 1
-        if self._discarding:  # the end of an over-long line: drop it, count its number
-            start = chunk.index(b"\n") + 1
-            first += 1
-        else:
-            start = 0
-            # Only the first line can be too long (it starts with the partial line), or end in
-            # a CR (one that came with the partial line, before an empty rest of the line).
-            newline = chunk.index(b"\n")
-            if len(head) + newline > limit or (newline == 0 and head.endswith(b"\r")):
-                return False
-        self._discarding = False
-        self._partial = b""
-        count = chunk.count(b"\n", start)
-        self.line_no = first - 1 + count
-        if count:
-            out.append(Block.of_raw(self.path, first, _lines_bytes(head, chunk, start, end),
-                                    count))
-            self.stats.lines += count
-        return True
-
-    def _take_lines(self, chunk: bytes, out: list[Block]) -> None:
-        """Any chunk, line by line: CRs stripped, over-long lines counted and dropped."""
-        stats = self.stats
-        limit = self.max_line_bytes
-        pieces = chunk.split(b"\n")
-        rest = pieces.pop()  # after the last newline: the start of a line still being written
-        first = self.line_no + 1
-        if pieces:
-            start = 0  # where the first line handed out starts in ``chunk``
-            head = self._partial  # its start, read with the previous chunk
-            if self._discarding:  # the end of an over-long line: drop it, count its number
-                self._discarding = False
-                start = len(pieces[0]) + 1
-                del pieces[0]
-                first += 1
-            elif head:
-                pieces[0] = head + pieces[0]
-                self._partial = b""
-            count = len(pieces)
-            self.line_no = first - 1 + count
-            # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
-            # (The first piece may end in a CR that came with the last chunk's partial line.)
-            # Only the first line can be longer than a chunk no longer than the limit (it
-            # starts with the partial line): then it is the only one measured.
-            if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
-                    and (not count or (len(pieces[0]) if len(chunk) <= limit
-                                       else max(map(len, pieces))) <= limit)):
-                if count:
-                    # The lines' bytes as read (one copy at most), for a decoder that takes
-                    # the whole block at once (see Monitor.process_blocks).
-                    raw = _lines_bytes(head, chunk, start, len(chunk) - len(rest))
-                    out.append(Block(self.path, first, pieces, raw))
-                    stats.lines += count
-            else:
-                run: list[bytes] = []  # consecutive lines kept: one block per run
-                run_first = first
-                for number, piece in enumerate(pieces, first):
-                    if len(piece) > limit:
-                        stats.skip(number, "line_too_long", f"{len(piece)} bytes")
-                        if run:
-                            out.append(Block(self.path, run_first, run))
-                            run = []
-                        run_first = number + 1
-                        continue
-                    if piece.endswith(b"\r"):
-                        piece = piece[:-1]
-                    stats.lines += 1
-                    run.append(piece)
-                if run:
-                    out.append(Block(self.path, run_first, run))
-        self._keep_partial(rest)
-
-    def _keep_partial(self, rest: bytes) -> None:
-        """Hold ``rest``, the start of a line still being written, for the next chunk."""
-        if self._discarding:
-            return
-        limit = self.max_line_bytes
-        if len(self._partial) + len(rest) > limit:
-            self.stats.skip(self.line_no + 1, "line_too_long", f"over {limit} bytes")
-            self._partial, self._discarding = b"", True
-            return
-        self._partial += rest
