@@ -6,7 +6,8 @@ regular file (a FIFO planted at a rotated name never blocks the monitor).
 A rotated name is the file's name or its stem (without ``.jsonl``), then ``.``, ``-`` or ``_``
 and a digit: logrotate's ``name.1``, ``name.jsonl.1``, dated ``name-20261201``, and
 ``name.1.jsonl``; never another rank's file (``events.rank01.jsonl`` is no rotation of
-``events.rank0.jsonl``), never a compressed copy (which cannot be read).
+``events.rank0.jsonl``), never a compressed copy (those are read by content, not by name or
+inode: :mod:`.packed`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import hashlib
 import os
 import stat
 
-__all__ = ["find_by_identity", "find_copy", "open_regular", "rotated_name", "rotated_since"]
+__all__ = ["find_by_identity", "find_copy", "open_regular", "rotated_name", "rotated_since",
+           "siblings"]
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -50,7 +52,7 @@ def open_regular(path: str) -> int | str | None:
 def rotated_name(name: str, base: str, stem: str) -> bool:
     """Whether ``name`` is what a rotation makes of ``base``: ``base`` or its ``stem`` (the
     name without ``.jsonl``), then ``.``, ``-`` or ``_`` and a digit. ``events.rank01.jsonl``
-    is no rotation of ``events.rank0.jsonl``; compressed copies cannot be read."""
+    is no rotation of ``events.rank0.jsonl``; compressed copies are :mod:`.packed`'s."""
     if name.endswith((".gz", ".bz2", ".xz", ".zst")):
         return False
     for prefix in (base, stem):
@@ -84,7 +86,7 @@ def find_by_identity(path: str, ident: tuple[int, int], fp_len: int, fp_hash: st
     return None
 
 
-def _siblings(path: str, skip_jsonl: bool) -> list[tuple[os.stat_result, str]]:
+def siblings(path: str, skip_jsonl: bool) -> list[tuple[os.stat_result, str]]:
     """``(lstat, path)`` of the regular files under a rotated name of ``path``."""
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
@@ -114,7 +116,7 @@ def rotated_since(path: str, mtime_ns: int, exclude: set[tuple[int, int] | None]
     """The oldest file under a rotated name of ``path`` last written at or after
     ``mtime_ns`` whose identity is not in ``exclude`` (what the tail read), opened; else
     ``None``: the file between two renames the monitor did not see."""
-    found = sorted((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+    found = sorted((est.st_mtime_ns, name) for est, name in siblings(path, skip_jsonl)
                    if est.st_mtime_ns >= mtime_ns
                    and (est.st_dev, est.st_ino) not in exclude)
     for _, name in found:
@@ -131,7 +133,7 @@ def find_copy(path: str, head: bytes, offset: int, ident: tuple[int, int] | None
     reading on in), opened; the newest such; else ``None``."""
     if not head:
         return None
-    found = sorted(((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+    found = sorted(((est.st_mtime_ns, name) for est, name in siblings(path, skip_jsonl)
                     if est.st_size > offset and (est.st_dev, est.st_ino) != ident),
                    reverse=True)
     for _, name in found:

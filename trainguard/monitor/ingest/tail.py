@@ -25,12 +25,12 @@ from typing import Any
 
 from trainguard.monitor.ingest.blocks import Block, Line, expand_blocks
 from trainguard.monitor.ingest.lines import LineCutter
+from trainguard.monitor.ingest.packed import DECODE_ERRORS, Packed, find_packed, next_rotated
 from trainguard.monitor.ingest.rotated import (
     find_by_identity as _find_by_identity,
 )
 from trainguard.monitor.ingest.rotated import (
     find_copy,
-    rotated_since,
 )
 from trainguard.monitor.ingest.rotated import (
     open_regular as _open_regular,
@@ -45,6 +45,8 @@ MAX_LINE_BYTES = 1 << 20
 FINGERPRINT_BYTES = 256
 #: Files read to their end remembered per tail, so a rotated name is never read twice.
 MAX_RETIRED_IDS = 256
+#: Characters of lost-data messages kept per tail (the first losses say where it started).
+MAX_LOSSES_CHARS = 2000
 _READ_CHUNK = 1 << 20
 
 
@@ -84,6 +86,11 @@ class FileTail(LineCutter):
         #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
         self.skip_jsonl_siblings = skip_jsonl_siblings
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
+        #: The heads of the files read to their end: how a compressed copy of one (a new
+        #: inode, see packed.py) is told from a file not read yet.
+        self._read_heads: dict[bytes, None] = {}
+        #: The compressed copy being read instead of a file (packed.py), or None.
+        self._packed: Packed | None = None
         self._suspended = False  # closed while idle (see suspend); reopened on change
         self._size_seen = 0  # the file's size at the last stat
         #: Bytes known to be lost (truncated before they were read, no copy found).
@@ -175,6 +182,17 @@ class FileTail(LineCutter):
                 self._discarding = bool(pos.get("discarding", False))
                 self.error = None
                 return
+            # Rotated and compressed while we were down (logrotate's compress): the rest is
+            # only in the copy, found by its content.
+            packed, lost = find_packed(self.path, fp_len, fp_hash, offset, line,
+                                       head_bytes=FINGERPRINT_BYTES,
+                                       skip_jsonl=self.skip_jsonl_siblings)
+            if packed is not None:
+                self._adopt_packed(packed, ident, offset, line,
+                                   bool(pos.get("discarding", False)))
+                return
+            if lost is not None:
+                self._lose(lost)
         if self._fd is None:
             return  # nothing at the path, nor next to it: read it whole once it appears
         if not same:
@@ -188,8 +206,11 @@ class FileTail(LineCutter):
     # -- reading ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the file descriptor."""
+        """Release the file descriptor (and a compressed copy being read)."""
         self._suspended = False
+        if self._packed is not None:
+            self._packed.close()
+            self._packed = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -214,20 +235,41 @@ class FileTail(LineCutter):
         self._suspended = False
         ident = self._ino
         assert ident is not None
+        head = self._head
+        fp_hash = hashlib.blake2b(head, digest_size=8).hexdigest() if head else ""
         if st is not None and (st.st_dev, st.st_ino) == ident:
             fd = _open_regular(self.path)
             if isinstance(fd, int):
                 if os.fstat(fd).st_ino == ident[1]:
+                    if not head or os.pread(fd, len(head), 0) == head:
+                        self._fd = fd
+                        return True
+                    # The same inode, other content: truncated (copytruncate), or deleted
+                    # and the inode handed to the file now at the path (rotated and
+                    # compressed while closed). The rest may be in a compressed copy; else
+                    # the truncation logic looks for a plain one.
+                    if self._resume_packed(ident, fp_hash):
+                        os.close(fd)
+                        return True
                     self._fd = fd
                     return True
                 os.close(fd)
-        head = self._head
-        found = _find_by_identity(self.path, ident, len(head),
-                                  hashlib.blake2b(head, digest_size=8).hexdigest()
-                                  if head else "", self._offset)
+        found = _find_by_identity(self.path, ident, len(head), fp_hash, self._offset)
         if found is not None:
             self._fd = found[1]
             return True
+        return self._resume_packed(ident, fp_hash)
+
+    def _resume_packed(self, ident: tuple[int, int], fp_hash: str) -> bool:
+        """Read on in the compressed copy of the closed file, if one holds it (packed.py)."""
+        packed, lost = find_packed(self.path, len(self._head), fp_hash, self._offset,
+                                   self.line_no, head_bytes=FINGERPRINT_BYTES,
+                                   skip_jsonl=self.skip_jsonl_siblings)
+        if packed is not None:
+            self._adopt_packed(packed, ident, self._offset, self.line_no, self._discarding)
+            return self._packed is not None
+        if lost is not None:
+            self._lose(lost)
         return False
 
     def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
@@ -258,6 +300,9 @@ class FileTail(LineCutter):
             if not self._resume(st0):
                 self.stats.rotations += 1  # renamed away and gone while closed
                 self._read_ids[self._ino] = None  # type: ignore[index]
+        if self._packed is not None:
+            self._read_packed(out)
+            return out
         if self._fd is None and not self._open():
             return out
         # One stat of the path answers both "rotated?" and, when not, "how big?" (the same
@@ -288,25 +333,108 @@ class FileTail(LineCutter):
             self.stats.rotations += 1
             self._flush_partial_on_rotation()
             left = self._ino
-            if left is not None:
-                self.retired.append((left, self.position()))
-                del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
-                self._read_ids[left] = None
-                while len(self._read_ids) > MAX_RETIRED_IDS:
-                    del self._read_ids[next(iter(self._read_ids))]
+            self._retire()
             # Two renames while the monitor was descheduled (or down): the file between the
-            # one just drained and the one now at the path sits under a rotated name. It is
-            # read whole before the new file, as if its rotation had been seen.
-            between = self._rotated_since(self._left_mtime(), {left, (st.st_dev, st.st_ino)})
+            # one just drained and the one now at the path sits under a rotated name, plain
+            # or compressed. It is read whole before the new file, as if its rotation had
+            # been seen.
+            mtime = self._left_mtime()
             self.close()
-            if between is not None:
-                name, fd = between
-                self._adopt(fd)
-                self.resumed_from = name
-                self._drain(out, os.fstat(fd).st_size)
-            elif self._open():
-                self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
+            self._next_file(out, mtime, {left, (st.st_dev, st.st_ino)})
         return out
+
+    def _retire(self) -> None:
+        """Remember the file just read to its end (identity, position, head), so that no
+        rotated name, plain or compressed, of it is read again."""
+        left = self._ino
+        if left is None:
+            return
+        self.retired.append((left, self.position()))
+        del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
+        self._read_ids[left] = None
+        while len(self._read_ids) > MAX_RETIRED_IDS:
+            del self._read_ids[next(iter(self._read_ids))]
+        if self._head:
+            self._read_heads[self._head] = None
+            while len(self._read_heads) > MAX_RETIRED_IDS:
+                del self._read_heads[next(iter(self._read_heads))]
+
+    def _next_file(self, out: list[Block], mtime_ns: int,
+                   exclude: set[tuple[int, int] | None]) -> None:
+        """After a file is read to its end: the oldest unread file under a rotated name
+        written since ``mtime_ns`` (see :func:`.packed.next_rotated`), else the file at the
+        path, from its start; one read of it."""
+        between = next_rotated(self.path, mtime_ns, exclude | set(self._read_ids),
+                               self._read_heads, FINGERPRINT_BYTES, self.skip_jsonl_siblings)
+        if isinstance(between, Packed):
+            self._adopt_packed(between, (between.st.st_dev, between.st.st_ino), 0, 0, False)
+            self._read_packed(out)
+        elif between is not None:
+            name, fd = between
+            self._adopt(fd)
+            self.resumed_from = name
+            self._drain(out, os.fstat(fd).st_size)
+        elif self._open():
+            self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
+
+    def _adopt_packed(self, packed: Packed, ident: tuple[int, int], offset: int, line: int,
+                      discarding: bool) -> None:
+        """Read on in ``packed`` (a compressed copy, positioned at decompressed byte
+        ``offset``, the end of line ``line``) as the file of identity ``ident``: a checkpoint
+        taken meanwhile names that file and offset, and finds the copy again by its head."""
+        self.close()
+        if not packed.skip_to(offset):  # a copy opened for its head: back to the offset
+            packed.close()
+            self._lose(f"{packed.name}, the compressed copy of {self.path}, cannot be read "
+                       f"from byte {offset}: the rest of that file after line {line} is lost")
+            return
+        self._packed = packed
+        self.resumed_from = packed.name
+        self._ino, self._seen = ident, None
+        self._offset, self.line_no = offset, line
+        self._partial, self._discarding, self._head = b"", discarding, packed.head
+        self.error = None
+
+    def _read_packed(self, out: list[Block]) -> None:
+        """One chunk of the compressed copy (more while no line is complete); at its end,
+        on to the next file, as after a rotation."""
+        packed = self._packed
+        assert packed is not None
+        start = len(out)
+        self.behind = True
+        while len(out) == start:
+            try:
+                chunk = packed.reader.read(_READ_CHUNK)
+            except DECODE_ERRORS as exc:
+                self._lose(f"{packed.name}, the compressed copy of {self.path}, is damaged or "
+                           f"cut short after line {self.line_no} ({exc}): the rest of that "
+                           "file is lost")
+                chunk = b""
+            if not chunk:
+                self._packed = None
+                packed.close()
+                self.stats.rotations += 1
+                self._flush_partial_on_rotation()
+                self._retire()
+                self._next_file(out, packed.st.st_mtime_ns, {self._path_identity()})
+                return
+            self._offset += len(chunk)
+            self._split(chunk, out)
+
+    def _path_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def _lose(self, what: str) -> None:
+        """Say that lines are lost (an ingest problem: the verdict is degraded)."""
+        self.stats.skip(self.line_no + 1, "lost_with_rotated_file", what)
+        if self.losses is None:
+            self.losses = what
+        elif len(self.losses) < MAX_LOSSES_CHARS:
+            self.losses = f"{self.losses}; {what}"
 
     def _left_mtime(self) -> int:
         try:
@@ -321,13 +449,6 @@ class FileTail(LineCutter):
         self._offset, self.line_no = 0, 0
         self._partial, self._discarding, self._head = b"", False, b""
         self._refresh_fingerprint(st.st_size)
-
-    def _rotated_since(self, mtime_ns: int, exclude: set[tuple[int, int] | None]
-                       ) -> tuple[str, int] | None:
-        """The oldest unread file under a rotated name of this path written since
-        ``mtime_ns``, opened (see :func:`.rotated.rotated_since`)."""
-        return rotated_since(self.path, mtime_ns, exclude | set(self._read_ids),
-                             self.skip_jsonl_siblings)
 
     def _flush_partial_on_rotation(self) -> None:
         if self._partial:
