@@ -13,6 +13,7 @@ bytes of all their lines as read, which the monitor decodes in one call.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
@@ -24,7 +25,15 @@ from typing import Any, BinaryIO, Protocol
 
 from trainguard.exceptions import SourceError
 from trainguard.monitor.ingest.pipe import PipeSource
-from trainguard.monitor.ingest.tail import Block, FileTail, Line, TailStats, expand_blocks
+from trainguard.monitor.ingest.rotated import open_regular, rotated_name
+from trainguard.monitor.ingest.tail import (
+    FINGERPRINT_BYTES,
+    Block,
+    FileTail,
+    Line,
+    TailStats,
+    expand_blocks,
+)
 
 __all__ = ["Block", "DirectorySource", "FileSource", "Line", "Source", "StdinSource", "open_source"]
 
@@ -170,6 +179,16 @@ class DirectorySource:
         self._exclude = {os.path.abspath(p) for p in exclude}
         self._state_dir = os.path.abspath(self.root / STATE_DIRNAME)
         self._positions = dict(positions or {})
+        #: ``*.jsonl`` files that are copies of a followed file (copytruncate's, under a
+        #: rotated name), by path: never read as streams of their own (see _copy_of). Kept
+        #: in the checkpoint as positions at their end, marked ``copy_of``.
+        self._copies: dict[str, dict[str, Any]] = {
+            p: pos for p, pos in self._positions.items()
+            if isinstance(pos, dict) and isinstance(pos.get("copy_of"), str)}
+        for path in self._copies:
+            del self._positions[path]
+        #: Counters of streams whose tail handed back a new file (see _drop_replaced).
+        self._carried: dict[str, TailStats] = {}
         #: Saved positions by the identity of their file, to find one under a new name.
         self._saved_by_identity: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
         for path, pos in self._positions.items():
@@ -215,6 +234,10 @@ class DirectorySource:
         except OSError as exc:
             self._error = f"{self.root}: {exc.strerror or exc}"
             return
+        if self._copies:
+            present = set(found)
+            for path in [p for p in self._copies if p not in present]:
+                del self._copies[path]
         new = [p for p in found if p not in self._tails and not self._excluded(p)]
         if new:
             self._add_tails(new)
@@ -224,7 +247,9 @@ class DirectorySource:
         name: a file rotated to a name that is itself ``*.jsonl`` (``events.rank0.1.jsonl``)
         goes on from where the tail that read it under its old name left it, and while that
         tail still reads it the new name waits; a file checkpointed under its old name is
-        resumed under its new one after a restart. Nothing is read twice."""
+        resumed under its new one after a restart. A file that is a copy of a followed one
+        (copytruncate to a ``*.jsonl`` name: :meth:`_copy_of`) is not followed at all; the
+        tail of the original reads on in it if it was behind. Nothing is read twice."""
         for tail in self._tails.values():
             for left, where in tail.retired:
                 self._retired[left] = where
@@ -232,33 +257,111 @@ class DirectorySource:
         while len(self._retired) > MAX_RETIRED:
             del self._retired[next(iter(self._retired))]
         claimed = {t.identity for t in self._tails.values()}
-        for path in paths:
+        for path in _originals_first(paths):
             pos = self._positions.pop(path, None)
             try:
                 st = os.stat(path)
                 ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
             except OSError:
                 ident = None
+            copy = self._copies.get(path)
+            if copy is not None:
+                if ident == (copy.get("dev"), copy.get("ino")):
+                    continue  # still the copy it was
+                del self._copies[path]  # another file took the name
             if ident is not None:
                 if ident in claimed:
                     if pos is not None:
                         self._positions[path] = pos
                     continue  # read under its other name for now; taken over once left
                 retired = self._retired.pop(ident, None)
+                if retired is not None and not _holds(path, retired):
+                    retired = None  # the inode number was handed to a new file: not ours
                 saved = self._saved_by_identity.pop(ident, None)
                 if retired is not None:
                     pos = retired
                 elif saved is not None and saved[0] != path:
                     self._positions.pop(saved[0], None)  # its old name holds another file
                     pos = saved[1]
+                if pos is None and self._copy_of(path) is not None:
+                    continue  # a copy, or maybe one still being written: looked at again
             self._make_room()
             tail = FileTail(path, from_start=self._from_start or pos is not None, position=pos,
-                            skip_jsonl_siblings=True)
+                            skip_jsonl_siblings=True, hand_back_new_files=True,
+                            may_read_copy=self._not_followed)
+            carried = self._carried.pop(path, None)
+            if carried is not None:
+                tail.stats = carried.merge(tail.stats)
             self._tails[path] = tail
             if tail.is_open:
                 self._active[path] = None
                 self._saved_by_identity.pop(tail.identity, None)  # type: ignore[arg-type]
             claimed.add(tail.identity)
+
+    def _not_followed(self, path: str) -> bool:
+        """Whether no tail of this directory reads ``path`` as a stream of its own."""
+        return path not in self._tails
+
+    def _copy_of(self, path: str) -> str | None:
+        """The followed file that the new file ``path`` is a copy of, or may be while it is
+        still being copied; ``None`` when it is a file of its own.
+
+        copytruncate copies a file and truncates it; when the copy's name is itself
+        ``*.jsonl`` (``events.rank0.1.jsonl``, logrotate's ``extension .jsonl``) it would be
+        read as a new stream: every event twice. A copy is a rotated name of a followed file
+        (:func:`.rotated.rotated_name`) that starts with the bytes that file started with:
+        its head now, or that of a content read before (rotated or truncated away). A file
+        shorter than such a head that starts like it may be a copy still being written: it
+        waits for the next scan. A copy found is remembered (and checkpointed) by identity.
+        """
+        folder, name = os.path.split(path)
+        owners = [(p, t) for p, t in self._tails.items()
+                  if p != path and os.path.dirname(p) == folder
+                  and rotated_name(name, os.path.basename(p), _stem(p))]
+        if not owners:
+            return None
+        fd = open_regular(path)
+        if not isinstance(fd, int):
+            return None
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        for owner, tail in owners:
+            for known in tail.known_heads():
+                if b"\n" not in known:
+                    continue  # not one whole line yet: too little to tell a copy by
+                if head.startswith(known):
+                    self._copies[path] = {
+                        "offset": st.st_size, "line": 0, "dev": st.st_dev, "ino": st.st_ino,
+                        "fp_len": len(head), "discarding": False, "copy_of": owner,
+                        "fp_hash": hashlib.blake2b(head, digest_size=8).hexdigest()}
+                    return owner
+                if len(head) < len(known) and known.startswith(head):
+                    return owner  # perhaps a copy still being written: decided later
+        return None
+
+    def _drop_replaced(self) -> list[str]:
+        """Tails that found a new file at their path hand it back: the tail goes, and the
+        next scan gives the path a tail by the file's identity (another tail may have read
+        it under its old name: rotation to a ``*.jsonl`` name that shifts, ``.1.jsonl`` to
+        ``.2.jsonl``) or content (a copy), never a fresh read of what was read."""
+        replaced = [p for p, t in self._tails.items() if t.replaced]
+        for path in replaced:
+            tail = self._tails.pop(path)
+            for left, where in tail.retired:
+                self._retired[left] = where
+            tail.close()
+            self._carried[path] = tail.stats
+            self._active.pop(path, None)
+            self._unread.discard(path)
+        if replaced:
+            with self._dirty_lock:
+                self._dirty.update(replaced)  # rescanned by the next poll
+        return replaced
 
     def _walk(self, top: str) -> list[str]:
         """``*.jsonl`` files under ``top`` (symlinked files yes, symlinked folders not entered).
@@ -349,6 +452,15 @@ class DirectorySource:
             # In the tails' order, as a full pass reads.
             todo = [(path, False) for path in self._tails if path in dirty]
         out = self._read(todo)
+        replaced = self._drop_replaced()
+        if replaced:
+            # Their paths get tails by identity or content at once, and are read in this
+            # poll: a batch run (--once) ends at the first poll that brings nothing.
+            self._scan()
+            unread = self._unread
+            out += self._read([(p, False) for p in replaced if p in self._tails])
+            self._unread |= unread  # what the first pass did not reach still goes first
+            self._drop_replaced()  # a file handed back twice in a poll waits for the next
         self._keep_behind_dirty()
         return out
 
@@ -416,11 +528,13 @@ class DirectorySource:
 
     def stats(self) -> dict[str, TailStats]:
         """Counters per file."""
-        return {p: t.stats for p, t in self._tails.items()}
+        return {**self._carried, **{p: t.stats for p, t in self._tails.items()}}
 
     def positions(self) -> dict[str, dict[str, Any]]:
-        """Checkpointable position of every file (and of files not yet seen again)."""
-        return {**self._positions, **{p: t.position() for p, t in self._tails.items()}}
+        """Checkpointable position of every file (and of files not yet seen again, and of
+        the copies not read)."""
+        return {**self._positions, **self._copies,
+                **{p: t.position() for p, t in self._tails.items()}}
 
     def watch_dirs(self) -> list[tuple[str, bool]]:
         """The run directory, recursively: one kernel watch per directory, not per file."""
@@ -438,6 +552,48 @@ class DirectorySource:
         """Close every file."""
         for tail in self._tails.values():
             tail.close()
+
+
+def _holds(path: str, pos: dict[str, Any]) -> bool:
+    """Whether the file at ``path`` is the one ``pos`` was taken in: at least as long, and
+    its first bytes hash to the fingerprint (a reused inode number holds other bytes)."""
+    fd = open_regular(path)
+    if not isinstance(fd, int):
+        return False
+    try:
+        fp_len = int(pos.get("fp_len", 0))
+        if os.fstat(fd).st_size < max(int(pos.get("offset", 0)), fp_len):
+            return False
+        head = os.pread(fd, fp_len, 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    finally:
+        os.close(fd)
+    return hashlib.blake2b(head, digest_size=8).hexdigest() == pos.get("fp_hash") if fp_len \
+        else True
+
+
+def _originals_first(paths: list[str]) -> list[str]:
+    """``paths`` with the rotated names of others in the list last (stable otherwise): the
+    tail of ``events.jsonl`` exists, and may have taken ``events.1.jsonl`` as its copy, before
+    ``events.1.jsonl`` is looked at. Linear: each name's possible originals are looked up."""
+    names = {(os.path.dirname(p), os.path.basename(p)) for p in paths}
+
+    def rotated(path: str) -> bool:
+        folder, name = os.path.split(path)
+        for i in range(1, len(name) - 1):
+            if name[i] in ".-_" and name[i + 1].isdigit():
+                prefix = name[:i]
+                if (folder, prefix) in names or (folder, prefix + ".jsonl") in names:
+                    return True
+        return False
+
+    return sorted(paths, key=rotated)
+
+
+def _stem(path: str) -> str:
+    base = os.path.basename(path)
+    return base[:-len(".jsonl")] if base.endswith(".jsonl") else base
 
 
 class StdinSource(PipeSource):

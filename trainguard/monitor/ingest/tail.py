@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 from trainguard.monitor.ingest.blocks import Block, Line, expand_blocks
 from trainguard.monitor.ingest.lines import LineCutter
 from trainguard.monitor.ingest.packed import DECODE_ERRORS, Packed, find_packed, next_rotated
 from trainguard.monitor.ingest.rotated import (
-    find_by_identity as _find_by_identity,
+    find_by_fingerprint,
+    find_copy,
 )
 from trainguard.monitor.ingest.rotated import (
-    find_copy,
+    find_by_identity as _find_by_identity,
 )
 from trainguard.monitor.ingest.rotated import (
     open_regular as _open_regular,
@@ -60,7 +62,9 @@ class FileTail(LineCutter):
     def __init__(self, path: str, *, from_start: bool = True,
                  max_line_bytes: int = MAX_LINE_BYTES,
                  position: dict[str, Any] | None = None,
-                 skip_jsonl_siblings: bool = False) -> None:
+                 skip_jsonl_siblings: bool = False,
+                 hand_back_new_files: bool = False,
+                 may_read_copy: Callable[[str], bool] | None = None) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
         self.stats = TailStats()
@@ -85,6 +89,13 @@ class FileTail(LineCutter):
         self.resumed_from: str | None = None
         #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
         self.skip_jsonl_siblings = skip_jsonl_siblings
+        #: With ``skip_jsonl_siblings``: whether a ``*.jsonl`` copy (copytruncate's) may be
+        #: read on in all the same, since the run directory does not follow it itself.
+        self.may_read_copy = may_read_copy
+        #: A new file at the path is not opened here but left to the owner (a run directory,
+        #: which knows whether another tail read it under another name): ``replaced`` says so.
+        self.hand_back_new_files = hand_back_new_files
+        self.replaced = False
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
         #: The heads of the files read to their end: how a compressed copy of one (a new
         #: inode, see packed.py) is told from a file not read yet.
@@ -172,10 +183,19 @@ class FileTail(LineCutter):
                     and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
         if not same:
             found = _find_by_identity(self.path, ident, fp_len, fp_hash, offset)
+            if found is None:
+                # copytruncate while we were down: the copy has a new inode, our first bytes.
+                copy = find_by_fingerprint(self.path, fp_len, fp_hash, offset,
+                                           self.skip_jsonl_siblings, self.may_read_copy)
+                if isinstance(copy, str):
+                    self._lose(copy)
+                else:
+                    found = copy
             if found is not None:
                 self.resumed_from, fd = found
                 self.close()
-                self._fd, self._ino, self._seen = fd, ident, None
+                st = os.fstat(fd)
+                self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
                 self._partial, self._head = b"", b""
                 self._refresh_fingerprint(os.fstat(fd).st_size)
                 self._offset, self.line_no = offset, line
@@ -300,6 +320,9 @@ class FileTail(LineCutter):
             if not self._resume(st0):
                 self.stats.rotations += 1  # renamed away and gone while closed
                 self._read_ids[self._ino] = None  # type: ignore[index]
+                if self.hand_back_new_files:
+                    self.replaced = True
+                    return out
         if self._packed is not None:
             self._read_packed(out)
             return out
@@ -354,10 +377,20 @@ class FileTail(LineCutter):
         self._read_ids[left] = None
         while len(self._read_ids) > MAX_RETIRED_IDS:
             del self._read_ids[next(iter(self._read_ids))]
+        self._remember_head()
+
+    def _remember_head(self) -> None:
+        """Keep the head of the content read so far: a copy of it (compressed, or under a
+        ``*.jsonl`` name) is then told from a file not read yet."""
         if self._head:
             self._read_heads[self._head] = None
             while len(self._read_heads) > MAX_RETIRED_IDS:
                 del self._read_heads[next(iter(self._read_heads))]
+
+    def known_heads(self) -> list[bytes]:
+        """The first bytes of the file being read and of the contents read before it (files
+        left at a rotation, contents truncated away): how a run directory tells a copy."""
+        return [h for h in (self._head, *self._read_heads) if h]
 
     def _next_file(self, out: list[Block], mtime_ns: int,
                    exclude: set[tuple[int, int] | None]) -> None:
@@ -374,6 +407,8 @@ class FileTail(LineCutter):
             self._adopt(fd)
             self.resumed_from = name
             self._drain(out, os.fstat(fd).st_size)
+        elif self.hand_back_new_files:
+            self.replaced = True  # the owner decides who reads the file now at the path
         elif self._open():
             self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
 
@@ -459,13 +494,14 @@ class FileTail(LineCutter):
     def _find_copy(self) -> tuple[str, int] | None:
         """What copytruncate left next to this file, opened (see :func:`.rotated.find_copy`)."""
         return find_copy(self.path, self._head, self._offset, self._ino,
-                         self.skip_jsonl_siblings)
+                         self.skip_jsonl_siblings, self.may_read_copy)
 
     def _restart_from_zero(self, reason: str) -> None:
         self.stats.truncations += 1
         if self._partial:
             self.stats.skip(self.line_no + 1, "truncated_partial_line")
         self.stats.skip(self.line_no + 1, reason, f"at offset {self._offset}")
+        self._remember_head()
         self._offset, self._partial, self._discarding = 0, b"", False
         self.line_no = 0
         self._head = b""
@@ -475,9 +511,11 @@ class FileTail(LineCutter):
         assert fd is not None
         truncated = size < self._offset
         rewritten = not truncated and not self._same_content(size)
+        copied = False
         if truncated or rewritten:  # copytruncate (and written again): start over
             copy = self._find_copy()
             if copy is not None:
+                copied = True
                 # copytruncate left a copy next to it (name.1): read on in the copy from our
                 # offset, then the truncated file from its start, as after a rotation.
                 self.resumed_from, fd = copy
@@ -508,4 +546,6 @@ class FileTail(LineCutter):
                 break
             self._offset += len(chunk)
             self._split(chunk, out)
-        self.behind = self._offset < size
+        # After the copy, the truncated file may already hold new lines: read on at once,
+        # not at the next change (its changes were already reported).
+        self.behind = self._offset < size or copied

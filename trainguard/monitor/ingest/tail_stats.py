@@ -26,6 +26,15 @@ class TailStats:
     #: ``(line_number, reason, detail)`` for the first :data:`MAX_EXAMPLES` skips.
     examples: list[tuple[int, str, str]] = field(default_factory=list)
 
+    def merge(self, later: TailStats) -> TailStats:
+        """Add the counts of ``later`` (the same stream, read by a new tail) to these."""
+        self.lines += later.lines
+        self.skips.update(later.skips)
+        self.rotations += later.rotations
+        self.truncations += later.truncations
+        self.examples += later.examples[:max(0, MAX_EXAMPLES - len(self.examples))]
+        return self
+
     def skip(self, line: int, reason: str, detail: str = "") -> None:
         """Count one skip, remembering where the first few were."""
         self.skips[reason] += 1
