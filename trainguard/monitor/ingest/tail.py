@@ -26,7 +26,7 @@ from typing import Any
 
 from trainguard.monitor.ingest.blocks import Block, Line, expand_blocks
 from trainguard.monitor.ingest.lines import LineCutter
-from trainguard.monitor.ingest.packed import DECODE_ERRORS, Packed, find_packed, next_rotated
+from trainguard.monitor.ingest.packed import Packed, find_packed, next_rotated
 from trainguard.monitor.ingest.rotated import (
     find_by_fingerprint,
     find_copy,
@@ -37,6 +37,7 @@ from trainguard.monitor.ingest.rotated import (
 from trainguard.monitor.ingest.rotated import (
     open_regular as _open_regular,
 )
+from trainguard.monitor.ingest.tail_packed import CompressedCopyReading
 from trainguard.monitor.ingest.tail_stats import MAX_EXAMPLES, TailStats
 
 __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
@@ -47,8 +48,6 @@ MAX_LINE_BYTES = 1 << 20
 FINGERPRINT_BYTES = 256
 #: Files read to their end remembered per tail, so a rotated name is never read twice.
 MAX_RETIRED_IDS = 256
-#: Characters of lost-data messages kept per tail (the first losses say where it started).
-MAX_LOSSES_CHARS = 2000
 _READ_CHUNK = 1 << 20
 
 
@@ -56,7 +55,7 @@ def _head_hash(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
 
 
-class FileTail(LineCutter):
+class FileTail(CompressedCopyReading, LineCutter):
     """Follow one path; :meth:`read_lines` returns the complete lines appended since last call."""
 
     def __init__(self, path: str, *, from_start: bool = True,
@@ -268,7 +267,7 @@ class FileTail(LineCutter):
                     # and the inode handed to the file now at the path (rotated and
                     # compressed while closed). The rest may be in a compressed copy; else
                     # the truncation logic looks for a plain one.
-                    if self._resume_packed(ident, fp_hash):
+                    if self._resume_packed(ident, fp_hash, FINGERPRINT_BYTES):
                         os.close(fd)
                         return True
                     self._fd = fd
@@ -278,19 +277,7 @@ class FileTail(LineCutter):
         if found is not None:
             self._fd = found[1]
             return True
-        return self._resume_packed(ident, fp_hash)
-
-    def _resume_packed(self, ident: tuple[int, int], fp_hash: str) -> bool:
-        """Read on in the compressed copy of the closed file, if one holds it (packed.py)."""
-        packed, lost = find_packed(self.path, len(self._head), fp_hash, self._offset,
-                                   self.line_no, head_bytes=FINGERPRINT_BYTES,
-                                   skip_jsonl=self.skip_jsonl_siblings)
-        if packed is not None:
-            self._adopt_packed(packed, ident, self._offset, self.line_no, self._discarding)
-            return self._packed is not None
-        if lost is not None:
-            self._lose(lost)
-        return False
+        return self._resume_packed(ident, fp_hash, FINGERPRINT_BYTES)
 
     def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
         """``(line_number, line)`` for complete lines appended since the last call."""
@@ -411,65 +398,6 @@ class FileTail(LineCutter):
             self.replaced = True  # the owner decides who reads the file now at the path
         elif self._open():
             self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
-
-    def _adopt_packed(self, packed: Packed, ident: tuple[int, int], offset: int, line: int,
-                      discarding: bool) -> None:
-        """Read on in ``packed`` (a compressed copy, positioned at decompressed byte
-        ``offset``, the end of line ``line``) as the file of identity ``ident``: a checkpoint
-        taken meanwhile names that file and offset, and finds the copy again by its head."""
-        self.close()
-        if not packed.skip_to(offset):  # a copy opened for its head: back to the offset
-            packed.close()
-            self._lose(f"{packed.name}, the compressed copy of {self.path}, cannot be read "
-                       f"from byte {offset}: the rest of that file after line {line} is lost")
-            return
-        self._packed = packed
-        self.resumed_from = packed.name
-        self._ino, self._seen = ident, None
-        self._offset, self.line_no = offset, line
-        self._partial, self._discarding, self._head = b"", discarding, packed.head
-        self.error = None
-
-    def _read_packed(self, out: list[Block]) -> None:
-        """One chunk of the compressed copy (more while no line is complete); at its end,
-        on to the next file, as after a rotation."""
-        packed = self._packed
-        assert packed is not None
-        start = len(out)
-        self.behind = True
-        while len(out) == start:
-            try:
-                chunk = packed.reader.read(_READ_CHUNK)
-            except DECODE_ERRORS as exc:
-                self._lose(f"{packed.name}, the compressed copy of {self.path}, is damaged or "
-                           f"cut short after line {self.line_no} ({exc}): the rest of that "
-                           "file is lost")
-                chunk = b""
-            if not chunk:
-                self._packed = None
-                packed.close()
-                self.stats.rotations += 1
-                self._flush_partial_on_rotation()
-                self._retire()
-                self._next_file(out, packed.st.st_mtime_ns, {self._path_identity()})
-                return
-            self._offset += len(chunk)
-            self._split(chunk, out)
-
-    def _path_identity(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return st.st_dev, st.st_ino
-
-    def _lose(self, what: str) -> None:
-        """Say that lines are lost (an ingest problem: the verdict is degraded)."""
-        self.stats.skip(self.line_no + 1, "lost_with_rotated_file", what)
-        if self.losses is None:
-            self.losses = what
-        elif len(self.losses) < MAX_LOSSES_CHARS:
-            self.losses = f"{self.losses}; {what}"
 
     def _left_mtime(self) -> int:
         try:
