@@ -91,6 +91,8 @@ class DirectorySource:
             if isinstance(pos, dict) and isinstance(pos.get("copy_of"), str)}
         for path in self._copies:
             del self._positions[path]
+        #: Paths whose tail handed back a new file in this poll (see _drop_replaced).
+        self._replaced: list[str] = []
         #: Counters of streams whose tail handed back a new file (see _drop_replaced).
         self._carried: dict[str, TailStats] = {}
         #: Saved positions by the identity of their file, to find one under a new name.
@@ -252,7 +254,7 @@ class DirectorySource:
         next scan gives the path a tail by the file's identity (another tail may have read
         it under its old name: rotation to a ``*.jsonl`` name that shifts, ``.1.jsonl`` to
         ``.2.jsonl``) or content (a copy), never a fresh read of what was read."""
-        replaced = [p for p, t in self._tails.items() if t.replaced]
+        replaced, self._replaced = self._replaced, []
         for path in replaced:
             tail = self._tails.pop(path)
             for left, where in tail.retired:
@@ -384,6 +386,8 @@ class DirectorySource:
             if not tail.is_open:
                 self._make_room()
             blocks = tail.read_blocks(quick)
+            if tail.replaced:
+                self._replaced.append(path)
             if tail.is_open:
                 active[path] = None
                 active.move_to_end(path)
