@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Any
 
 from trainguard.monitor.ingest.rotated import open_regular, rotated_name
 
 __all__ = ["holds", "originals_first", "originals_of", "stem"]
+
+#: What every rotated name has after its original's name (see :func:`.rotated.rotated_name`).
+_ROTATED_MARK = re.compile(r"[.\-_]\d")
 
 
 def holds(path: str, pos: dict[str, Any]) -> bool:
@@ -40,7 +44,9 @@ def originals_of(folder: str, name: str) -> list[str]:
     """The paths in ``folder`` of which ``name`` would be a rotated name (see
     :func:`.rotated.rotated_name`): looked up from the name, not by trying every file, so a
     scan of 4,096 rank files stays linear."""
-    found = []
+    found: list[str] = []
+    if _ROTATED_MARK.search(name, 1) is None:
+        return found  # most names (``events.rank12.jsonl``): no separator then a digit
     for i in range(1, len(name) - 1):
         if name[i] in ".-_" and name[i + 1].isdigit():
             prefix = name[:i]
