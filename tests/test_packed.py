@@ -237,10 +237,30 @@ def test_a_gz_cut_short_yields_what_it_holds_and_says_the_rest_is_lost(tmp_path:
 
 
 def _start_monitor(run: Path, record: Path, state: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "trainguard", "monitor", str(run), "-r", "common", "--record",
-         str(record), "--state", str(state), "--quiet", "--poll", "--poll-interval", "0.01"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A monitor process whose output (and, if it is made to abort, its threads' stacks:
+    PYTHONFAULTHANDLER) goes to ``monitor.log`` beside the record."""
+    log = open(record.with_name("monitor.log"), "ab")  # noqa: SIM115 - the child keeps it
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "trainguard", "monitor", str(run), "-r", "common",
+             "--record", str(record), "--state", str(state), "--quiet", "--poll",
+             "--poll-interval", "0.01"], stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONFAULTHANDLER="1"))
+    finally:
+        log.close()
+
+
+def _stop_monitor(proc: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM and wait; a monitor that does not end is aborted and the test fails with the
+    stacks it printed (where it hung), not a bare timeout."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(30)
+        raise AssertionError("the monitor did not end on SIGTERM:\n"
+                             + log.read_text(errors="replace")[-6000:]) from None
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -288,7 +308,6 @@ def test_the_cli_killed_then_restarted_across_a_compressing_rotation_records_eac
         _wait_for(lambda: len(_recorded(record)) >= seq, "every step in the record")
         time.sleep(0.5)  # a double would come in the polls right after
     finally:
-        proc.terminate()
-        proc.wait(30)
+        _stop_monitor(proc, tmp_path / "monitor.log")
     seen = _recorded(record)
     assert ([], list(range(seq))) == (sorted(k for k, n in seen.items() if n > 1), sorted(seen))
