@@ -14,6 +14,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "trainguard"
 
+#: The session, whichever module of it: what wires the rooms together, so no room imports it.
+SESSION_MODULES = ("trainguard.monitor.session", "trainguard.monitor.session_options",
+                   "trainguard.monitor.session_console", "trainguard.monitor.stop_watch")
+
 # Standard-library and third-party modules whose only job is I/O, processes, threads or signals.
 IO_MODULES = {"subprocess", "socket", "signal", "threading", "multiprocessing", "select",
               "selectors", "shutil", "fcntl", "psutil", "watchdog", "pynvml", "http", "urllib",
@@ -80,7 +84,7 @@ def test_rules_and_engine_import_nothing_that_does_io():
     """Rules and the engine are pure: no processes, threads, signals, sockets or I/O rooms."""
     forbidden = tuple(IO_MODULES) + ("trainguard.monitor.ingest", "trainguard.monitor.act",
                                      "trainguard.monitor.sinks", "trainguard.monitor.daemon",
-                                     "trainguard.monitor.session", "trainguard.cli")
+                                     *SESSION_MODULES, "trainguard.cli")
     assert _offenders("trainguard.rules", forbidden) == []
     assert _offenders("trainguard.monitor.engine", forbidden) == []
 
@@ -96,7 +100,7 @@ def test_ingest_never_imports_act_sinks_or_the_loop():
     """Sources and parsing feed the loop; they never act or deliver."""
     assert _offenders("trainguard.monitor.ingest",
                       ("trainguard.monitor.act", "trainguard.monitor.sinks",
-                       "trainguard.monitor.daemon", "trainguard.monitor.session",
+                       "trainguard.monitor.daemon", *SESSION_MODULES,
                        "trainguard.monitor.engine.engine", "trainguard.cli")) == []
 
 
@@ -111,7 +115,7 @@ def test_act_outside_the_runner_never_imports_the_loop_or_sinks():
     """Only ``act.runner`` (``trainguard run``: a session of its own) wires the loop and sinks."""
     offenders = [o for o in _offenders("trainguard.monitor.act",
                                        ("trainguard.monitor.sinks", "trainguard.monitor.daemon",
-                                        "trainguard.monitor.session", "trainguard.cli"))
+                                        *SESSION_MODULES, "trainguard.cli"))
                  if not o.startswith("trainguard.monitor.act.runner ")]
     assert offenders == []
 
@@ -129,11 +133,16 @@ def test_the_ray_room_never_imports_the_cli_or_sinks():
     assert _offenders("trainguard.monitor.ray", ("trainguard.cli", "trainguard.monitor.sinks")) == []
 
 
+#: The command line, whichever module of it (``cli.py`` and the ``cli_*.py`` command modules).
+CLI_MODULES = tuple(sorted(f"trainguard.{p.stem}" for p in PACKAGE.glob("cli*.py")))
+
+
 def test_nothing_imports_the_cli():
-    """``cli`` only parses arguments; the library never calls back into it."""
-    offenders = [o for o in _offenders("trainguard", ("trainguard.cli",))
-                 if not o.startswith("trainguard.__main__ ")]
-    assert offenders == []
+    """``cli`` and its command modules only parse arguments; the library never calls back
+    into them (they import each other, and ``__main__`` runs them)."""
+    offenders = [o for o in _offenders("trainguard", CLI_MODULES)
+                 if not o.startswith(("trainguard.__main__ ", *(f"{m} " for m in CLI_MODULES)))]
+    assert ("trainguard.cli_follow" in CLI_MODULES, offenders) == (True, [])
 
 
 @pytest.mark.parametrize(("path", "name"), [

@@ -1,7 +1,9 @@
 """The control-file protocol: how the monitor asks a trainer to stop.
 
-The monitor writes a small JSON file atomically (temporary file in the same directory, fsync,
-rename, fsync of the directory), so a reader sees the old file or the new one, never a torn one::
+The monitor writes a small JSON file atomically (a temporary file of a fixed name per writer in
+the same directory, fsync, rename, fsync of the directory), so a reader sees the old file or the
+new one, never a torn one, and a writer killed mid-write leaves one temporary at most, removed
+by the next write (:func:`write_json_atomic`)::
 
     {"version": 1, "command": "stop", "run_id": "20261123-101500-4f2a",
      "rule": "common.nonfinite_loss",
@@ -25,8 +27,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
-import tempfile
+import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +45,8 @@ __all__ = [
     "applies_to",
     "read_small_json",
     "read_stop_request",
+    "remove_stale_temps",
+    "temp_name",
     "write_json_atomic",
     "write_stop_request",
 ]
@@ -110,21 +116,112 @@ class StopRequest:
         )
 
 
+#: A temporary file older than this is stale whoever left it: a write takes milliseconds, so
+#: only a writer killed (or a host gone) between create and rename leaves one that old, and a
+#: pid reused since then would otherwise keep it forever.
+STALE_TEMP_SECONDS: Final = 600.0
+
+
+#: The random middle of the names earlier versions made with ``tempfile.mkstemp``: one left
+#: by a killed write is removed once it is stale (it has no pid to check).
+_LEGACY_TEMP: Final = re.compile(r"[a-z0-9_]{8}")
+
+
+def _host() -> str:
+    """This host's name as it may stand in a file name (a temporary's owner)."""
+    name = os.uname().nodename or "host"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:64]
+
+
+def temp_name(target: str | os.PathLike[str]) -> str:
+    """The fixed temporary name this process and thread writes ``target`` through:
+    ``.NAME.HOST.PID.TID.tmp`` next to it. Fixed per writer, so a writer killed between create
+    and rename leaves at most one, which its next write replaces; per host, process and thread,
+    so two writers never write through the same one."""
+    path = os.fspath(target)
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{_host()}.{os.getpid()}.{threading.get_native_id()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process: alive (a nonsense pid is nobody's)
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temps(target: str | os.PathLike[str]) -> list[str]:
+    """Remove the temporaries of ``target`` that no live writer can rename any more: left by a
+    process of this host that is gone, or older than :data:`STALE_TEMP_SECONDS`. A live
+    writer's temporary, or one of another host younger than that, is left alone (its pid
+    means nothing here). Returns the names removed; never raises."""
+    path = os.fspath(target)
+    folder, name = os.path.split(path)
+    prefix, host, now = f".{name}.", _host(), time.time()
+    removed: list[str] = []
+    try:
+        with os.scandir(folder or ".") as entries:
+            candidates = [e for e in entries
+                          if e.name.startswith(prefix) and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for entry in candidates:
+        middle = entry.name[len(prefix):-len(".tmp")]
+        parts = middle.rsplit(".", 2)
+        legacy = _LEGACY_TEMP.fullmatch(middle) is not None
+        if not legacy and (len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit())):
+            continue  # not one of ours (a user's own ``.control.json.bak.tmp``)
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        gone = (not legacy and parts[0] == host and int(parts[1]) != os.getpid()
+                and not _pid_alive(int(parts[1])))
+        if not (gone or age >= STALE_TEMP_SECONDS):
+            continue  # a live writer's (a thread of ours, too), or another host's, in flight
+        try:
+            os.unlink(entry.path)
+            removed.append(entry.path)
+        except OSError:
+            pass
+    return removed
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` so that no reader ever sees a partial file.
 
-    Temporary file in the same directory, fsync, rename over the target, fsync of the
-    directory so the rename itself survives a power cut.
+    A temporary file of a fixed name per writer (:func:`temp_name`) in the same directory,
+    fsync, rename over the target, fsync of the directory so the rename itself survives a
+    power cut. The temporary is created anew (``O_EXCL | O_NOFOLLOW``, after removing what a
+    killed write of ours left there), so nothing is ever written through a link or a FIFO
+    planted at its name; a kill -9 between create and rename leaves at most that one name,
+    and the next write by anyone removes it once its writer is gone
+    (:func:`remove_stale_temps`). Raises ``OSError`` (ENOSPC, EACCES...) with the target as
+    it was and the temporary removed.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(obj, indent=1, allow_nan=False).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    tmp = temp_name(target)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.unlink(tmp)  # what a killed write of this pid and thread left (a reused pid too)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, _CREATE_FLAGS, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -142,6 +239,11 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
         pass  # some filesystems refuse fsync on a directory; the rename is still atomic
     finally:
         os.close(dir_fd)
+
+
+#: New file only (a link or FIFO at the name is refused, never written through or blocked on).
+_CREATE_FLAGS: Final = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        | getattr(os, "O_CLOEXEC", 0))
 
 
 def write_stop_request(path: str | os.PathLike[str], request: StopRequest) -> None:

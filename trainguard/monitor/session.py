@@ -1,6 +1,8 @@
 """Assembling a monitoring session from user options: the library behind ``trainguard monitor``.
 
 The CLI only parses arguments into :class:`MonitorOptions` and calls :func:`run_monitor`.
+The options live in :mod:`.session_options`, what a session prints in :mod:`.session_console`,
+its stop plan and stale-control check in :mod:`.stop_watch`; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -9,14 +11,11 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trainguard.control import CONTROL_FILENAME
-from trainguard.events import MAX_RANKS
 from trainguard.exceptions import ConfigError
 from trainguard.monitor.checkpoint import AlertLedger, Checkpointer, load_state, replay_journal
 from trainguard.monitor.daemon import (
@@ -26,7 +25,7 @@ from trainguard.monitor.daemon import (
     Verdict,
     json_line_parser,
 )
-from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.engine.alerts import AlertSink
 from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.formats import open_source_for
 from trainguard.monitor.ingest.normalize import load_field_map
@@ -34,18 +33,19 @@ from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
 from trainguard.monitor.packs import PackSelector
+from trainguard.monitor.session_console import SessionConsole, print_summary
+from trainguard.monitor.session_options import MonitorOptions
 from trainguard.monitor.sinks.files import is_symlink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
 from trainguard.monitor.sinks.observer import SessionObserver
 from trainguard.monitor.sinks.record import Recorder
 from trainguard.monitor.sinks.report import build_report, summary_lines, write_report
+from trainguard.monitor.stop_watch import StaleControlWatch, StopWatch
 from trainguard.rules.inline import parse_inline_rule
 from trainguard.rules.loader import apply_overrides, load_rules
 
 if TYPE_CHECKING:
-    from trainguard.monitor.act.actions import ControlFileStopper, SentLog, Stopper, StopPlan
-    from trainguard.monitor.act.process import ProcessTarget
-    from trainguard.monitor.sinks.console import ConsoleSink
+    from trainguard.monitor.act.actions import Stopper
 
 # What only some sessions use is imported where it is used, so `monitor FILE --once --quiet`
 # does not pay for it at start (benchmarks/bench_startup.py): the stop machinery (psutil),
@@ -57,74 +57,6 @@ DEFAULT_RULES = PACKS_DEFAULT
 ALERTS_FILENAME = "alerts.jsonl"
 #: Names the source when ``trainguard monitor`` is given none.
 METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
-
-
-@dataclass(slots=True)
-class MonitorOptions:
-    """Everything ``trainguard monitor`` can be told."""
-
-    source: str
-    rules: list[str] = field(default_factory=list)
-    alerts: str | None = None
-    control: str | None = None
-    stop: bool = False
-    once: bool = False
-    field_maps: list[str] = field(default_factory=list)
-    poll_interval: float = 0.05
-    quiet: bool = False
-    # -- ingest (sources and delivery guarantees) --
-    #: Start a file that already exists at its end instead of its start.
-    from_end: bool = False
-    #: Force polling (network filesystems); otherwise inotify wakes the loop.
-    poll: bool = False
-    #: Copy stdin lines to stdout; None = when stdout is a terminal.
-    tee: bool | None = None
-    #: Checkpoint file; default RUN_DIR/.trainguard/state.json for a run directory.
-    state: str | None = None
-    #: Append every evaluated event, normalized, here (exactly once across restarts).
-    record: str | None = None
-    #: Write a JSON report of reads, skips, problems and alerts here at the end.
-    report: str | None = None
-    #: Seconds between full rescans when inotify is used (catches dropped kernel events).
-    rescan_interval: float = 1.0
-    #: ``ID.FIELD=VALUE`` settings applied to loaded rules (``--set-rule``).
-    set_rules: list[str] = field(default_factory=list)
-    #: Inline rules (``--alert "[trainer:] COND [for N] -> SEVERITY[/stop]: MESSAGE"``).
-    inline_alerts: list[str] = field(default_factory=list)
-    #: Sample the local GPUs through NVML every ``gpu_interval`` s (monitor/ingest/gpu.py); adds the
-    #: ``gpu`` pack when no ``rules`` are given.
-    gpu: bool = False
-    gpu_interval: float = 5.0
-    #: Signal this process (pinned by identity) on a stop rule; see monitor/act/process.py.
-    pid: int | None = None
-    signal: str = "SIGTERM"
-    kill_after: float | None = None
-    # -- plain trainer stdout (monitor/ingest/stdout.py) --
-    #: A stdout preset name (trl, verl, openrlhf, kv) or a re2 pattern with a ``step`` group;
-    #: None: stdin auto-detects, files and run directories read canonical JSONL.
-    regex: str | None = None
-    #: The trainer's ``logging_steps``: the n-th printed TRL log is step n x this.
-    logging_steps: int = 1
-    #: When known, the TRL step is ``round(epoch x steps_per_epoch)`` instead of the count.
-    steps_per_epoch: int | None = None
-    # -- many nodes (monitor/ray/) --
-    #: Sources read along with SOURCE whose problems also count (the Ray head's node health).
-    extra_sources: list[Any] = field(default_factory=list)
-    #: With ``gpu``: sample this host's GPUs (False on the Ray head: each node's agent does).
-    local_gpus: bool = True
-    #: The user's own ``NAME=PATTERN`` signals (``--signal``), read with the built-in ones.
-    signals: list[str] = field(default_factory=list)
-    # -- reaching people (monitor/sinks/notify.py, prometheus.py, live.py; monitor/check.py) --
-    #: More alert sinks (notifications), after the alerts file and the console.
-    sinks: list[AlertSink] = field(default_factory=list)
-    #: Told of the session: ``start(monitor)`` once built, ``tick(monitor)`` every loop turn,
-    #: ``close()`` at the end (the live view, ``/metrics``, the notifier's queue).
-    observers: list[SessionObserver] = field(default_factory=list)
-    #: ``trainguard check``: neither resume from nor write the checkpoint, and no default
-    #: alerts file: a batch verdict leaves a followed run as it found it.
-    stateless: bool = False
-    #: Ranks are ``0 <= rank < max_ranks``; any other is a counted ``bad_rank`` skip.
-    max_ranks: int = MAX_RANKS
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -208,7 +140,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
                     if state_path else None)
     watcher = None if options.poll or options.once else start_watcher(source)
-    console = _Console()
+    console = SessionConsole()
     sinks: list[AlertSink] = [] if options.quiet else [console]
     jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
     if jsonl is not None:
@@ -222,7 +154,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         control_stopper = ControlFileStopper(control_path,
                                              run_dir=run_dir or Path(control_path).parent)
     stopper = control_stopper
-    stop_watch = _StopWatch.start(options, control_stopper, run_dir, console, sinks)
+    stop_watch = StopWatch.start(options, control_stopper, run_dir, console, sinks)
     if stop_watch is not None:
         stopper = stop_watch.plan
 
@@ -267,7 +199,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         + (f"; stops via {control_path}" if control_path else "")
         + (f"; signals pid {options.pid}" if options.pid else "")
         + ("" if control_path or options.pid else "; observe-only"))
-    stale_watch = _StaleControlWatch(control_path or (run_dir / CONTROL_FILENAME if run_dir
+    stale_watch = StaleControlWatch(control_path or (run_dir / CONTROL_FILENAME if run_dir
                                                      else None), run_dir, console, sinks)
     stop_event = stop_event or threading.Event()
     monitor.on_tick = _ticks(stale_watch, stop_watch, monitor, stop_event, options.observers)
@@ -304,7 +236,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             verdict.problems.append(problem)
             verdict.exit_code = max(verdict.exit_code, EXIT_DEGRADED)
     if not options.quiet:
-        _print_summary(console, verdict)
+        print_summary(console, verdict)
         for text in summary_lines(streams):
             console.line(text, style="dim")
     return verdict
@@ -376,158 +308,7 @@ def _install_signal_handlers(stop_event: threading.Event,  # type: ignore[no-unt
     return restore
 
 
-class _Console:
-    """The terminal view, made on first use: a session that prints nothing never imports rich."""
-
-    def __init__(self) -> None:
-        self._sink: ConsoleSink | None = None
-
-    def _get(self) -> ConsoleSink:
-        if self._sink is None:
-            from trainguard.monitor.sinks.console import ConsoleSink
-
-            self._sink = ConsoleSink()
-        return self._sink
-
-    def emit(self, alert: Alert) -> None:
-        """Print one alert."""
-        self._get().emit(alert)
-
-    def line(self, message: str, style: str = "") -> None:
-        """Print a status line."""
-        self._get().line(message, style=style)
-
-
-def _print_summary(console: _Console, verdict: Verdict) -> None:
-    firing = [a for a in verdict.alerts if a.state == "firing"]
-    skipped = sum(verdict.skips.values())
-    console.line(
-        f"trainguard: {verdict.status}: {verdict.events} events in {verdict.records} steps, "
-        f"{len(firing)} alerts, {skipped} lines skipped",
-        style="bold" if verdict.exit_code else "bold green",
-    )
-    for reason, count in verdict.skips.most_common():
-        console.line(f"  skipped {count} x {reason}", style="yellow")
-    for ex in verdict.skip_examples:
-        console.line(f"    {ex.stream}:{ex.line}: {ex.reason} {ex.detail}", style="dim")
-    for note in verdict.notes:
-        if note not in verdict.problems:
-            console.line(f"  note: {note}", style="yellow")
-    for problem in verdict.problems:
-        console.line(f"  DEGRADED: {problem}", style="bold yellow")
-
-
-class _StaleControlWatch:
-    """Reports, once, a control file left by another run (the trainer ignores it)."""
-
-    def __init__(self, control_path: str | Path | None, run_dir: Path | None,
-                 console: _Console, sinks: list[AlertSink]) -> None:
-        self.control_path, self.run_dir = control_path, run_dir
-        self.console, self.sinks = console, sinks
-        self.done = control_path is None or run_dir is None
-
-    def tick(self) -> None:
-        if self.done:
-            return
-        assert self.run_dir is not None and self.control_path is not None
-        from trainguard.monitor.act.actions import read_run_id, stale_control_file
-
-        run_id = read_run_id(self.run_dir)
-        if run_id is None:
-            return
-        self.done = True
-        message = stale_control_file(self.control_path, run_id)
-        if message:
-            alert = Alert(time=time.time(), rule="trainguard.stale_control_file",
-                          severity="info", action="warn", metric="", value=None, step=0,
-                          rank=None, message=message)
-            for sink in self.sinks:
-                sink.emit(alert)
-
-
-class _StopWatch:
-    """The stop plan (control file and/or ``--pid``), and with ``--pid`` the postmortem when
-    the process exits."""
-
-    def __init__(self, target: ProcessTarget | None, run_dir: Path | None) -> None:
-        self.target, self.run_dir = target, run_dir
-        self.exited_seen = 0
-        self.monitor: Monitor | None = None
-        self.plan: StopPlan
-
-    @classmethod
-    def start(cls, options: MonitorOptions, control: ControlFileStopper | None,
-              run_dir: Path | None, console: _Console,
-              sinks: list[AlertSink]) -> _StopWatch | None:
-        if options.pid is None and control is None:
-            return None
-        from trainguard.monitor.act.actions import SENT_LOG_FILENAME, SentLog, StopPlan
-        from trainguard.monitor.act.process import ProcessTarget, parse_signal
-
-        sig = parse_signal(options.signal)
-        sent_log = SentLog(run_dir / SENT_LOG_FILENAME if run_dir else None)
-        target = None
-        if options.pid is not None:
-            target = ProcessTarget.capture(options.pid, expected_create_time=(
-                _recorded_create_time(sent_log, options.pid)))
-            if run_dir is not None:
-                sent_log.add(f"target:pid={target.pid}", {"create_time": target.create_time})
-        watch = cls(target, run_dir)
-
-        def emit(alert: Alert) -> None:
-            if watch.monitor is not None:
-                watch.monitor.alerts.append(alert)
-            for sink in sinks:
-                sink.emit(alert)
-
-        watch.plan = StopPlan(
-            control=control, target=target, sig=sig, kill_after=options.kill_after,
-            sent_log=sent_log, emit=emit, grace=watch.grace,
-            progress=lambda: watch.monitor.max_step if watch.monitor is not None else None)
-        return watch
-
-    def grace(self) -> float:
-        """A step or two of the observed pace, at least a second."""
-        interval = self.monitor.max_step_interval if self.monitor is not None else None
-        return min(max(2.0 * (interval or 0.0), 1.0), 60.0)
-
-    def tick(self, monitor: Monitor, stop_event: threading.Event) -> None:
-        self.monitor = monitor
-        self.plan.tick()
-        if self.target is not None and not self.target.alive():
-            # One more poll after the exit is seen, so lines written just before it count.
-            self.exited_seen += 1
-            if self.exited_seen >= 2:
-                stop_event.set()
-
-    def finish(self, monitor: Monitor) -> None:
-        exited = self.target is not None and not self.target.alive()
-        self.plan.finish(exited=exited)
-        if self.target is None:
-            return
-        self.target.close()
-        if self.run_dir is None or not exited:
-            return
-        from trainguard.monitor.act.actions import read_run_id
-        from trainguard.monitor.act.postmortem import write_postmortem
-
-        record = self.plan.record
-        stopped = record is not None and record.reached_a_running_trainer
-        write_postmortem(self.run_dir, status="stopped" if stopped else "exited", returncode=None,
-                         last_records=monitor.last_records, alerts=monitor.alerts,
-                         stop=record.to_json() if record else None,
-                         extra={"pid": self.target.pid, "run_dir": str(self.run_dir),
-                                "run_id": read_run_id(self.run_dir)})
-
-
-def _recorded_create_time(sent_log: SentLog, pid: int) -> float | None:
-    """A restarted monitor given the same PID checks it is still the same process."""
-    entry = sent_log.get(f"target:pid={pid}")
-    value = entry.get("create_time") if entry else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _ticks(stale: _StaleControlWatch, stop_watch: _StopWatch | None, monitor: Monitor,
+def _ticks(stale: StaleControlWatch, stop_watch: StopWatch | None, monitor: Monitor,
            stop_event: threading.Event,
            observers: Sequence[SessionObserver] = ()) -> Callable[[], None]:
     def tick() -> None:

@@ -6,7 +6,8 @@ regular file (a FIFO planted at a rotated name never blocks the monitor).
 A rotated name is the file's name or its stem (without ``.jsonl``), then ``.``, ``-`` or ``_``
 and a digit: logrotate's ``name.1``, ``name.jsonl.1``, dated ``name-20261201``, and
 ``name.1.jsonl``; never another rank's file (``events.rank01.jsonl`` is no rotation of
-``events.rank0.jsonl``), never a compressed copy (which cannot be read).
+``events.rank0.jsonl``), never a compressed copy (those are read by content, not by name or
+inode: :mod:`.packed`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 
-__all__ = ["find_by_identity", "find_copy", "open_regular", "rotated_name", "rotated_since"]
+__all__ = ["find_by_fingerprint", "find_by_identity", "find_copy", "open_regular",
+           "rotated_name", "rotated_since", "siblings"]
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -50,7 +53,7 @@ def open_regular(path: str) -> int | str | None:
 def rotated_name(name: str, base: str, stem: str) -> bool:
     """Whether ``name`` is what a rotation makes of ``base``: ``base`` or its ``stem`` (the
     name without ``.jsonl``), then ``.``, ``-`` or ``_`` and a digit. ``events.rank01.jsonl``
-    is no rotation of ``events.rank0.jsonl``; compressed copies cannot be read."""
+    is no rotation of ``events.rank0.jsonl``; compressed copies are :mod:`.packed`'s."""
     if name.endswith((".gz", ".bz2", ".xz", ".zst")):
         return False
     for prefix in (base, stem):
@@ -84,8 +87,41 @@ def find_by_identity(path: str, ident: tuple[int, int], fp_len: int, fp_hash: st
     return None
 
 
-def _siblings(path: str, skip_jsonl: bool) -> list[tuple[os.stat_result, str]]:
-    """``(lstat, path)`` of the regular files under a rotated name of ``path``."""
+def find_by_fingerprint(path: str, fp_len: int, fp_hash: str, offset: int, skip_jsonl: bool,
+                        allow: Callable[[str], bool] | None = None
+                        ) -> tuple[str, int] | str | None:
+    """A copy of the checkpointed file under a rotated name of ``path`` (copytruncate while
+    the monitor was down: a new inode, the same first bytes), holding at least ``offset``
+    bytes, opened. Several that start alike are not guessed at: the reason is returned (an
+    ingest problem) instead; ``None`` when there is none."""
+    if fp_len == 0:
+        return None
+    matches: list[tuple[str, int]] = []
+    for est, name in sorted(siblings(path, skip_jsonl, allow), key=lambda item: item[1]):
+        if est.st_size < max(offset, fp_len):
+            continue
+        fd = open_regular(name)
+        if not isinstance(fd, int):
+            continue
+        if _head_hash(fd, fp_len) == fp_hash:
+            matches.append((name, fd))
+        else:
+            os.close(fd)
+    if len(matches) == 1:
+        return matches[0]
+    for _, fd in matches:
+        os.close(fd)
+    if not matches:
+        return None
+    names = ", ".join(os.path.basename(name) for name, _ in matches)
+    return (f"the rest of {path} after byte {offset} is in one of {names}, which start alike: "
+            "not guessed, those lines are lost")
+
+
+def siblings(path: str, skip_jsonl: bool, allow: Callable[[str], bool] | None = None
+             ) -> list[tuple[os.stat_result, str]]:
+    """``(lstat, path)`` of the regular files under a rotated name of ``path``; with
+    ``skip_jsonl``, none that is itself ``*.jsonl`` unless ``allow`` says it may be read."""
     folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
@@ -96,7 +132,7 @@ def _siblings(path: str, skip_jsonl: bool) -> list[tuple[os.stat_result, str]]:
                 name = entry.name
                 if name == base or not rotated_name(name, base, stem):
                     continue
-                if skip_jsonl and name.endswith(".jsonl"):
+                if skip_jsonl and name.endswith(".jsonl") and not (allow and allow(entry.path)):
                     continue  # the run directory follows it as a file of its own
                 try:
                     est = entry.stat(follow_symlinks=False)
@@ -114,7 +150,7 @@ def rotated_since(path: str, mtime_ns: int, exclude: set[tuple[int, int] | None]
     """The oldest file under a rotated name of ``path`` last written at or after
     ``mtime_ns`` whose identity is not in ``exclude`` (what the tail read), opened; else
     ``None``: the file between two renames the monitor did not see."""
-    found = sorted((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+    found = sorted((est.st_mtime_ns, name) for est, name in siblings(path, skip_jsonl)
                    if est.st_mtime_ns >= mtime_ns
                    and (est.st_dev, est.st_ino) not in exclude)
     for _, name in found:
@@ -125,13 +161,16 @@ def rotated_since(path: str, mtime_ns: int, exclude: set[tuple[int, int] | None]
 
 
 def find_copy(path: str, head: bytes, offset: int, ident: tuple[int, int] | None,
-              skip_jsonl: bool) -> tuple[str, int] | None:
+              skip_jsonl: bool, allow: Callable[[str], bool] | None = None
+              ) -> tuple[str, int] | None:
     """A copy of ``path`` under a rotated name (what copytruncate leaves): a regular file
     that starts with ``head`` and holds more than ``offset`` bytes (only then is it worth
-    reading on in), opened; the newest such; else ``None``."""
+    reading on in), opened; the newest such; else ``None``. ``skip_jsonl`` and ``allow``: as
+    for :func:`siblings` (a run directory lets a tail read a ``*.jsonl`` copy that it does
+    not follow as a stream of its own)."""
     if not head:
         return None
-    found = sorted(((est.st_mtime_ns, name) for est, name in _siblings(path, skip_jsonl)
+    found = sorted(((est.st_mtime_ns, name) for est, name in siblings(path, skip_jsonl, allow)
                     if est.st_size > offset and (est.st_dev, est.st_ino) != ident),
                    reverse=True)
     for _, name in found:

@@ -14,28 +14,31 @@ cannot see one case: a rewrite to at least our offset whose first :data:`FINGERP
 are byte-identical to the old ones (no reader that does not keep the whole file can; ``tail -F``
 and Filebeat miss it too). NUL bytes (the hole a copytruncate leaves before a non-append
 writer's next line) are dropped and counted; over-long lines are skipped and counted, and
-memory stays bounded by ``max_line_bytes``.
+memory stays bounded by ``max_line_bytes`` (the cutting of chunks into lines: :mod:`.lines`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
-from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
+from trainguard.monitor.ingest.blocks import Block, Line, expand_blocks
+from trainguard.monitor.ingest.lines import LineCutter
+from trainguard.monitor.ingest.packed import Packed, find_packed, next_rotated
+from trainguard.monitor.ingest.rotated import (
+    find_by_fingerprint,
+    find_copy,
+)
 from trainguard.monitor.ingest.rotated import (
     find_by_identity as _find_by_identity,
 )
 from trainguard.monitor.ingest.rotated import (
-    find_copy,
-    rotated_since,
-)
-from trainguard.monitor.ingest.rotated import (
     open_regular as _open_regular,
 )
+from trainguard.monitor.ingest.tail_packed import CompressedCopyReading
+from trainguard.monitor.ingest.tail_stats import MAX_EXAMPLES, TailStats
 
 __all__ = ["Block", "FileTail", "Line", "TailStats", "expand_blocks", "MAX_LINE_BYTES",
            "FINGERPRINT_BYTES", "MAX_EXAMPLES"]
@@ -45,120 +48,22 @@ MAX_LINE_BYTES = 1 << 20
 FINGERPRINT_BYTES = 256
 #: Files read to their end remembered per tail, so a rotated name is never read twice.
 MAX_RETIRED_IDS = 256
-#: Skips reported with their line number, per file; the rest are only counted.
-MAX_EXAMPLES = 5
 _READ_CHUNK = 1 << 20
-
-
-class Line(NamedTuple):
-    """One complete line and where it came from (re-exported by :mod:`.sources`).
-
-    A named tuple, so a chunk's lines are built in C (``tuple.__new__`` over ``zip``) rather
-    than by one Python ``__init__`` call per line: at a million lines a second that matters.
-    """
-
-    stream: str
-    number: int
-    data: bytes
-
-
-class Block:
-    """Consecutive complete lines of one stream, numbered from ``first``: what a file hands the
-    monitor per read, so no per-line object is built before the monitor decodes the line.
-
-    ``raw``, when not ``None``, is exactly ``b"".join(line + b"\n" for line in lines)``: the
-    bytes as read (one copy of the chunk at most), so the monitor can decode the whole block in
-    one call without joining its lines again. Left ``None`` for a chunk whose lines are not
-    its bytes as they stand (a CR stripped, an over-long line dropped).
-
-    A block read whole (:meth:`of_raw`) splits ``raw`` into ``lines`` only when they are first
-    asked for: a monitor that decodes the block whole never needs them, and splitting a
-    megabyte into bytes objects costs about a tenth of decoding it.
-    """
-
-    __slots__ = ("stream", "first", "count", "raw", "_lines")
-
-    def __init__(self, stream: str, first: int, lines: list[bytes],
-                 raw: bytes | None = None) -> None:
-        self.stream = stream
-        self.first = first
-        #: How many lines: ``len(lines)``, known without splitting ``raw``.
-        self.count = len(lines)
-        self.raw = raw
-        self._lines: list[bytes] | None = lines
-
-    @classmethod
-    def of_raw(cls, stream: str, first: int, raw: bytes, count: int) -> Block:
-        """The ``count`` lines of ``raw`` (each ending in a newline, the last included)."""
-        block = cls.__new__(cls)
-        block.stream, block.first, block.count, block.raw = stream, first, count, raw
-        block._lines = None
-        return block
-
-    @property
-    def lines(self) -> list[bytes]:
-        """The lines, without their newlines."""
-        lines = self._lines
-        if lines is None:
-            assert self.raw is not None
-            lines = self._lines = self.raw.split(b"\n")
-            lines.pop()  # after the last newline: nothing
-        return lines
-
-    def __repr__(self) -> str:
-        return f"Block({self.stream!r}, {self.first}, {self.count} lines)"
-
-
-def expand_blocks(blocks: list[Block]) -> list[Line]:
-    """The lines of ``blocks``, one :class:`Line` each, in order."""
-    out: list[Line] = []
-    for block in blocks:
-        first = block.first
-        out.extend(map(_new_tuple, repeat(Line), zip(
-            repeat(block.stream), range(first, first + block.count), block.lines)))
-    return out
-
-
-_new_tuple = tuple.__new__
-
-
-@dataclass(slots=True)
-class TailStats:
-    """What one followed file yielded and what it skipped, by reason (first few located)."""
-
-    lines: int = 0
-    skips: Counter[str] = field(default_factory=Counter)
-    rotations: int = 0
-    truncations: int = 0
-    #: ``(line_number, reason, detail)`` for the first :data:`MAX_EXAMPLES` skips.
-    examples: list[tuple[int, str, str]] = field(default_factory=list)
-
-    def skip(self, line: int, reason: str, detail: str = "") -> None:
-        """Count one skip, remembering where the first few were."""
-        self.skips[reason] += 1
-        if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append((line, reason, detail))
-
-
-def _lines_bytes(head: bytes, chunk: bytes, start: int, end: int) -> bytes:
-    """The bytes of the lines handed out: ``head`` (read with the last chunk), then
-    ``chunk[start:end]``; one copy at most, none when the chunk ends with its last line."""
-    if head or start:
-        return b"".join((head, memoryview(chunk)[start:end]))
-    return chunk if end == len(chunk) else chunk[:end]
 
 
 def _head_hash(fd: int, length: int) -> str:
     return hashlib.blake2b(os.pread(fd, length, 0), digest_size=8).hexdigest()
 
 
-class FileTail:
+class FileTail(CompressedCopyReading, LineCutter):
     """Follow one path; :meth:`read_lines` returns the complete lines appended since last call."""
 
     def __init__(self, path: str, *, from_start: bool = True,
                  max_line_bytes: int = MAX_LINE_BYTES,
                  position: dict[str, Any] | None = None,
-                 skip_jsonl_siblings: bool = False) -> None:
+                 skip_jsonl_siblings: bool = False,
+                 hand_back_new_files: bool = False,
+                 may_read_copy: Callable[[str], bool] | None = None) -> None:
         self.path = path
         self.max_line_bytes = max_line_bytes
         self.stats = TailStats()
@@ -183,7 +88,19 @@ class FileTail:
         self.resumed_from: str | None = None
         #: Leave ``*.jsonl`` rotated names to the run directory that follows them itself.
         self.skip_jsonl_siblings = skip_jsonl_siblings
+        #: With ``skip_jsonl_siblings``: whether a ``*.jsonl`` copy (copytruncate's) may be
+        #: read on in all the same, since the run directory does not follow it itself.
+        self.may_read_copy = may_read_copy
+        #: A new file at the path is not opened here but left to the owner (a run directory,
+        #: which knows whether another tail read it under another name): ``replaced`` says so.
+        self.hand_back_new_files = hand_back_new_files
+        self.replaced = False
         self._read_ids: dict[tuple[int, int], None] = {}  # files read to their end
+        #: The heads of the files read to their end: how a compressed copy of one (a new
+        #: inode, see packed.py) is told from a file not read yet.
+        self._read_heads: dict[bytes, None] = {}
+        #: The compressed copy being read instead of a file (packed.py), or None.
+        self._packed: Packed | None = None
         self._suspended = False  # closed while idle (see suspend); reopened on change
         self._size_seen = 0  # the file's size at the last stat
         #: Bytes known to be lost (truncated before they were read, no copy found).
@@ -265,16 +182,36 @@ class FileTail:
                     and (fp_len == 0 or _head_hash(self._fd, fp_len) == fp_hash))
         if not same:
             found = _find_by_identity(self.path, ident, fp_len, fp_hash, offset)
+            if found is None:
+                # copytruncate while we were down: the copy has a new inode, our first bytes.
+                copy = find_by_fingerprint(self.path, fp_len, fp_hash, offset,
+                                           self.skip_jsonl_siblings, self.may_read_copy)
+                if isinstance(copy, str):
+                    self._lose(copy)
+                else:
+                    found = copy
             if found is not None:
                 self.resumed_from, fd = found
                 self.close()
-                self._fd, self._ino, self._seen = fd, ident, None
+                st = os.fstat(fd)
+                self._fd, self._ino, self._seen = fd, (st.st_dev, st.st_ino), None
                 self._partial, self._head = b"", b""
                 self._refresh_fingerprint(os.fstat(fd).st_size)
                 self._offset, self.line_no = offset, line
                 self._discarding = bool(pos.get("discarding", False))
                 self.error = None
                 return
+            # Rotated and compressed while we were down (logrotate's compress): the rest is
+            # only in the copy, found by its content.
+            packed, lost = find_packed(self.path, fp_len, fp_hash, offset, line,
+                                       head_bytes=FINGERPRINT_BYTES,
+                                       skip_jsonl=self.skip_jsonl_siblings)
+            if packed is not None:
+                self._adopt_packed(packed, ident, offset, line,
+                                   bool(pos.get("discarding", False)))
+                return
+            if lost is not None:
+                self._lose(lost)
         if self._fd is None:
             return  # nothing at the path, nor next to it: read it whole once it appears
         if not same:
@@ -288,8 +225,11 @@ class FileTail:
     # -- reading ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the file descriptor."""
+        """Release the file descriptor (and a compressed copy being read)."""
         self._suspended = False
+        if self._packed is not None:
+            self._packed.close()
+            self._packed = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -314,21 +254,30 @@ class FileTail:
         self._suspended = False
         ident = self._ino
         assert ident is not None
+        head = self._head
+        fp_hash = hashlib.blake2b(head, digest_size=8).hexdigest() if head else ""
         if st is not None and (st.st_dev, st.st_ino) == ident:
             fd = _open_regular(self.path)
             if isinstance(fd, int):
                 if os.fstat(fd).st_ino == ident[1]:
+                    if not head or os.pread(fd, len(head), 0) == head:
+                        self._fd = fd
+                        return True
+                    # The same inode, other content: truncated (copytruncate), or deleted
+                    # and the inode handed to the file now at the path (rotated and
+                    # compressed while closed). The rest may be in a compressed copy; else
+                    # the truncation logic looks for a plain one.
+                    if self._resume_packed(ident, fp_hash, FINGERPRINT_BYTES):
+                        os.close(fd)
+                        return True
                     self._fd = fd
                     return True
                 os.close(fd)
-        head = self._head
-        found = _find_by_identity(self.path, ident, len(head),
-                                  hashlib.blake2b(head, digest_size=8).hexdigest()
-                                  if head else "", self._offset)
+        found = _find_by_identity(self.path, ident, len(head), fp_hash, self._offset)
         if found is not None:
             self._fd = found[1]
             return True
-        return False
+        return self._resume_packed(ident, fp_hash, FINGERPRINT_BYTES)
 
     def read_lines(self, quick: bool = False) -> list[tuple[int, bytes]]:
         """``(line_number, line)`` for complete lines appended since the last call."""
@@ -358,6 +307,12 @@ class FileTail:
             if not self._resume(st0):
                 self.stats.rotations += 1  # renamed away and gone while closed
                 self._read_ids[self._ino] = None  # type: ignore[index]
+                if self.hand_back_new_files:
+                    self.replaced = True
+                    return out
+        if self._packed is not None:
+            self._read_packed(out)
+            return out
         if self._fd is None and not self._open():
             return out
         # One stat of the path answers both "rotated?" and, when not, "how big?" (the same
@@ -388,25 +343,61 @@ class FileTail:
             self.stats.rotations += 1
             self._flush_partial_on_rotation()
             left = self._ino
-            if left is not None:
-                self.retired.append((left, self.position()))
-                del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
-                self._read_ids[left] = None
-                while len(self._read_ids) > MAX_RETIRED_IDS:
-                    del self._read_ids[next(iter(self._read_ids))]
+            self._retire()
             # Two renames while the monitor was descheduled (or down): the file between the
-            # one just drained and the one now at the path sits under a rotated name. It is
-            # read whole before the new file, as if its rotation had been seen.
-            between = self._rotated_since(self._left_mtime(), {left, (st.st_dev, st.st_ino)})
+            # one just drained and the one now at the path sits under a rotated name, plain
+            # or compressed. It is read whole before the new file, as if its rotation had
+            # been seen.
+            mtime = self._left_mtime()
             self.close()
-            if between is not None:
-                name, fd = between
-                self._adopt(fd)
-                self.resumed_from = name
-                self._drain(out, os.fstat(fd).st_size)
-            elif self._open():
-                self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
+            self._next_file(out, mtime, {left, (st.st_dev, st.st_ino)})
         return out
+
+    def _retire(self) -> None:
+        """Remember the file just read to its end (identity, position, head), so that no
+        rotated name, plain or compressed, of it is read again."""
+        left = self._ino
+        if left is None:
+            return
+        self.retired.append((left, self.position()))
+        del self.retired[:-MAX_RETIRED_IDS]  # a lone file source never takes them
+        self._read_ids[left] = None
+        while len(self._read_ids) > MAX_RETIRED_IDS:
+            del self._read_ids[next(iter(self._read_ids))]
+        self._remember_head()
+
+    def _remember_head(self) -> None:
+        """Keep the head of the content read so far: a copy of it (compressed, or under a
+        ``*.jsonl`` name) is then told from a file not read yet."""
+        if self._head:
+            self._read_heads[self._head] = None
+            while len(self._read_heads) > MAX_RETIRED_IDS:
+                del self._read_heads[next(iter(self._read_heads))]
+
+    def known_heads(self) -> list[bytes]:
+        """The first bytes of the file being read and of the contents read before it (files
+        left at a rotation, contents truncated away): how a run directory tells a copy."""
+        return [h for h in (self._head, *self._read_heads) if h]
+
+    def _next_file(self, out: list[Block], mtime_ns: int,
+                   exclude: set[tuple[int, int] | None]) -> None:
+        """After a file is read to its end: the oldest unread file under a rotated name
+        written since ``mtime_ns`` (see :func:`.packed.next_rotated`), else the file at the
+        path, from its start; one read of it."""
+        between = next_rotated(self.path, mtime_ns, exclude | set(self._read_ids),
+                               self._read_heads, FINGERPRINT_BYTES, self.skip_jsonl_siblings)
+        if isinstance(between, Packed):
+            self._adopt_packed(between, (between.st.st_dev, between.st.st_ino), 0, 0, False)
+            self._read_packed(out)
+        elif between is not None:
+            name, fd = between
+            self._adopt(fd)
+            self.resumed_from = name
+            self._drain(out, os.fstat(fd).st_size)
+        elif self.hand_back_new_files:
+            self.replaced = True  # the owner decides who reads the file now at the path
+        elif self._open():
+            self._drain(out, os.fstat(self._fd).st_size)  # type: ignore[arg-type]
 
     def _left_mtime(self) -> int:
         try:
@@ -422,13 +413,6 @@ class FileTail:
         self._partial, self._discarding, self._head = b"", False, b""
         self._refresh_fingerprint(st.st_size)
 
-    def _rotated_since(self, mtime_ns: int, exclude: set[tuple[int, int] | None]
-                       ) -> tuple[str, int] | None:
-        """The oldest unread file under a rotated name of this path written since
-        ``mtime_ns``, opened (see :func:`.rotated.rotated_since`)."""
-        return rotated_since(self.path, mtime_ns, exclude | set(self._read_ids),
-                             self.skip_jsonl_siblings)
-
     def _flush_partial_on_rotation(self) -> None:
         if self._partial:
             self.stats.skip(self.line_no + 1, "partial_line_at_rotation",
@@ -438,13 +422,14 @@ class FileTail:
     def _find_copy(self) -> tuple[str, int] | None:
         """What copytruncate left next to this file, opened (see :func:`.rotated.find_copy`)."""
         return find_copy(self.path, self._head, self._offset, self._ino,
-                         self.skip_jsonl_siblings)
+                         self.skip_jsonl_siblings, self.may_read_copy)
 
     def _restart_from_zero(self, reason: str) -> None:
         self.stats.truncations += 1
         if self._partial:
             self.stats.skip(self.line_no + 1, "truncated_partial_line")
         self.stats.skip(self.line_no + 1, reason, f"at offset {self._offset}")
+        self._remember_head()
         self._offset, self._partial, self._discarding = 0, b"", False
         self.line_no = 0
         self._head = b""
@@ -454,9 +439,11 @@ class FileTail:
         assert fd is not None
         truncated = size < self._offset
         rewritten = not truncated and not self._same_content(size)
+        copied = False
         if truncated or rewritten:  # copytruncate (and written again): start over
             copy = self._find_copy()
             if copy is not None:
+                copied = True
                 # copytruncate left a copy next to it (name.1): read on in the copy from our
                 # offset, then the truncated file from its start, as after a rotation.
                 self.resumed_from, fd = copy
@@ -487,107 +474,6 @@ class FileTail:
                 break
             self._offset += len(chunk)
             self._split(chunk, out)
-        self.behind = self._offset < size
-
-    def _split(self, chunk: bytes, out: list[Block]) -> None:
-        if b"\x00" in chunk:
-            # The hole copytruncate leaves before a non-append writer's next write.
-            self.stats.skip(self.line_no + 1, "nul_bytes", f"{chunk.count(0)} NUL bytes dropped")
-            chunk = chunk.replace(b"\x00", b"")
-        end = chunk.rfind(b"\n") + 1  # past the last complete line; 0 when there is none
-        if not (end and self._take_whole(chunk, end, out)):
-            self._take_lines(chunk, out)
-            return
-        self._keep_partial(chunk[end:])
-
-    def _take_whole(self, chunk: bytes, end: int, out: list[Block]) -> bool:
-        """The common chunk: every line in it as it stands (no CR, none over the limit) goes
-        out as one block of raw bytes, counted but not split (see :class:`Block`). False,
-        with nothing done, for any other chunk."""
-        limit = self.max_line_bytes
-        if len(chunk) > limit or b"\r" in chunk:
-            return False
-        head = self._partial  # the start of the first line, read with the previous chunk
-        first = self.line_no + 1
-        if self._discarding:  # the end of an over-long line: drop it, count its number
-            start = chunk.index(b"\n") + 1
-            first += 1
-        else:
-            start = 0
-            # Only the first line can be too long (it starts with the partial line), or end in
-            # a CR (one that came with the partial line, before an empty rest of the line).
-            newline = chunk.index(b"\n")
-            if len(head) + newline > limit or (newline == 0 and head.endswith(b"\r")):
-                return False
-        self._discarding = False
-        self._partial = b""
-        count = chunk.count(b"\n", start)
-        self.line_no = first - 1 + count
-        if count:
-            out.append(Block.of_raw(self.path, first, _lines_bytes(head, chunk, start, end),
-                                    count))
-            self.stats.lines += count
-        return True
-
-    def _take_lines(self, chunk: bytes, out: list[Block]) -> None:
-        """Any chunk, line by line: CRs stripped, over-long lines counted and dropped."""
-        stats = self.stats
-        limit = self.max_line_bytes
-        pieces = chunk.split(b"\n")
-        rest = pieces.pop()  # after the last newline: the start of a line still being written
-        first = self.line_no + 1
-        if pieces:
-            start = 0  # where the first line handed out starts in ``chunk``
-            head = self._partial  # its start, read with the previous chunk
-            if self._discarding:  # the end of an over-long line: drop it, count its number
-                self._discarding = False
-                start = len(pieces[0]) + 1
-                del pieces[0]
-                first += 1
-            elif head:
-                pieces[0] = head + pieces[0]
-                self._partial = b""
-            count = len(pieces)
-            self.line_no = first - 1 + count
-            # Whole-chunk checks run in C; the per-line loop below is only for odd chunks.
-            # (The first piece may end in a CR that came with the last chunk's partial line.)
-            # Only the first line can be longer than a chunk no longer than the limit (it
-            # starts with the partial line): then it is the only one measured.
-            if (b"\r" not in chunk and (not count or not pieces[0].endswith(b"\r"))
-                    and (not count or (len(pieces[0]) if len(chunk) <= limit
-                                       else max(map(len, pieces))) <= limit)):
-                if count:
-                    # The lines' bytes as read (one copy at most), for a decoder that takes
-                    # the whole block at once (see Monitor.process_blocks).
-                    raw = _lines_bytes(head, chunk, start, len(chunk) - len(rest))
-                    out.append(Block(self.path, first, pieces, raw))
-                    stats.lines += count
-            else:
-                run: list[bytes] = []  # consecutive lines kept: one block per run
-                run_first = first
-                for number, piece in enumerate(pieces, first):
-                    if len(piece) > limit:
-                        stats.skip(number, "line_too_long", f"{len(piece)} bytes")
-                        if run:
-                            out.append(Block(self.path, run_first, run))
-                            run = []
-                        run_first = number + 1
-                        continue
-                    if piece.endswith(b"\r"):
-                        piece = piece[:-1]
-                    stats.lines += 1
-                    run.append(piece)
-                if run:
-                    out.append(Block(self.path, run_first, run))
-        self._keep_partial(rest)
-
-    def _keep_partial(self, rest: bytes) -> None:
-        """Hold ``rest``, the start of a line still being written, for the next chunk."""
-        if self._discarding:
-            return
-        limit = self.max_line_bytes
-        if len(self._partial) + len(rest) > limit:
-            self.stats.skip(self.line_no + 1, "line_too_long", f"over {limit} bytes")
-            self._partial, self._discarding = b"", True
-            return
-        self._partial += rest
+        # After the copy, the truncated file may already hold new lines: read on at once,
+        # not at the next change (its changes were already reported).
+        self.behind = self._offset < size or copied
