@@ -29,9 +29,11 @@ from trainguard.monitor.ingest.gather import (
     json_line_parser,
 )
 from trainguard.monitor.ingest.gpu import GPU_KIND
+from trainguard.monitor.ingest.metric_steps import MetricSteps
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.ingest.sources import DirectorySource, FileSource, Source
 from trainguard.monitor.sinks.record import Recorder
+from trainguard.monitor.step_columns import StepColumns, step_columns
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
@@ -172,6 +174,7 @@ class Monitor(StepGathering):
         #: one-metric steps a second the call was a third of the cost), _end_batch takes them.
         self._done: list[Record] = []
         self._evaluate: Callable[[Record], None] = self._done.append
+        self.columns = True  # one-metric blocks as columns where they can (_evaluate_steps)
         self._on_problem = on_problem
         #: Problems of the session itself (a refused state folder): the verdict is degraded.
         self.session_problems: list[str] = []
@@ -274,6 +277,72 @@ class Monitor(StepGathering):
                                                   times, keys):
             self._route(alert)
         return True
+
+    def _evaluate_steps(self, steps: MetricSteps, count: int) -> bool:
+        """The first ``count`` lines of ``steps`` (one-metric lines taken as columns), each a
+        step, evaluated as one batch, with what :meth:`_take_done` keeps of records: counts,
+        the rank's last record and time, the recorder's rows. False, with nothing done, when
+        the records need what only the record path does (step alignment across ranks, a
+        GPU sample, a field map that makes one metric two, a step-time key, a recorder
+        that takes no columns) or two consecutive lines share a step."""
+        recorder = self.recorder
+        write_columns = getattr(recorder, "write_columns", None)
+        if ((recorder is not None and write_columns is None) or self._held
+                or steps.kind == GPU_KIND or self.engine.cross_rank):
+            return False
+        found = step_columns(steps, self._map_name)
+        if found is None:
+            return False
+        columns, names = found
+        self._take_done()  # the records completed before these are evaluated first
+        self._drain_queue()
+        rank = steps.rank
+        start = 0
+        # The trainer's detection reads records one at a time, and a rank's first record
+        # starts its straggler scores: those go the record path, then the rest as columns.
+        while start < count and (self._trainer_rules is not None
+                                 or rank not in self._observed_ranks):
+            self._evaluate_one(self._step_record(steps, columns, start))
+            start += 1
+        self._drain_queue()
+        if start == count:
+            return True
+        if self._held or self.engine.cross_rank:  # the detected trainer's pack needs them
+            for i in range(start, count):
+                self._evaluate(self._step_record(steps, columns, i))
+            return True
+        batch, step_list, values, times = columns.batch(start, count, names)
+        self.counters.records += count - start
+        self.last_records[rank] = self._step_record(steps, columns, count - 1)
+        last_time = batch.time_list[-1]
+        if last_time is None:
+            last_time = batch.time_list.last()  # type: ignore[attr-defined]
+        if last_time is not None:
+            self._unstamped[rank] = last_time
+        if write_columns is not None:
+            write_columns(rank, steps.kind, step_list, names if isinstance(names, str)
+                          else names[start:count], values, times)
+        for alert in self.engine.evaluate_columns([rank] * (count - start), step_list,
+                                                  batch.metrics, batch.time_list,
+                                                  batch.keys(), batch=batch):
+            self._route(alert)
+        return True
+
+    def _map_name(self, name: str) -> str | None:
+        """A metric's name through the field map, or None when it maps to other than one
+        name or to a step-time key (which the straggler scores read record by record)."""
+        mapped = self._apply_field_map({name: 0.0})
+        if len(mapped) != 1:
+            return None
+        (target,) = mapped
+        return None if target in self._step_time_keys else target
+
+    @staticmethod
+    def _step_record(steps: MetricSteps, columns: StepColumns, i: int) -> Record:
+        """Line ``i`` of ``steps`` as the record path makes it (a complete step)."""
+        line = steps.lines[i]
+        return Record(line.step, {line.name: line.value}, line.time, steps.rank, steps.kind,
+                      False, line.host, line.local_rank)
 
     def _evaluate_one(self, record: Record) -> None:
         rank = record.rank
