@@ -86,6 +86,19 @@ class Columns:
         self.names.extend(metrics)
         self.values.extend(metrics.values())
 
+    def write_columns(self, rank: int, kind: str, steps: list[int], names: str | list[str],
+                      values: Any, times: Any) -> None:
+        """Take steps of one metric each as columns (the monitor calls this for one-metric
+        lines it read as columns): ``names`` one for all or each step's; ``values`` and
+        ``times`` float arrays (NaN: no time)."""
+        n = len(steps)
+        self.steps.extend(steps)
+        self.ranks.extend([rank] * n)
+        self.names.extend([names] * n if isinstance(names, str) else names)
+        self.values.frombytes(values.tobytes())
+        self.times.frombytes(times.tobytes())
+        self.kinds.extend([kind] * n)
+
     def __len__(self) -> int:
         return len(self.values)
 
