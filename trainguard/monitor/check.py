@@ -86,13 +86,13 @@ class Columns:
         self.names.extend(metrics)
         self.values.extend(metrics.values())
 
-    def write_columns(self, rank: int, kind: str, steps: list[int], names: str | list[str],
+    def write_columns(self, rank: int, kind: str, steps: Any, names: str | list[str],
                       values: Any, times: Any) -> None:
         """Take steps of one metric each as columns (the monitor calls this for one-metric
-        lines it read as columns): ``names`` one for all or each step's; ``values`` and
-        ``times`` float arrays (NaN: no time)."""
+        lines it read as columns): ``steps`` an int64 array, ``names`` one for all or each
+        step's; ``values`` and ``times`` float arrays (NaN: no time)."""
         n = len(steps)
-        self.steps.extend(steps)
+        self.steps.frombytes(steps.tobytes())
         self.ranks.extend([rank] * n)
         self.names.extend([names] * n if isinstance(names, str) else names)
         self.values.frombytes(values.tobytes())

@@ -112,6 +112,7 @@ class Monitor(StepIntake):
         self.alerts: list[Alert] = []
         self.counters = Counters()
         self._pending: dict[tuple[str, int], Record] = {}
+        self._block_names: dict[str, str] = {}
         #: Step records parsed in this batch, waiting for the engine (see _end_batch): rules
         #: with a batch form then run once over a rank's records, not once per record.
         self._queue: list[QueuedRecord] = []

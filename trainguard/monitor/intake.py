@@ -25,7 +25,7 @@ from trainguard.monitor.ingest.gpu import GPU_KIND
 from trainguard.monitor.ingest.metric_steps import MetricSteps
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.sinks.record import Recorder
-from trainguard.monitor.step_columns import StepColumns, step_columns
+from trainguard.monitor.step_columns import StepColumns, StepRows, step_columns
 
 __all__ = ["StepIntake"]
 
@@ -161,7 +161,7 @@ class StepIntake(StepGathering):
             for i in range(start, count):
                 self._evaluate(self._step_record(steps, columns, i))
             return True
-        batch, step_list, values, times = columns.batch(start, count, names)
+        batch, step_ints, values, times = columns.batch(start, count, names)
         self.counters.records += count - start
         self.last_records[rank] = self._step_record(steps, columns, count - 1)
         last_time = batch.time_list[-1]
@@ -170,9 +170,9 @@ class StepIntake(StepGathering):
         if last_time is not None:
             self._unstamped[rank] = last_time
         if write_columns is not None:
-            write_columns(rank, steps.kind, step_list, names if isinstance(names, str)
+            write_columns(rank, steps.kind, step_ints, names if isinstance(names, str)
                           else names[start:count], values, times)
-        for alert in self.engine.evaluate_columns([rank] * (count - start), step_list,
+        for alert in self.engine.evaluate_columns([rank] * (count - start), StepRows(step_ints),
                                                   batch.metrics, batch.time_list,
                                                   batch.keys(), batch=batch):
             self._route(alert)

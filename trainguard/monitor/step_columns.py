@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from trainguard.rules.vector import Batch
 
-__all__ = ["MAX_COLUMN_NAMES", "OneMetricRows", "StepColumns", "TimeRows", "step_columns"]
+__all__ = ["MAX_COLUMN_NAMES", "OneMetricRows", "StepColumns", "StepRows", "TimeRows",
+           "step_columns"]
 
 #: A block naming more metrics than this is gathered record by record: each name is a pass
 #: over the block's rows.
@@ -93,26 +94,45 @@ class TimeRows(Sequence["float | None"]):
         return float(self._times[known[-1]]) if len(known) else None
 
 
+class StepRows(Sequence[int]):
+    """Record steps from an array of them (the engine reads a few: the first, an alert's)."""
+
+    __slots__ = ("_steps",)
+
+    def __init__(self, steps: Arr) -> None:
+        self._steps = steps
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._steps)))]
+        return int(self._steps[index])
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+
 class StepColumns:
     """The columns of a block of one-metric steps (every line a step of its own)."""
 
-    __slots__ = ("names", "steps", "raw_names", "name", "_lines")
+    __slots__ = ("steps", "_lines")
 
-    def __init__(self, steps: Arr, names: list[str], name: str | None,
-                 lines: Sequence[Any]) -> None:
+    def __init__(self, steps: Arr, lines: Sequence[Any]) -> None:
         #: Every line's step, as floats (exact: steps are at most 2**53).
         self.steps = steps
-        #: Every line's metric as the line names it; ``name`` when all name one, else None.
-        self.raw_names = names
-        self.name = name
         self._lines = lines
 
     def batch(self, start: int, stop: int,
-              mapped: str | list[str]) -> tuple[Batch, list[int], Arr, Arr]:
+              mapped: str | list[str]) -> tuple[Batch, Arr, Arr, Arr]:
         """The engine's batch of rows ``start..stop``, whose metric names through the field
         map are ``mapped`` (one for every row, or each row's, at most
-        :data:`MAX_COLUMN_NAMES` distinct); with its steps as ints, values and times (NaN:
-        none)."""
+        :data:`MAX_COLUMN_NAMES` distinct); with its steps (ints), values and times (NaN:
+        none) as arrays."""
         from trainguard.rules.vector import Batch  # noqa: I001  (numpy after it: one BLAS thread)
         import numpy as np
 
@@ -139,7 +159,7 @@ class StepColumns:
                 columns[name] = (np.where(present, values, _NAN), present)
             rows = OneMetricRows(None, names, values)
         batch = Batch.of_columns(steps, TimeRows(times), times, rows, columns)
-        return batch, steps.astype(np.int64).tolist(), values, times
+        return batch, steps.astype(np.int64), values, times
 
 
 def step_columns(steps: MetricSteps, map_name: Callable[[str], str | None]
@@ -154,12 +174,15 @@ def step_columns(steps: MetricSteps, map_name: Callable[[str], str | None]
     column = np.fromiter(map(_steps, lines), F64, count=len(lines))
     if (column[1:] == column[:-1]).any():
         return None
-    names = list(map(_names, lines))
-    one = names[0]
     mapped: str | list[str] | None
-    if names.count(one) == len(names):
-        mapped = map_name(one)
-        name: str | None = one
+    name = steps.name
+    names: list[str] = []
+    if name is None:
+        names = list(map(_names, lines))
+        if names.count(names[0]) == len(names):
+            name = steps.name = names[0]
+    if name is not None:
+        mapped = map_name(name)
     else:
         name = None
         distinct = set(names)
@@ -172,4 +195,4 @@ def step_columns(steps: MetricSteps, map_name: Callable[[str], str | None]
                   else list(map(mapping.__getitem__, names)))  # type: ignore[arg-type]
     if mapped is None:
         return None
-    return StepColumns(column, names, name, lines), mapped
+    return StepColumns(column, lines), mapped

@@ -37,6 +37,7 @@ from trainguard.monitor.ingest.line_forms import decode_one_metric as _decode_on
 from trainguard.monitor.ingest.line_forms import (
     decode_plain_metric_block as _decode_plain_metric_block,
 )
+from trainguard.monitor.ingest.line_forms import named_metric_block_decoder
 from trainguard.monitor.ingest.line_forms import timestamp as _timestamp
 from trainguard.monitor.ingest.metric_steps import MIN_COLUMN_LINES, MetricSteps, metric_steps
 from trainguard.monitor.ingest.tail import Block, Line
@@ -49,6 +50,8 @@ MAX_SKIP_EXAMPLES = 5
 #: Completed step records a batch holds before they are evaluated anyway: a poll of a run
 #: directory reads a chunk of every file, and its records must not all wait at once.
 MAX_HELD_RECORDS = 16_384
+#: Streams whose last block's one metric is remembered (a run directory of many rank files).
+MAX_NAMED_STREAMS = 4096
 
 #: Turns one line into a record or a counted skip. The default reads canonical JSONL.
 LineParser = Callable[[Line], "Record | ParseSkip | list[Record | ParseSkip] | None"]
@@ -100,6 +103,9 @@ class StepGathering:
     max_ranks: int = MAX_RANKS
     #: Whether blocks of one-metric lines are offered to :meth:`_evaluate_steps` as columns.
     columns: bool = False
+    #: stream -> the metric every line of its last block taken as columns named: the next
+    #: block is decoded first as lines of that name (``named_metric_block_decoder``).
+    _block_names: dict[str, str]
 
     def _end_batch(self) -> None:
         """Evaluate what the batch completed."""
@@ -115,13 +121,15 @@ class StepGathering:
         them so (they are then gathered record by record)."""
         return False
 
-    def _take_columns(self, stream: str, decoded: list[Any], raw: bytes, plain: bool) -> bool:
+    def _take_columns(self, stream: str, decoded: list[Any], raw: bytes, plain: bool,
+                      name: str | None) -> bool:
         """Take a decoded block of one-metric lines as columns (:mod:`.metric_steps`): every
         line but the last is a complete step, evaluated at once; the last waits in
         ``pending`` for more of its step's metrics, as on the record path. False, with
         nothing done but the completion of a pending step the first line completes anyway,
-        when the block is not so (more than one rank, two lines of a step...)."""
-        steps = metric_steps(stream, decoded, raw, plain)
+        when the block is not so (more than one rank, two lines of a step...). ``name``: the
+        metric every line names, when the decoder checked it."""
+        steps = metric_steps(stream, decoded, raw, plain, name)
         if steps is None or steps.rank >= self.max_ranks:
             return False  # several ranks, or a bad one: counted on the record path
         pending = self._pending
@@ -135,6 +143,13 @@ class StepGathering:
         n = len(decoded)
         if not self._evaluate_steps(steps, n - 1):
             return False
+        names = self._block_names
+        if steps.name is None:
+            names.pop(stream, None)
+        elif names.get(stream) != steps.name:
+            if len(names) >= MAX_NAMED_STREAMS:
+                names.clear()
+            names[stream] = steps.name
         last = decoded[-1]
         pending[key] = Record(last.step, {last.name: last.value}, last.time, steps.rank,
                               steps.kind, True, last.host, last.local_rank)
@@ -183,12 +198,21 @@ class StepGathering:
         # first: then its lines need no look for a rank or a kind (see metric_steps).
         columns = self.columns and n >= MIN_COLUMN_LINES
         plain = False
+        name = None
         if columns:
-            try:
-                metric_lines = _decode_plain_metric_block(raw)
-                plain = True
-            except _NOT_ONE_METRIC:
-                pass
+            name = self._block_names.get(stream)
+            if name is not None:  # the last block of this stream named one metric: this one?
+                try:
+                    metric_lines = named_metric_block_decoder(name)(raw)
+                    plain = True
+                except _NOT_ONE_METRIC:
+                    name = None
+            if metric_lines is None:
+                try:
+                    metric_lines = _decode_plain_metric_block(raw)
+                    plain = True
+                except _NOT_ONE_METRIC:
+                    pass
         try:
             if metric_lines is None:
                 metric_lines = _decode_metric_block(raw)
@@ -207,7 +231,7 @@ class StepGathering:
         if metric_lines is not None:
             if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
                 return False
-            if not (columns and self._take_columns(stream, metric_lines, raw, plain)):
+            if not (columns and self._take_columns(stream, metric_lines, raw, plain, name)):
                 self._gather_metric_lines(stream, first, metric_lines)
             return True
         try:

@@ -8,8 +8,10 @@ are those :mod:`~trainguard.monitor.ingest.gather` gathers into step records.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar
+from functools import lru_cache
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -17,7 +19,8 @@ from msgspec import UNSET, UnsetType
 from trainguard.events import MAX_EXACT_INT
 
 __all__ = ["NOT_ONE_METRIC", "decode_block", "decode_metric_block", "decode_metric_block_iso",
-           "decode_one_metric", "decode_plain_metric_block", "timestamp"]
+           "decode_one_metric", "decode_plain_metric_block", "named_metric_block_decoder",
+           "timestamp"]
 
 #: A step the fast paths take; any other goes to events.record_from_object, which says why.
 _Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
@@ -142,4 +145,16 @@ def timestamp(moment: Any) -> float | None:
 decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
 decode_metric_block = msgspec.json.Decoder(_MetricLine).decode_lines
 decode_plain_metric_block = msgspec.json.Decoder(_PlainMetricLine).decode_lines
+
+
+@lru_cache(maxsize=16)
+def named_metric_block_decoder(name: str) -> Callable[[bytes], list[Any]]:
+    """The decoder of a block of :class:`_PlainMetricLine` lines that all name ``name``
+    (a ``Literal`` in C: no string made a line, and no pass to check the names), which a
+    block of another name fails. For a run of one metric a step, tried on each block with the
+    name of the block before it."""
+    form = msgspec.defstruct(f"_PlainMetricLine_{len(name)}", [("name", Literal[name])],
+                             bases=(_PlainMetricLine,), gc=False, forbid_unknown_fields=True,
+                             kw_only=True)
+    return msgspec.json.Decoder(form).decode_lines
 decode_metric_block_iso = msgspec.json.Decoder(_MetricLineISOTime).decode_lines

@@ -36,6 +36,8 @@ class MetricSteps:
     rank: int
     kind: str
     lines: Sequence[Any]
+    #: The metric every line names, once known (the decoder checked it, or the loop did).
+    name: str | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -53,11 +55,12 @@ def _steps_of_their_own(decoded: Sequence[Any]) -> bool:
     return all(decoded[i].step != decoded[i + 1].step for i in (0, 1, last // 2, last - 1))
 
 
-def metric_steps(stream: str, decoded: Sequence[Any], raw: bytes,
-                 plain: bool) -> MetricSteps | None:
+def metric_steps(stream: str, decoded: Sequence[Any], raw: bytes, plain: bool,
+                 name: str | None = None) -> MetricSteps | None:
     """The decoded one-metric lines of a block of ``stream`` (``raw``: its bytes; ``plain``:
-    decoded as the four keys alone, so of rank 0 and kind ``train``), or None when they are of
-    more than one rank or kind, too few to be worth it, or steps of several metrics.
+    decoded as the four keys alone, so of rank 0 and kind ``train``; ``name``: the metric
+    every line names, if the decoder checked it), or None when they are of more than one rank
+    or kind, too few to be worth it, or steps of several metrics.
 
     A key no line of the block names is at its default in every line, so ``raw`` is searched
     for ``"rank"`` and ``"kind"`` before their columns are read.
@@ -79,4 +82,4 @@ def metric_steps(stream: str, decoded: Sequence[Any], raw: bytes,
             kind = kinds[0]
             if type(kind) is not str:
                 kind = "train"  # as the record path reads a kind that is no string
-    return MetricSteps(stream, rank, kind, decoded)
+    return MetricSteps(stream, rank, kind, decoded, name)
