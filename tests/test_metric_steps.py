@@ -212,3 +212,27 @@ def test_a_step_begun_in_one_block_and_ended_in_the_next_is_one_record(tmp_path:
     monitor.source.close()
     assert (201, 200) == (monitor.counters.events, monitor.counters.records)
     assert {"loss": 2.0} == monitor.last_records[0].metrics
+
+
+def test_a_block_of_another_metric_fails_the_named_decode_and_is_read_as_plain_lines(
+        tmp_path: Path) -> None:
+    """After a block of ``loss`` lines the next is decoded first as ``loss`` lines; a block
+    of ``kl`` lines fails that, is read as plain lines, and the stream then expects ``kl``."""
+    path = tmp_path / "events.jsonl"
+
+    def lines(name: str, steps: range) -> bytes:
+        return b"".join(json.dumps({"step": s, "name": name, "value": 0.5}).encode() + b"\n"
+                        for s in steps)
+
+    path.write_bytes(lines("loss", range(1, 201)))
+    monitor = Monitor(FileSource(path), RULES)
+    monitor.poll_once()
+    assert {str(path): "loss"} == monitor._block_names
+    with open(path, "ab") as handle:
+        handle.write(lines("kl", range(201, 401)))
+    monitor.poll_once()
+    monitor.flush()
+    monitor.source.close()
+    assert {str(path): "kl"} == monitor._block_names
+    assert (400, 400, {"kl": 0.5}) == (monitor.counters.events, monitor.counters.records,
+                                       monitor.last_records[0].metrics)

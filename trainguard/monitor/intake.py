@@ -25,7 +25,7 @@ from trainguard.monitor.ingest.gpu import GPU_KIND
 from trainguard.monitor.ingest.metric_steps import MetricSteps
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.sinks.record import Recorder
-from trainguard.monitor.step_columns import StepColumns, StepRows, step_columns
+from trainguard.monitor.step_columns import StepRows, last_known, step_columns
 
 __all__ = ["StepIntake"]
 
@@ -152,21 +152,19 @@ class StepIntake(StepGathering):
         # starts its straggler scores: those go the record path, then the rest as columns.
         while start < count and (self._trainer_rules is not None
                                  or rank not in self._observed_ranks):
-            self._evaluate_one(self._step_record(steps, columns, start))
+            self._evaluate_one(self._step_record(steps, start))
             start += 1
         self._drain_queue()
         if start == count:
             return True
-        if self._alignment.held or self.engine.cross_rank:  # the detected trainer's pack needs them
+        if self._alignment.held or self.engine.cross_rank:  # the detected trainer's pack
             for i in range(start, count):
-                self._evaluate(self._step_record(steps, columns, i))
+                self._evaluate(self._step_record(steps, i))
             return True
         batch, step_ints, values, times = columns.batch(start, count, names)
         self.counters.records += count - start
-        self.last_records[rank] = self._step_record(steps, columns, count - 1)
-        last_time = batch.time_list[-1]
-        if last_time is None:
-            last_time = batch.time_list.last()  # type: ignore[attr-defined]
+        self.last_records[rank] = self._step_record(steps, count - 1)
+        last_time = last_known(times)
         if last_time is not None:
             self._unstamped[rank] = last_time
         if write_columns is not None:
@@ -188,7 +186,7 @@ class StepIntake(StepGathering):
         return None if target in self._step_time_keys else target
 
     @staticmethod
-    def _step_record(steps: MetricSteps, columns: StepColumns, i: int) -> Record:
+    def _step_record(steps: MetricSteps, i: int) -> Record:
         """Line ``i`` of ``steps`` as the record path makes it (a complete step)."""
         line = steps.lines[i]
         return Record(line.step, {line.name: line.value}, line.time, steps.rank, steps.kind,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from trainguard.rules.vector import Batch
 
 __all__ = ["MAX_COLUMN_NAMES", "OneMetricRows", "StepColumns", "StepRows", "TimeRows",
-           "step_columns"]
+           "last_known", "step_columns"]
 
 #: A block naming more metrics than this is gathered record by record: each name is a pass
 #: over the block's rows.
@@ -86,12 +86,16 @@ class TimeRows(Sequence["float | None"]):
     def __len__(self) -> int:
         return len(self._times)
 
-    def last(self) -> float | None:
-        """The last time that is not none, or None."""
-        import numpy as np
 
-        known = np.flatnonzero(~np.isnan(self._times))
-        return float(self._times[known[-1]]) if len(known) else None
+def last_known(times: Arr) -> float | None:
+    """The last of record times that is not none (NaN), or None."""
+    import numpy as np
+
+    last = float(times[-1]) if len(times) else _NAN
+    if last == last:
+        return last
+    known = np.flatnonzero(~np.isnan(times))
+    return float(times[known[-1]]) if len(known) else None
 
 
 class StepRows(Sequence[int]):

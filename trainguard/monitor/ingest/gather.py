@@ -4,9 +4,12 @@ A line is decoded (canonical JSON on fast paths that ``msgspec`` types check in 
 else through the parser, which says why a line is skipped), and one-metric lines of one rank and
 step are gathered into one step record, held in ``pending`` until a line of another step shows
 the step is complete. Completed records are handed to ``_evaluate`` (a bare ``list.append`` in
-the monitor) and evaluated at the end of the batch. :class:`Monitor
+the monitor) and evaluated at the end of the batch. A block of one-metric lines that are steps
+of one metric each is offered to the monitor as columns instead (:mod:`.metric_steps`), with
+no record a line. The line forms the decoders take are :mod:`.line_forms`. :class:`Monitor
 <trainguard.monitor.daemon.Monitor>` is a :class:`StepGathering`; the results are the same on
-every path (``tests/test_normalize_fast_path.py``, ``tests/test_block_decode.py``).
+every path (``tests/test_normalize_fast_path.py``, ``tests/test_block_decode.py``,
+``tests/test_metric_steps.py``).
 """
 
 from __future__ import annotations
