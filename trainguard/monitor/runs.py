@@ -30,16 +30,24 @@ MAX_RANKS_DRAWN = 8
 
 def frame(columns: Columns) -> pl.DataFrame:
     """The collected columns as a frame: ``step, rank, name, value, time, kind``."""
-    return pl.DataFrame({  # the typed arrays go in through numpy views, not copied as objects
-        "step": pl.Series(np.frombuffer(columns.steps, dtype=np.int64) if columns.steps
-                          else np.zeros(0, np.int64)),
-        "rank": pl.Series(columns.ranks, dtype=pl.Int64),
-        "name": pl.Series(columns.names, dtype=pl.Categorical),
-        "value": pl.Series(np.frombuffer(columns.values, dtype=np.float64) if columns.values
-                           else np.zeros(0)),
-        "time": pl.Series(np.frombuffer(columns.times, dtype=np.float64) if columns.times
-                          else np.zeros(0)),
-        "kind": pl.Series(columns.kinds, dtype=pl.Categorical),
+
+    def numbers(values: Any, dtype: Any) -> pl.Series:
+        # The typed arrays go in through numpy views, not copied as objects.
+        return pl.Series(np.frombuffer(values, dtype=dtype) if len(values)
+                         else np.zeros(0, dtype))
+
+    def coded(listed: list[str], codes: Any) -> pl.Series:
+        # A categorical of the few distinct strings, gathered by the rows' codes: no string
+        # made a row.
+        return pl.Series(listed, dtype=pl.Categorical)[numbers(codes, np.uint32)]
+
+    return pl.DataFrame({
+        "step": numbers(columns.steps, np.int64),
+        "rank": numbers(columns.ranks, np.int64),
+        "name": coded(columns.name_list, columns.name_codes),
+        "value": numbers(columns.values, np.float64),
+        "time": numbers(columns.times, np.float64),
+        "kind": coded(columns.kind_list, columns.kind_codes),
     })
 
 
