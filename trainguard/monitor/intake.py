@@ -105,7 +105,7 @@ class StepIntake(StepGathering):
         one rank already seen, no field map to apply, no step-time key for the straggler
         scores. Evaluates them as columns and returns True, or returns False."""
         if self._alignment.held or self.engine.cross_rank:
-            return False  # records go through the step alignment (_aligned)
+            return False  # records go through the step alignment (alignment.py)
         ranks = [r.rank for r in done]
         rank = ranks[0]
         if (ranks.count(rank) != len(ranks) or rank not in self._observed_ranks
