@@ -53,38 +53,86 @@ class CheckOptions:
 
 class Columns:
     """Every evaluated step, normalized, flattened to one row per metric value: the form polars
-    loads without a schema to guess (see :mod:`trainguard.monitor.runs`). Numbers are kept in
-    typed arrays (8 bytes a value, not a Python object each: a million rows take ~40 MB);
-    names, kinds and ranks repeat, so a list holds only references to a few objects. A record
-    without a time has NaN."""
+    loads without a schema to guess (see :mod:`trainguard.monitor.runs`). Everything is kept in
+    typed arrays, no Python object a row: steps, ranks, values and times 8 bytes each (a record
+    without a time has NaN); names and kinds, which repeat, as 4-byte codes into
+    :attr:`name_list` and :attr:`kind_list`. A million rows take ~40 MB."""
 
-    __slots__ = ("steps", "ranks", "names", "values", "times", "kinds")
+    __slots__ = ("steps", "ranks", "name_codes", "name_list", "_name_code", "values", "times",
+                 "kind_codes", "kind_list", "_kind_code")
 
     def __init__(self) -> None:
         self.steps = array("q")
-        self.ranks: list[int] = []
-        self.names: list[str] = []
+        self.ranks = array("q")
+        self.name_codes = array("I")
+        self.name_list: list[str] = []
+        self._name_code: dict[str, int] = {}
         self.values = array("d")
         self.times = array("d")
-        self.kinds: list[str] = []
+        self.kind_codes = array("I")
+        self.kind_list: list[str] = []
+        self._kind_code: dict[str, int] = {}
+
+    @property
+    def names(self) -> list[str]:
+        """Each row's metric name."""
+        names = self.name_list
+        return [names[c] for c in self.name_codes]
+
+    @property
+    def kinds(self) -> list[str]:
+        """Each row's record kind."""
+        kinds = self.kind_list
+        return [kinds[c] for c in self.kind_codes]
+
+    def _code(self, text: str, codes: dict[str, int], listed: list[str]) -> int:
+        code = codes.get(text)
+        if code is None:
+            code = codes[text] = len(listed)
+            listed.append(text)
+        return code
 
     def write(self, record: Record) -> None:
         """Take one normalized record (the monitor calls this as it would a recorder)."""
         metrics = record.metrics
         n = len(metrics)
         t = record.time if record.time is not None else _NAN
+        kind = self._kind_code.get(record.kind)
+        if kind is None:
+            kind = self._code(record.kind, self._kind_code, self.kind_list)
         if n == 1:
             self.steps.append(record.step)
             self.ranks.append(record.rank)
             self.times.append(t)
-            self.kinds.append(record.kind)
+            self.kind_codes.append(kind)
         else:
             self.steps.extend([record.step] * n)
             self.ranks.extend([record.rank] * n)
             self.times.extend([t] * n)
-            self.kinds.extend([record.kind] * n)
-        self.names.extend(metrics)
+            self.kind_codes.extend([kind] * n)
+        codes, code = self._name_code, self._code
+        for name in metrics:
+            c = codes.get(name)
+            self.name_codes.append(c if c is not None else code(name, codes, self.name_list))
         self.values.extend(metrics.values())
+
+    def write_columns(self, rank: int, kind: str, steps: Any, names: str | list[str],
+                      values: Any, times: Any) -> None:
+        """Take steps of one metric each as columns (the monitor calls this for one-metric
+        lines it read as columns): ``steps`` an int64 array, ``names`` one for all or each
+        step's; ``values`` and ``times`` float arrays (NaN: no time)."""
+        n = len(steps)
+        self.steps.frombytes(steps.tobytes())
+        self.ranks.extend(array("q", [rank]) * n)
+        codes, listed = self._name_code, self.name_list
+        if isinstance(names, str):
+            self.name_codes.extend(array("I", [self._code(names, codes, listed)]) * n)
+        else:
+            self.name_codes.extend([self._code(name, codes, listed) for name in names])
+        self.values.frombytes(values.tobytes())
+        self.times.frombytes(times.tobytes())
+        self.kind_codes.extend(array("I", [self._code(kind, self._kind_code, self.kind_list)])
+                               * n)
 
     def __len__(self) -> int:
         return len(self.values)

@@ -30,44 +30,64 @@ MAX_RANKS_DRAWN = 8
 
 def frame(columns: Columns) -> pl.DataFrame:
     """The collected columns as a frame: ``step, rank, name, value, time, kind``."""
-    return pl.DataFrame({  # the typed arrays go in through numpy views, not copied as objects
-        "step": pl.Series(np.frombuffer(columns.steps, dtype=np.int64) if columns.steps
-                          else np.zeros(0, np.int64)),
-        "rank": pl.Series(columns.ranks, dtype=pl.Int64),
-        "name": pl.Series(columns.names, dtype=pl.Categorical),
-        "value": pl.Series(np.frombuffer(columns.values, dtype=np.float64) if columns.values
-                           else np.zeros(0)),
-        "time": pl.Series(np.frombuffer(columns.times, dtype=np.float64) if columns.times
-                          else np.zeros(0)),
-        "kind": pl.Series(columns.kinds, dtype=pl.Categorical),
+
+    def numbers(values: Any, dtype: Any) -> pl.Series:
+        # The typed arrays go in through numpy views, not copied as objects.
+        return pl.Series(np.frombuffer(values, dtype=dtype) if len(values)
+                         else np.zeros(0, dtype))
+
+    def coded(listed: list[str], codes: Any) -> pl.Series:
+        # A categorical of the few distinct strings, gathered by the rows' codes: no string
+        # made a row.
+        return pl.Series(listed, dtype=pl.Categorical)[numbers(codes, np.uint32)]
+
+    return pl.DataFrame({
+        "step": numbers(columns.steps, np.int64),
+        "rank": numbers(columns.ranks, np.int64),
+        "name": coded(columns.name_list, columns.name_codes),
+        "value": numbers(columns.values, np.float64),
+        "time": numbers(columns.times, np.float64),
+        "kind": coded(columns.kind_list, columns.kind_codes),
     })
 
 
-def _thin(df: pl.DataFrame, max_points: int) -> tuple[list[int], list[float]]:
+def _thin(steps: np.ndarray, values: np.ndarray, max_points: int) -> tuple[list[int],
+                                                                           list[float]]:
     """Steps and values of one sorted finite series, at most ``max_points`` of them: each
-    bucket keeps its lowest and its highest value, in step order."""
-    n = df.height
+    bucket (consecutive points, ``i * buckets // n``) keeps its lowest value (the first of
+    equal ones) and its highest (the last), in step order, so a flat stretch is drawn from its
+    start to its end. On the arrays, with no frame copied: a run's series is most of its
+    rows."""
+    n = len(values)
     if n <= max_points:
-        return df["step"].to_list(), df["value"].to_list()
+        return steps.tolist(), values.tolist()
     buckets = max_points // 2
-    keyed = df.with_row_index("i").with_columns((pl.col("i") * buckets // n).alias("b"))
-    low = keyed.sort("value").group_by("b").first()
-    high = keyed.sort("value").group_by("b").last()
-    both = pl.concat([low, high]).unique(subset=["i"]).sort("i")
-    return both["step"].to_list(), both["value"].to_list()
+    # Bucket k holds the points i with i * buckets // n == k: from ceil(k * n / buckets) on.
+    bounds = ((np.arange(buckets + 1) * n + buckets - 1) // buckets).tolist()
+    keep: list[int] = []
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        segment = values[start:end]
+        low, high = start + int(segment.argmin()), end - 1 - int(segment[::-1].argmax())
+        keep += (low, high) if low < high else (high, low) if high < low else (low,)
+    return steps[keep].tolist(), values[keep].tolist()
 
 
 def _series(df: pl.DataFrame, rank: int) -> RankSeries:
-    df = df.sort("step")
-    finite = df.filter(pl.col("value").is_finite())
-    nonfinite = df.filter(~pl.col("value").is_finite())["step"].to_list()
-    steps, values = _thin(finite, MAX_POINTS)
-    stats = finite.select(pl.col("value").first().alias("first"),
-                          pl.col("value").last().alias("last"),
-                          pl.col("value").min().alias("low"),
-                          pl.col("value").max().alias("high")).row(0) if finite.height else (
-        None, None, None, None)
-    return RankSeries(rank, steps, values, nonfinite, df.height, *stats)
+    steps = df["step"].to_numpy()
+    values = df["value"].to_numpy()
+    if len(steps) > 1 and not bool((steps[1:] >= steps[:-1]).all()):
+        order = np.argsort(steps, kind="stable")
+        steps, values = steps[order], values[order]
+    finite = np.isfinite(values)
+    if finite.all():
+        nonfinite: list[int] = []
+    else:
+        nonfinite = steps[~finite].tolist()
+        steps, values = steps[finite], values[finite]
+    thin_steps, thin_values = _thin(steps, values, MAX_POINTS)
+    stats = ((float(values[0]), float(values[-1]), float(values.min()), float(values.max()))
+             if len(values) else (None, None, None, None))
+    return RankSeries(rank, thin_steps, thin_values, nonfinite, df.height, *stats)
 
 
 def _plots(df: pl.DataFrame, result: RunCheck) -> list[MetricPlot]:

@@ -85,6 +85,25 @@ class Batch:
         self.baseline: Arr | None = None
         self._keys = keys
 
+    @classmethod
+    def of_columns(cls, steps: Arr, times: Sequence[float | None], time_array: Arr,
+                   metrics: Sequence[Mapping[str, float]],
+                   columns: dict[str, tuple[Arr, Arr]]) -> Batch:
+        """A batch of records the caller already holds as columns (one-metric lines read
+        without a dict each): ``steps`` and ``time_array`` as float arrays (NaN: no time),
+        ``columns`` the (values, present) of every key some record has; ``metrics`` is only
+        read at the rows an alert names or a rule takes apart (it may build them then)."""
+        batch = cls.__new__(cls)
+        batch.n = len(steps)
+        batch.steps = steps
+        batch.time_list = times
+        batch._times = time_array
+        batch.metrics = metrics
+        batch._columns = columns
+        batch.baseline = None
+        batch._keys = set(columns)
+        return batch
+
     def keys(self) -> set[str]:
         """The keys some record has: a column of any other key needs no look at a record."""
         if self._keys is None:

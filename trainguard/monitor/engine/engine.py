@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from trainguard.monitor.engine.alerts import Alert
 from trainguard.monitor.engine.rulestate import (
@@ -62,6 +62,9 @@ from trainguard.monitor.engine.rulestate import (
 )
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
+
+if TYPE_CHECKING:
+    from trainguard.rules.vector import Batch
 
 __all__ = ["BATCH_MIN", "Engine", "RuleState", "format_value", "MEAN_RANK"]
 
@@ -226,9 +229,10 @@ class Engine:
     def evaluate_columns(self, ranks: Sequence[int], steps: Sequence[int],
                          metrics: Sequence[Mapping[str, float]],
                          times: Sequence[float | None],
-                         keys: set[str] | None = None) -> list[Alert]:
+                         keys: set[str] | None = None, batch: Batch | None = None) -> list[Alert]:
         """:meth:`evaluate_many` with the records given as columns (``keys``: every key of
-        their metrics, if the caller has them).
+        their metrics, if the caller has them; ``batch``: the records, all of one rank, as a
+        :class:`~trainguard.rules.vector.Batch` the caller built from its own columns).
 
         A rank with at least :data:`BATCH_MIN` records here has its rules that have a batch
         form evaluated once over all of them (rules/vector.py), which is what makes reading a
@@ -271,9 +275,10 @@ class Engine:
             self._known_ranks.update(by_rank)
         from trainguard.rules.vector import Batch  # numpy: only once a large batch comes
 
+        prepared = batch
         for rank, rows in by_rank.items():
             if rows is None:
-                batch = Batch(steps, times, metrics, keys)
+                batch = prepared if prepared is not None else Batch(steps, times, metrics, keys)
             else:
                 batch = Batch([steps[i] for i in rows], [times[i] for i in rows],
                               [metrics[i] for i in rows])

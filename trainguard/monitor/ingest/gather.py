@@ -4,9 +4,12 @@ A line is decoded (canonical JSON on fast paths that ``msgspec`` types check in 
 else through the parser, which says why a line is skipped), and one-metric lines of one rank and
 step are gathered into one step record, held in ``pending`` until a line of another step shows
 the step is complete. Completed records are handed to ``_evaluate`` (a bare ``list.append`` in
-the monitor) and evaluated at the end of the batch. :class:`Monitor
+the monitor) and evaluated at the end of the batch. A block of one-metric lines that are steps
+of one metric each is offered to the monitor as columns instead (:mod:`.metric_steps`), with
+no record a line. The line forms the decoders take are :mod:`.line_forms`. :class:`Monitor
 <trainguard.monitor.daemon.Monitor>` is a :class:`StepGathering`; the results are the same on
-every path (``tests/test_normalize_fast_path.py``, ``tests/test_block_decode.py``).
+every path (``tests/test_normalize_fast_path.py``, ``tests/test_block_decode.py``,
+``tests/test_metric_steps.py``).
 """
 
 from __future__ import annotations
@@ -14,15 +17,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import count, repeat
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
 from trainguard.events import (
-    MAX_EXACT_INT,
     MAX_RANKS,
     ParseSkip,
     Record,
@@ -30,123 +30,31 @@ from trainguard.events import (
     parse_line,
     record_from_object,
 )
+from trainguard.monitor.ingest.line_forms import NOT_ONE_METRIC as _NOT_ONE_METRIC
+from trainguard.monitor.ingest.line_forms import decode_block as _decode_block
+from trainguard.monitor.ingest.line_forms import decode_metric_block as _decode_metric_block
+from trainguard.monitor.ingest.line_forms import (
+    decode_metric_block_iso as _decode_metric_block_iso,
+)
+from trainguard.monitor.ingest.line_forms import decode_one_metric as _decode_one_metric
+from trainguard.monitor.ingest.line_forms import (
+    decode_plain_metric_block as _decode_plain_metric_block,
+)
+from trainguard.monitor.ingest.line_forms import named_metric_block_decoder
+from trainguard.monitor.ingest.line_forms import timestamp as _timestamp
+from trainguard.monitor.ingest.metric_steps import MIN_COLUMN_LINES, MetricSteps, metric_steps
 from trainguard.monitor.ingest.tail import Block, Line
 
 __all__ = ["Counters", "LineParser", "MAX_HELD_RECORDS", "MAX_SKIP_EXAMPLES", "SkipExample",
            "StepGathering", "json_line_parser"]
 
 
-#: A step the fast paths take; any other goes to events.record_from_object, which says why.
-_Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
-#: Likewise a rank (a string, float, null or negative rank is refused there as bad_rank); the
-#: cap on how large a rank may be is checked where a new rank's step starts.
-_Rank = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class _OneMetric(msgspec.Struct, gc=False):
-    """The one-metric-per-line form, as the fast path takes it: a typed decoder checks the
-    types in C (``bool`` is no ``int`` or ``float`` to it, an ``int`` value becomes a
-    ``float``), which is what the checks on an ``orjson`` dict did, at twice the speed.
-    ``metrics`` is only there to tell a step line, which is not this form, from it. Not tracked
-    by the garbage collector (``gc=False``): decoded JSON holds no cycles, and a million of
-    them a second would otherwise keep triggering collections."""
-
-    name: str
-    value: float
-    step: _Step
-    rank: _Rank = 0
-    time: float | datetime | None = None  # an ISO-8601 string decodes to a datetime, in C
-    kind: Any = "train"
-    metrics: Any = UNSET
-    host: str | None = None
-    local_rank: int | None = None
-
-
-_decode_one_metric = msgspec.json.Decoder(_OneMetric).decode
-#: A line msgspec cannot take: another form, garbage, or nesting past its depth limit (a
-#: 1,000-deep ``{"a":{"a":...`` raises RecursionError in msgspec; the general parser then
-#: reads the line and says what it is, a counted skip).
-_NOT_ONE_METRIC = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
-
-
-class _BlockLine(msgspec.Struct, gc=False, forbid_unknown_fields=True):
-    """One line of a block decoded in one call (:meth:`Monitor._gather_block`): the
-    one-metric form as :class:`_OneMetric` takes it (``name`` and ``value`` set, ``metrics``
-    absent or null), or the step form with every metric a number (``metrics`` set; ``name``
-    and ``value`` are then ignored, as :func:`~trainguard.events.record_from_object` does).
-
-    Only the envelope's keys (``events.RESERVED_KEYS``): a key of any other name, a string
-    metric such as ``"NaN"``, a float step, a string rank... fail the whole block's decode at
-    that line, and the block is read line by line. A file of another form (a flat log dict)
-    thus fails at its first line, not after a whole block decoded for nothing. A line that
-    decodes but is neither form (no ``name``, or no ``value``) is read on its own."""
-
-    step: _Step
-    name: str | UnsetType = UNSET
-    value: float | UnsetType = UNSET
-    rank: _Rank = 0
-    time: float | datetime | None = None
-    kind: Any = "train"
-    metrics: dict[str, float] | None = None
-    run_id: Any = None
-    host: str | None = None
-    local_rank: int | None = None
-
-
-class _MetricLine(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
-    """A line of a block of one-metric lines only, the common block of that form: the
-    one-metric form with ``name`` and ``value`` required and no ``metrics`` key. Any other line
-    fails the decode, and the block is decoded again as :class:`_BlockLine` (a file of steps
-    fails at its first line). Its gathering loop (:meth:`StepGathering._gather_metric_lines`)
-    then checks nothing per line but its step and rank. Fields in the order the canonical
-    line writes them, which the decoder tries first (2% fewer instructions than another)."""
-
-    time: float | None = None
-    step: _Step
-    name: str
-    value: float
-    rank: _Rank = 0
-    host: str | None = None
-    local_rank: int | None = None
-    kind: Any = "train"
-    run_id: Any = None
-
-
-class _MetricLineISOTime(msgspec.Struct, gc=False, forbid_unknown_fields=True, kw_only=True):
-    """:class:`_MetricLine` with an ISO-8601 ``time`` (decoded to a datetime in C, converted
-    to epoch seconds before gathering): a block whose times are strings fails the plain decode
-    at its first line and is decoded again as this, not line by line."""
-
-    time: float | datetime | None = None
-    step: _Step
-    name: str
-    value: float
-    rank: int = 0
-    host: str | None = None
-    local_rank: int | None = None
-    kind: Any = "train"
-    run_id: Any = None
-
-
-def _timestamp(moment: Any) -> float | None:
-    """The epoch seconds of a decoded ISO time (UTC when it names no offset), as
-    :func:`trainguard.events.iso_timestamp` reads the same text on the general path."""
-    if type(moment) is not datetime:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return float(moment.timestamp())
-
-
-#: ``decode_lines`` reads a run of JSON values apart by any whitespace; the block path checks
-#: that its lines are exactly those values before it takes them (see _gather_block).
-_decode_block = msgspec.json.Decoder(_BlockLine).decode_lines
-_decode_metric_block = msgspec.json.Decoder(_MetricLine).decode_lines
-_decode_metric_block_iso = msgspec.json.Decoder(_MetricLineISOTime).decode_lines
 MAX_SKIP_EXAMPLES = 5
 #: Completed step records a batch holds before they are evaluated anyway: a poll of a run
 #: directory reads a chunk of every file, and its records must not all wait at once.
 MAX_HELD_RECORDS = 16_384
+#: Streams whose last block's one metric is remembered (a run directory of many rank files).
+MAX_NAMED_STREAMS = 4096
 
 #: Turns one line into a record or a counted skip. The default reads canonical JSONL.
 LineParser = Callable[[Line], "Record | ParseSkip | list[Record | ParseSkip] | None"]
@@ -196,6 +104,11 @@ class StepGathering:
     _evaluate: Callable[[Record], None]
     #: Ranks are ``0 <= rank < max_ranks``; a line of another rank is a counted ``bad_rank``.
     max_ranks: int = MAX_RANKS
+    #: Whether blocks of one-metric lines are offered to :meth:`_evaluate_steps` as columns.
+    columns: bool = False
+    #: stream -> the metric every line of its last block taken as columns named: the next
+    #: block is decoded first as lines of that name (``named_metric_block_decoder``).
+    _block_names: dict[str, str]
 
     def _end_batch(self) -> None:
         """Evaluate what the batch completed."""
@@ -204,6 +117,47 @@ class StepGathering:
     def _evaluate_held(self) -> None:
         """Evaluate the completed records held so far, before the batch ends."""
         raise NotImplementedError
+
+    def _evaluate_steps(self, steps: MetricSteps, count: int) -> bool:
+        """Evaluate the first ``count`` lines of ``steps`` as that many complete steps, after
+        the records completed before them; False, with nothing done, when it cannot take
+        them so (they are then gathered record by record)."""
+        return False
+
+    def _take_columns(self, stream: str, decoded: list[Any], raw: bytes, plain: bool,
+                      name: str | None) -> bool:
+        """Take a decoded block of one-metric lines as columns (:mod:`.metric_steps`): every
+        line but the last is a complete step, evaluated at once; the last waits in
+        ``pending`` for more of its step's metrics, as on the record path. False, with
+        nothing done but the completion of a pending step the first line completes anyway,
+        when the block is not so (more than one rank, two lines of a step...). ``name``: the
+        metric every line names, when the decoder checked it."""
+        steps = metric_steps(stream, decoded, raw, plain, name)
+        if steps is None or steps.rank >= self.max_ranks:
+            return False  # several ranks, or a bad one: counted on the record path
+        pending = self._pending
+        key = (stream, steps.rank)
+        held = pending.get(key)
+        if held is not None:
+            if held.step == decoded[0].step:
+                return False  # the first line adds to a step begun in an earlier block
+            del pending[key]  # complete: the first line is of another step
+            self._evaluate(held)
+        n = len(decoded)
+        if not self._evaluate_steps(steps, n - 1):
+            return False
+        names = self._block_names
+        if steps.name is None:
+            names.pop(stream, None)
+        elif names.get(stream) != steps.name:
+            if len(names) >= MAX_NAMED_STREAMS:
+                names.clear()
+            names[stream] = steps.name
+        last = decoded[-1]
+        pending[key] = Record(last.step, {last.name: last.value}, last.time, steps.rank,
+                              steps.kind, True, last.host, last.local_rank)
+        self.counters.events += n
+        return True
 
     def process(self, lines: Sequence[Line]) -> None:
         """Parse, normalize and evaluate ``lines``; route any alerts."""
@@ -242,9 +196,29 @@ class StepGathering:
         """
         stream, first, raw, n = block.stream, block.first, block.raw, block.count
         assert raw is not None
-        metric_lines: list[Any] | None
+        metric_lines: list[Any] | None = None
+        # A block that may be taken as columns is tried as the four canonical keys alone
+        # first: then its lines need no look for a rank or a kind (see metric_steps).
+        columns = self.columns and n >= MIN_COLUMN_LINES
+        plain = False
+        name = None
+        if columns:
+            name = self._block_names.get(stream)
+            if name is not None:  # the last block of this stream named one metric: this one?
+                try:
+                    metric_lines = named_metric_block_decoder(name)(raw)
+                    plain = True
+                except _NOT_ONE_METRIC:
+                    name = None
+            if metric_lines is None:
+                try:
+                    metric_lines = _decode_plain_metric_block(raw)
+                    plain = True
+                except _NOT_ONE_METRIC:
+                    pass
         try:
-            metric_lines = _decode_metric_block(raw)
+            if metric_lines is None:
+                metric_lines = _decode_metric_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form: decoded again below
             metric_lines = None
             if b'"time":"' in raw[:256] or b'"time": "' in raw[:256]:  # ISO-8601 times?
@@ -260,7 +234,8 @@ class StepGathering:
         if metric_lines is not None:
             if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
                 return False
-            self._gather_metric_lines(stream, first, metric_lines)
+            if not (columns and self._take_columns(stream, metric_lines, raw, plain, name)):
+                self._gather_metric_lines(stream, first, metric_lines)
             return True
         try:
             decoded = _decode_block(raw)
