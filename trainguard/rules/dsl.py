@@ -58,7 +58,7 @@ from trainguard.rules.nodes import (
     const,
     current_context,
     lazy_many,
-    logical,
+    logical_all,
     make_in_context,
     many_of,
     metric,
@@ -246,22 +246,18 @@ class _Parser:
         return node
 
     def expr(self) -> Node:
-        node = self.conj()
-        operands = 1
+        terms = [self.conj()]
         while self.take("or"):
-            operands += 1
-            self.chained(operands)
-            node = logical("or", node, self.conj())
-        return node
+            self.chained(len(terms) + 1)
+            terms.append(self.conj())
+        return terms[0] if len(terms) == 1 else logical_all("or", terms)
 
     def conj(self) -> Node:
-        node = self.neg()
-        operands = 1
+        terms = [self.neg()]
         while self.take("and"):
-            operands += 1
-            self.chained(operands)
-            node = logical("and", node, self.neg())
-        return node
+            self.chained(len(terms) + 1)
+            terms.append(self.neg())
+        return terms[0] if len(terms) == 1 else logical_all("and", terms)
 
     def neg(self) -> Node:
         if self.take("not"):

@@ -1,0 +1,60 @@
+"""The alert of a life-cycle transition: its message filled from the rule's templates.
+
+Built only when a rule fires, re-notifies or resolves, from what :class:`~trainguard.monitor.
+engine.rulestate.Entry` took of the rule once (id, metric, the enums' values), so a storm of
+alerts does not pay for the pydantic model's and the enums' attribute look-ups each time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.lifecycle import REPEAT, RESOLVED
+from trainguard.monitor.engine.rulestate import Entry, RuleState
+
+__all__ = ["build_alert", "format_value"]
+
+
+def format_value(value: float | None) -> str:
+    """A metric value as a person reads it: 4 significant digits, NaN/inf spelled out."""
+    if value is None:
+        return "n/a"
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def build_alert(entry: Entry, state: RuleState, rank: int | None, step: int,
+                metrics: Mapping[str, float], time: float | None, change: int,
+                baseline: float | None) -> Alert:
+    """The alert of ``change`` (a transition of :mod:`~trainguard.monitor.engine.lifecycle`)
+    of ``entry`` on ``rank`` (``None``: a group's) at a record of ``step``."""
+    rule = entry.compiled.rule
+    value = metrics.get(entry.metric)
+    if entry.templated:
+        fields = {
+            "rule": entry.rule_id, "metric": entry.metric, "value": format_value(value),
+            "step": step, "rank": "all" if rank is None else rank,
+            "baseline": format_value(baseline),
+        }
+        try:
+            message = rule.message.format(**fields)
+            recommendation = rule.recommendation.format(**fields)
+        except (KeyError, IndexError, ValueError, AttributeError):
+            message, recommendation = rule.message, rule.recommendation
+    else:
+        message, recommendation = rule.message, rule.recommendation
+    if change == RESOLVED:
+        message = f"resolved: {entry.rule_id} ({entry.metric}={format_value(value)} at step {step})"
+    elif change == REPEAT:
+        message = f"still firing since step {state.fired_at_step}: {message}"
+    return Alert(
+        time=time, rule=entry.rule_id, severity=entry.severity, action=entry.action,
+        metric=entry.metric, value=value, step=step, rank=rank, message=message,
+        recommendation=recommendation, reference=rule.reference,
+        state="resolved" if change == RESOLVED else "firing",
+    )
