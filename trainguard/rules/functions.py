@@ -71,13 +71,13 @@ def _nonfinite(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite  # read inline: no call per step
+        name = operand.name  # read inline: no call per step
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
             if v is None:
                 return None
-            return 0.0 if isfinite(v) else 1.0
+            return 0.0 if v - v == 0 else 1.0  # math.isfinite without a call
         if operand.batched:
             fm = many_of(f)
             with_many(evaluate, lambda b: vector().nonfinite(*fm(b)))
@@ -98,7 +98,7 @@ def _spike(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         ctx = current_context()
         values: deque[float] = deque(maxlen=window)
         total = 0.0
@@ -106,7 +106,7 @@ def _spike(call: Call) -> Node:
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal total
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None  # non-finite values are nonfinite()'s finding, not a spike's
             fired = None
             if len(values) >= min_count:
@@ -218,14 +218,14 @@ def _relative(call: Call, direction: float) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         mom = Moments(n)
         fixed: float | None = None
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal fixed
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             if rolling:
                 base = mom.mean() if len(mom.values) >= n else None
@@ -303,11 +303,11 @@ def _range(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             return 0.0 if low <= v <= high else 1.0
         if operand.batched:

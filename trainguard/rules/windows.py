@@ -139,7 +139,8 @@ def _moment(call: Call, std: bool) -> Node:
                 n = len(values)
                 if std:
                     mm = mom.total / n
-                    result = sqrt(max(mom.squares / n - mm * mm, 0.0))
+                    var = mom.squares / n - mm * mm
+                    result = sqrt(0.0 if var < 0.0 else var)  # max(var, 0.0), NaN kept
                 else:
                     result = mom.shift + mom.total / n  # type: ignore[operator]
             shift = mom.shift
@@ -149,10 +150,12 @@ def _moment(call: Call, std: bool) -> Node:
             if len(values) == window:
                 old = values.popleft() - shift
                 mom.total = mom.total - old + d
-                mom.squares = mom.squares - old * old + d * d
+                if std:  # a mean never reads the squares (recentre and absorb rebuild them)
+                    mom.squares = mom.squares - old * old + d * d
             else:
                 mom.total += d
-                mom.squares += d * d
+                if std:
+                    mom.squares += d * d
             values.append(v)
             mom.updates += 1
             if mom.updates % every == 0:
@@ -164,7 +167,8 @@ def _moment(call: Call, std: bool) -> Node:
                 return None
             if std:
                 mm = mom.total / n
-                return sqrt(max(mom.squares / n - mm * mm, 0.0))
+                var = mom.squares / n - mm * mm
+                return sqrt(0.0 if var < 0.0 else var)
             return mom.shift + mom.total / n  # type: ignore[operator]
         if operand.batched:
             with_many(evaluate, lazy_many(
@@ -209,7 +213,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         # Monotonic deque of (index, value): the front is the window's extreme.
         mono: deque[tuple[int, float]] = deque()
         index = 0
@@ -217,7 +221,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal index
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             if mono and mono[0][0] < index - window:
                 mono.popleft()
@@ -356,7 +360,8 @@ def _zscore(call: Call) -> Node:
             if n >= min_count:
                 mm = mom.total / n
                 mean = shift + mm  # type: ignore[operator]
-                sd = sqrt(max(mom.squares / n - mm * mm, 0.0))
+                var = mom.squares / n - mm * mm
+                sd = sqrt(0.0 if var < 0.0 else var)  # max(var, 0.0), NaN kept
                 if sd > 0:
                     result = (v - mean) / sd
                 else:  # a flat history: any move is infinitely surprising, none is 0
