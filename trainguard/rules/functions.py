@@ -82,7 +82,8 @@ def _nonfinite(call: Call) -> Node:
             fm = many_of(f)
             with_many(evaluate, lambda b: vector().nonfinite(*fm(b)))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill)
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill,
+                test=None if operand.name is None else (operand.name, "nonfinite", 0.0))
 
 
 @function("spike")

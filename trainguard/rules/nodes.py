@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
            "lazy_many", "logical", "logical_all", "make_in_context", "many_of", "metric",
-           "negate", "vector", "with_many"]
+           "negate", "shared_again", "shared_first", "vector", "with_many"]
 
 #: The comparison operators.
 CMP = frozenset({"<", "<=", ">", ">=", "==", "!="})
@@ -49,15 +49,19 @@ class EvalContext:
 
 
 _BUILDING: list[EvalContext] = []
+#: Per evaluator being built: the cells of its shared calls (shared_first / shared_again).
+_SHARED: list[dict[Any, list[Any]]] = []
 
 
 def make_in_context(node: Node, ctx: EvalContext) -> Evaluator:
     """``node.make()``, its functions reading ``ctx`` (see :func:`current_context`)."""
     _BUILDING.append(ctx)
+    _SHARED.append({})
     try:
         return node.make()
     finally:
         _BUILDING.pop()
+        _SHARED.pop()
 
 
 def current_context() -> EvalContext:
@@ -97,6 +101,10 @@ class Node:
     #: (a comparison of the current value: 1; a window aggregate: up to its length).
     fill: int = 1
     reaction: int = 1
+    #: ``(metric, op, constant)`` when the node is that one test of a bare metric (``op`` a
+    #: comparison, or ``"nonfinite"``), so the engine can fuse it with the life cycle's quiet
+    #: path (monitor/engine/fused.py); ``None`` otherwise.
+    test: tuple[str, str, float] | None = None
 
 
 def vector() -> Any:
@@ -253,7 +261,8 @@ def binary(op: str, left: Node, right: Node) -> Node:
     batched = left.batched and right.batched
     if const is not None and op in CMP:
         return Node(_compare_constant(op, left, const), metrics, always=always,
-                    batched=batched, fill=left.fill, reaction=left.reaction)
+                    batched=batched, fill=left.fill, reaction=left.reaction,
+                    test=None if left.name is None else (left.name, op, const))
     # The same arithmetic as the lambdas, without a Python call: operator's are C functions.
     fn = _ARITHMETIC.get(op, fn)
 
@@ -389,3 +398,46 @@ def negate(inner: Node, arithmetic: bool) -> Node:
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
                 always=inner.always, batched=inner.batched, fill=inner.fill,
                 reaction=inner.reaction)
+
+
+def shared_first(node: Node, key: Any) -> Node:
+    """``node``, whose results later occurrences of the same call (:func:`shared_again`, same
+    ``key``) in the same condition read instead of keeping a second window of their own.
+
+    Only for calls at the top of a condition (in no function's arguments): every operator
+    evaluates all its operands on every call, left to right, in the record and the batch
+    forms, so the first occurrence has always run on the record (or batch) when a later one
+    is asked. Outside :func:`make_in_context` each occurrence keeps its own state.
+    """
+    def make() -> Evaluator:
+        f = node.make()
+        if not _SHARED:
+            return f
+        cell: list[Any] = [None, None]
+        _SHARED[-1][key] = cell
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            result = cell[0] = f(m)
+            return result
+        fm = many_of(f)
+        if fm is not None:
+            def many(b: Any) -> Any:
+                result = cell[1] = fm(b)
+                return result
+            with_many(evaluate, many)
+        return evaluate
+    return replace(node, make=make, test=None)
+
+
+def shared_again(node: Node, key: Any) -> Node:
+    """A later occurrence of :func:`shared_first`'s call: its result on the same record."""
+    def make() -> Evaluator:
+        cell = _SHARED[-1].get(key) if _SHARED else None
+        if cell is None:  # built on its own: its own state
+            return node.make()
+        shared: list[Any] = cell
+        evaluate: Evaluator = lambda m: shared[0]  # noqa: E731
+        if node.batched:
+            with_many(evaluate, lambda b: shared[1])
+        return evaluate
+    return replace(node, make=make, test=None)

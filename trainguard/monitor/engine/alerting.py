@@ -35,26 +35,25 @@ def build_alert(entry: Entry, state: RuleState, rank: int | None, step: int,
     of ``entry`` on ``rank`` (``None``: a group's) at a record of ``step``."""
     rule = entry.compiled.rule
     value = metrics.get(entry.metric)
-    if entry.templated:
+    message, recommendation = rule.message, rule.recommendation
+    if entry.message_templated or entry.recommendation_templated:
         fields = {
             "rule": entry.rule_id, "metric": entry.metric, "value": format_value(value),
             "step": step, "rank": "all" if rank is None else rank,
             "baseline": format_value(baseline),
         }
-        try:
-            message = rule.message.format(**fields)
-            recommendation = rule.recommendation.format(**fields)
+        try:  # format_map: str.format(**fields) without copying the fields into keywords
+            if entry.message_templated:
+                message = message.format_map(fields)
+            if entry.recommendation_templated:
+                recommendation = recommendation.format_map(fields)
         except (KeyError, IndexError, ValueError, AttributeError):
             message, recommendation = rule.message, rule.recommendation
-    else:
-        message, recommendation = rule.message, rule.recommendation
     if change == RESOLVED:
         message = f"resolved: {entry.rule_id} ({entry.metric}={format_value(value)} at step {step})"
     elif change == REPEAT:
         message = f"still firing since step {state.fired_at_step}: {message}"
-    return Alert(
-        time=time, rule=entry.rule_id, severity=entry.severity, action=entry.action,
-        metric=entry.metric, value=value, step=step, rank=rank, message=message,
-        recommendation=recommendation, reference=rule.reference,
-        state="resolved" if change == RESOLVED else "firing",
-    )
+    # Positional, in Alert's field order: a third cheaper than keywords.
+    return Alert(time, entry.rule_id, entry.severity, entry.action, entry.metric, value, step,
+                 rank, message, recommendation, rule.reference,
+                 "resolved" if change == RESOLVED else "firing")

@@ -52,6 +52,7 @@ from typing import Any
 
 from trainguard.monitor.engine.alerting import build_alert, format_value
 from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.fused import HANDLED
 from trainguard.monitor.engine.lifecycle import FIRING, REPEAT, RESOLVED, advance, walk
 from trainguard.monitor.engine.rulestate import (
     BATCH_MIN,
@@ -358,6 +359,8 @@ class Engine:
                 ctx.time = time
                 ctx.baseline = None
             result = state.evaluator(metrics)
+            if result is HANDLED:  # a fused evaluator (fused.py) did the quiet part itself
+                continue
             if result is None:
                 state.unknown += 1  # neither fires nor resets a pending alert; warmup counts it
             elif result:  # NaN counts as true

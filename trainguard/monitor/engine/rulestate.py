@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainguard.rules.dsl import EvalContext, Evaluator
+from trainguard.monitor.engine.fused import fused
+from trainguard.rules.dsl import EvalContext, Evaluator, many_of, with_many
 from trainguard.rules.loader import CompiledRule
 from trainguard.rules.models import SEVERITY_ORDER
 
@@ -73,8 +74,9 @@ class Entry:
     severity: str = field(init=False)
     severity_order: int = field(init=False)
     action: str = field(init=False)
-    #: Whether the message or the recommendation has a placeholder (else no formatting).
-    templated: bool = field(init=False)
+    #: Whether the message / the recommendation has a placeholder (else no formatting).
+    message_templated: bool = field(init=False)
+    recommendation_templated: bool = field(init=False)
 
     def __post_init__(self) -> None:
         rule = self.compiled.rule
@@ -87,8 +89,9 @@ class Entry:
         self.rule_id, self.metric = rule.id, rule.metric
         self.severity, self.action = rule.severity.value, rule.action.value
         self.severity_order = SEVERITY_ORDER[self.severity]
-        self.templated = any(c in text for text in (rule.message, rule.recommendation)
-                             for c in "{}")
+        self.message_templated = "{" in rule.message or "}" in rule.message
+        self.recommendation_templated = ("{" in rule.recommendation
+                                         or "}" in rule.recommendation)
 
 
 @dataclass(slots=True)
@@ -104,8 +107,16 @@ class MeanStep:
 
 def new_state(entry: Entry, rank: int) -> RuleState:
     """Fresh state of ``entry`` on ``rank``."""
-    evaluator, context = entry.compiled.condition.instantiate(rank)
-    return RuleState(evaluator, context, entry)
+    condition = entry.compiled.condition
+    evaluator, context = condition.instantiate(rank)
+    state = RuleState(evaluator, context, entry)
+    test = condition.test
+    if test is not None and entry.scope in ("rank", "any"):
+        evaluate = fused(state, *test)
+        if evaluate is not None:
+            many = many_of(evaluator)
+            state.evaluator = evaluate if many is None else with_many(evaluate, many)
+    return state
 
 
 #: A rank's share of a batch worth evaluating with arrays: below it, the per-record closures
