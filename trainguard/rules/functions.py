@@ -222,29 +222,39 @@ def _relative(call: Call, direction: float) -> Node:
         name = operand.name
         mom = Moments(n)
         fixed: float | None = None
+        scale = 1.0  # abs(fixed) once fixed is known (taken once, not a call per record)
 
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            nonlocal fixed
-            v = m.get(name) if name is not None else f(m)
-            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
-                return None
-            if rolling:
+        evaluate: Evaluator
+        if rolling:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
+                    return None
                 base = mom.mean() if len(mom.values) >= n else None
                 mom.push(v)
-            else:
+                if base is None or base == 0:
+                    return None
+                change = (v - base) / abs(base) * direction
+                return 1.0 if change >= frac else 0.0
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                nonlocal fixed, scale
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:
+                    return None
                 if fixed is None:
                     mom.push(v)
                     if len(mom.values) >= n:
                         fixed = mom.mean()
+                        scale = abs(fixed)
                     return None
-                base = fixed
-            if base is None or base == 0:
-                return None
-            change = (v - base) / abs(base) * direction
-            return 1.0 if change >= frac else 0.0
+                if fixed == 0:
+                    return None
+                change = (v - fixed) / scale * direction
+                return 1.0 if change >= frac else 0.0
 
         def many(b: Any) -> tuple[Any, Any]:
-            nonlocal fixed
+            nonlocal fixed, scale
             V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
@@ -264,6 +274,7 @@ def _relative(call: Call, direction: float) -> Node:
                     skip += 1
                     if len(mom.values) >= n:
                         fixed = mom.mean()
+                        scale = abs(fixed)
                 if fixed is not None:
                     base[skip:] = fixed
             value, ok = V.relative_change(x, base, direction, frac)
