@@ -36,11 +36,13 @@ def build_alert(entry: Entry, state: RuleState, rank: int | None, step: int,
     rule = entry.compiled.rule
     value = metrics.get(entry.metric)
     message, recommendation = rule.message, rule.recommendation
+    shown = format_value(value)
     if entry.message_templated or entry.recommendation_templated:
         fields = {
-            "rule": entry.rule_id, "metric": entry.metric, "value": format_value(value),
+            "rule": entry.rule_id, "metric": entry.metric, "value": shown,
             "step": step, "rank": "all" if rank is None else rank,
-            "baseline": format_value(baseline),
+            # unused by most templates: not formatted for them (a storm of alerts pays it)
+            "baseline": format_value(baseline) if entry.shows_baseline else "",
         }
         try:  # format_map: str.format(**fields) without copying the fields into keywords
             if entry.message_templated:
@@ -50,7 +52,7 @@ def build_alert(entry: Entry, state: RuleState, rank: int | None, step: int,
         except (KeyError, IndexError, ValueError, AttributeError):
             message, recommendation = rule.message, rule.recommendation
     if change == RESOLVED:
-        message = f"resolved: {entry.rule_id} ({entry.metric}={format_value(value)} at step {step})"
+        message = f"resolved: {entry.rule_id} ({entry.metric}={shown} at step {step})"
     elif change == REPEAT:
         message = f"still firing since step {state.fired_at_step}: {message}"
     # Positional, in Alert's field order: a third cheaper than keywords.

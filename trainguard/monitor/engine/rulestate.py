@@ -77,6 +77,8 @@ class Entry:
     #: Whether the message / the recommendation has a placeholder (else no formatting).
     message_templated: bool = field(init=False)
     recommendation_templated: bool = field(init=False)
+    #: Whether either template shows ``{baseline}``.
+    shows_baseline: bool = field(init=False)
 
     def __post_init__(self) -> None:
         rule = self.compiled.rule
@@ -92,6 +94,7 @@ class Entry:
         self.message_templated = "{" in rule.message or "}" in rule.message
         self.recommendation_templated = ("{" in rule.recommendation
                                          or "}" in rule.recommendation)
+        self.shows_baseline = "baseline" in rule.message + rule.recommendation
 
 
 @dataclass(slots=True)
