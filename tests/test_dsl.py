@@ -199,3 +199,15 @@ def test_a_call_repeated_in_a_condition_gives_what_two_separate_calls_give():
     results = [separate(row) for row in rows]
     assert results == [shared(row) for row in rows]
     assert 0.0 in results and 1.0 in results and None in results
+
+
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">="])
+def test_a_metric_against_a_scaled_window_gives_what_the_generic_form_gives(op: str):
+    """``a > 1.2 * mean(b, 3)`` (one closure) equals ``a > mean(b, 3) * 1.2`` (the generic
+    operators) on every record, unknowns and NaN included."""
+    fused = compile_condition(f"a {op} 1.2 * mean(b, 3)").new_evaluator()
+    generic = compile_condition(f"a {op} mean(b, 3) * 1.2").new_evaluator()
+    rows = _three_valued_series(11)
+    results = [generic(row) for row in rows]
+    assert results == [fused(row) for row in rows]
+    assert 0.0 in results and 1.0 in results and None in results

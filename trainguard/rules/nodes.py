@@ -202,10 +202,34 @@ def _special_binary(op: str, fn: Callable[[float, float], float | None], left: N
         def scaled(m: Mapping[str, float]) -> float | None:
             b = rf(m)
             return None if b is None else fn(c, b)
+        if op == "*":  # read by a parent ``metric CMP c * f(...)`` (below)
+            scaled.factor = (c, rf)  # type: ignore[attr-defined]
         return scaled
     if name is None or op not in CMP:
         return None
     evaluate: Evaluator
+    factor = getattr(rf, "factor", None)
+    if factor is not None and op in ("<", "<=", ">", ">="):
+        # ``metric CMP c * f(...)`` (``step_time > 2.5 * median(...)``): the product inline,
+        # f called directly (rf's batch form, on the same state, stays the batch path's).
+        k, ff = factor
+        if op == "<":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a < k * b else 0.0)
+        elif op == "<=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a <= k * b else 0.0)
+        elif op == ">":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a > k * b else 0.0)
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a >= k * b else 0.0)
+        return evaluate
     if op == "<":
         def evaluate(m: Mapping[str, float]) -> float | None:
             a, b = m.get(name), rf(m)
