@@ -304,6 +304,8 @@ class Engine:
 
         cond = entry.compiled.condition
         if not cond.always:  # as evaluate(): only the records that carry one of its metrics
+            if cond.metrics.isdisjoint(batch.keys()):
+                return  # none does (a pack's rules for other trainers' keys): no arrays built
             carry = batch.present_any(cond.metrics)
             if not carry.all():
                 rows = np.flatnonzero(carry)
