@@ -1,4 +1,4 @@
-"""One-test rules (``metric CMP constant``, ``nonfinite``) are fused with the life cycle's quiet
+"""One-test rules (``metric CMP constant``, ``f(...) CMP constant``, ``nonfinite``) are fused with the life cycle's quiet
 path (monitor/engine/fused.py): they raise exactly the alerts the compiled closure does, over
 NaN, infinities, gaps, for/keep_firing_for/cooldown/repeat_interval, and scopes rank and any."""
 
@@ -20,7 +20,7 @@ def _rules(scope: str) -> list[CompiledRule]:
     """Every fused shape (and == / !=, which stay unfused), with life-cycle settings that
     exercise each quiet path."""
     shapes = ["> 1.5", ">= 1.5", "< 0.5", "<= 0.5", "nonfinite", "nonfinite(x)", "x > 1.5",
-              "== 1.0", "!= 1.0"]
+              "== 1.0", "!= 1.0", "max(x, 3) > 1.9", "mean(x, 2) <= 0.3", "-x < -1.5"]
     return [compile_rule(Rule.model_validate({
         "id": f"t.r{i}", "metric": "x", "condition": condition, "scope": scope,
         "for": 1 + i % 3, "keep_firing_for": i % 2, "cooldown": 2 * (i % 2),

@@ -438,9 +438,10 @@ class Condition:
         return self._node.reaction
 
     @property
-    def test(self) -> tuple[str, str, float] | None:
+    def test(self) -> tuple[str | None, str, float] | None:
         """``(metric, op, constant)`` when the condition is one test of a bare metric
-        (``loss > 15``, ``nonfinite``), else ``None``."""
+        (``loss > 15``, ``nonfinite``); ``(None, op, constant)`` when it compares a computed
+        operand with a constant (the evaluator's ``.operand``); else ``None``."""
         return self._node.test
 
     @property

@@ -101,10 +101,12 @@ class Node:
     #: (a comparison of the current value: 1; a window aggregate: up to its length).
     fill: int = 1
     reaction: int = 1
-    #: ``(metric, op, constant)`` when the node is that one test of a bare metric (``op`` a
-    #: comparison, or ``"nonfinite"``), so the engine can fuse it with the life cycle's quiet
-    #: path (monitor/engine/fused.py); ``None`` otherwise.
-    test: tuple[str, str, float] | None = None
+    #: ``(metric, op, constant)`` when the node is one test of a bare metric (``op`` a
+    #: comparison, or ``"nonfinite"``), or ``(None, op, constant)`` when it compares a computed
+    #: operand with a constant (``zscore(g, 50) > 6``; its evaluators carry the operand's as
+    #: ``.operand``), so the engine can fuse it with the life cycle's quiet path
+    #: (monitor/engine/fused.py); ``None`` otherwise.
+    test: tuple[str | None, str, float] | None = None
 
 
 def vector() -> Any:
@@ -181,6 +183,8 @@ def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
         if left.batched:
             with_many(evaluate, lazy_many(
                 lambda: vector().binary(op, many_of(lf), vector().const(c))))
+        if name is None:
+            evaluate.operand = lf  # type: ignore[attr-defined]  # read by the engine's fusion
         return evaluate
     return make
 
@@ -286,7 +290,7 @@ def binary(op: str, left: Node, right: Node) -> Node:
     if const is not None and op in CMP:
         return Node(_compare_constant(op, left, const), metrics, always=always,
                     batched=batched, fill=left.fill, reaction=left.reaction,
-                    test=None if left.name is None else (left.name, op, const))
+                    test=(left.name, op, const))
     # The same arithmetic as the lambdas, without a Python call: operator's are C functions.
     fn = _ARITHMETIC.get(op, fn)
 

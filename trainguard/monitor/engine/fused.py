@@ -30,17 +30,21 @@ HANDLED: float = float("nan")
 Fused = Callable[[Mapping[str, float]], float | None]
 
 
-def fused(state: RuleState, name: str, op: str, c: float) -> Fused | None:
+def fused(state: RuleState, name: str | None, op: str, c: float,
+          operand: Fused | None = None) -> Fused | None:
     """The fused evaluator of ``name OP c`` (``op`` ``nonfinite``: ``nonfinite(name)``), or
-    ``None`` for ``==`` and ``!=``, which stay with the compiled closure."""
+    of ``operand OP c`` when ``name`` is ``None`` (``operand``: the evaluator of a computed
+    left side, ``zscore(...)``); ``None`` for ``==`` and ``!=``, which stay with the compiled
+    closure."""
     quiet_true = state.quiet_true
+    key = "" if name is None else name  # read only when there is no operand
     evaluate: Fused
     # Each closure below is the same template with its test inline (a call per test would cost
     # what the fusion saves): unknown -> count; true -> quiet if firing (and not re-notifying),
     # else the engine's; false -> the engine's if firing, else quiet.
     if op == ">":
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = m.get(name)
+            a = m.get(key) if operand is None else operand(m)
             if a is None:
                 state.unknown += 1
                 return HANDLED
@@ -57,7 +61,7 @@ def fused(state: RuleState, name: str, op: str, c: float) -> Fused | None:
             return HANDLED
     elif op == ">=":
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = m.get(name)
+            a = m.get(key) if operand is None else operand(m)
             if a is None:
                 state.unknown += 1
                 return HANDLED
@@ -74,7 +78,7 @@ def fused(state: RuleState, name: str, op: str, c: float) -> Fused | None:
             return HANDLED
     elif op == "<":
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = m.get(name)
+            a = m.get(key) if operand is None else operand(m)
             if a is None:
                 state.unknown += 1
                 return HANDLED
@@ -91,7 +95,7 @@ def fused(state: RuleState, name: str, op: str, c: float) -> Fused | None:
             return HANDLED
     elif op == "<=":
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = m.get(name)
+            a = m.get(key) if operand is None else operand(m)
             if a is None:
                 state.unknown += 1
                 return HANDLED
@@ -108,7 +112,7 @@ def fused(state: RuleState, name: str, op: str, c: float) -> Fused | None:
             return HANDLED
     elif op == "nonfinite":
         def evaluate(m: Mapping[str, float]) -> float | None:
-            a = m.get(name)
+            a = m.get(key) if operand is None else operand(m)
             if a is None:
                 state.unknown += 1
                 return HANDLED

@@ -115,7 +115,10 @@ def new_state(entry: Entry, rank: int) -> RuleState:
     state = RuleState(evaluator, context, entry)
     test = condition.test
     if test is not None and entry.scope in ("rank", "any"):
-        evaluate = fused(state, *test)
+        name, op, c = test
+        operand = None if name is not None else getattr(evaluator, "operand", None)
+        evaluate = None if name is None and operand is None else fused(state, name, op, c,
+                                                                        operand)
         if evaluate is not None:
             many = many_of(evaluator)
             state.evaluator = evaluate if many is None else with_many(evaluate, many)
