@@ -3,6 +3,7 @@ end-to-end ``trainguard monitor --once`` throughput on one-metric-per-line event
 
     python benchmarks/bench_engine.py [--quick] [--steps 20000] [--events 1000000]
                                       [--small 100000]
+    python benchmarks/bench_engine.py --compare-git REV [--steps 2000] [--rounds 5]
 
 All figures are CPU time (``time.process_time`` in process; ``wait4`` rusage for the CLI run), so
 a shared machine's load does not distort them. Peak RSS of the CLI run is reported for the full
@@ -15,6 +16,11 @@ GRPO keys (detected: common + grpo_safe) at 10 metrics per step, and ``loss`` al
 one metric per step, where every event is a step. ``source_read`` is the CPU the file source
 alone spends delivering the same lines, to split the end-to-end figure between reading and the
 monitor core (parse, step grouping, rules).
+
+``--compare-git REV`` measures the engine figures of this tree and of revision ``REV`` (checked
+out as a temporary git worktree, each run with ``PYTHONPATH`` at its tree), in turns, in the
+same run, and prints both and their ratio: the before/after of an engine change on a machine
+that others load.
 """
 
 from __future__ import annotations
@@ -251,6 +257,58 @@ _GRPO_NAMES = ["loss", "grad_norm", "learning_rate", "entropy", "num_tokens", "r
                "reward_std", "frac_reward_zero_std", "kl", "completions/clipped_ratio"]
 
 
+def engine_figures(steps: int) -> dict[str, Any]:
+    """The engine's figures alone (``--engine-only``), with the path of the trainguard measured."""
+    import trainguard
+
+    return {"trainguard": trainguard.__file__, "engine": bench_engine(steps),
+            "engine_1_metric": bench_engine_one_metric(steps * 5)}
+
+
+def _figures(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric figures of ``engine_figures`` by a dotted name (``engine.default_sft...``)."""
+    out: dict[str, float] = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(_figures(value, f"{prefix}{key}."))
+        elif key.startswith("us_per_step"):
+            out[prefix + key] = value
+    return out
+
+
+def compare_git(rev: str, steps: int, rounds: int) -> dict[str, Any]:
+    """The engine figures of this tree and of git revision ``rev`` (a temporary worktree),
+    measured in turns, ``rounds`` times each, in the same run: the least CPU of each figure
+    (another process's load only ever adds), and after / before."""
+    root = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "rev"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(other),
+                        rev], check=True)
+        try:
+            trees = {"before": other, "after": root}
+            best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
+            for turn in range(rounds):
+                for name in (("before", "after") if turn % 2 == 0 else ("after", "before")):
+                    env = dict(os.environ, PYTHONPATH=str(trees[name]))
+                    run = subprocess.run([sys.executable, str(here), "--engine-only",
+                                          "--steps", str(steps)], env=env, cwd=tmp,
+                                         capture_output=True, text=True, check=True)
+                    result = json.loads(run.stdout)
+                    if not result["trainguard"].startswith(str(trees[name])):
+                        raise SystemExit(f"measured {result['trainguard']}, not {trees[name]}")
+                    for key, value in _figures(result).items():
+                        best[name][key] = min(best[name].get(key, math.inf), value)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(other)],
+                           check=False)
+    return {"before": rev, "rounds": rounds, "steps": steps, "us_per_step": {
+        key: {"before": best["before"][key], "after": value,
+              "ratio": round(value / best["before"][key], 2)}
+        for key, value in best["after"].items() if key in best["before"]}}
+
+
 def main() -> None:
     """Run every figure and print them as JSON."""
     parser = argparse.ArgumentParser()
@@ -260,9 +318,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--small", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3, help="CLI runs per figure (least CPU)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="only the engine figures (us per step), and which trainguard ran")
+    parser.add_argument("--compare-git", metavar="REV",
+                        help="the engine figures of this tree against git revision REV (built "
+                             "as a temporary worktree), measured in turns in one run")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="turns of each tree with --compare-git (least CPU of each figure)")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.events, args.small, args.repeat = 2_000, 100_000, 20_000, 1
+    if args.engine_only:
+        print(json.dumps(engine_figures(args.steps)))
+        return
+    if args.compare_git:
+        print(json.dumps(compare_git(args.compare_git, args.steps, args.rounds), indent=1))
+        return
     tmp = Path(tempfile.mkdtemp())
     result = {
         "engine": bench_engine(args.steps),

@@ -157,3 +157,57 @@ def test_plugin_interface_is_pinned():
 
     assert {"Call", "Node", "FUNCTIONS", "function", "EvalContext", "current_context",
             "compile_condition", "Condition", "Evaluator"} <= set(dsl.__all__)
+
+
+def _three_valued_series(seed: int, n: int = 300) -> list[dict[str, float]]:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        row = {}
+        for key in ("a", "b", "c", "d"):
+            if rng.random() < 0.8:
+                row[key] = rng.choice([0.0, 1.0, 2.0, math.nan]) + rng.random()
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("op", ["and", "or"])
+@pytest.mark.parametrize("terms", [2, 3, 4])
+def test_a_chain_of_and_or_gives_what_nesting_gives(op: str, terms: int):
+    """``a and b and c`` (one closure) equals ``((a and b) and c)``, windows included, over
+    unknown, false, true and NaN operands."""
+    parts = ["a > 1", "mean(b, 3) > 1.2", "c < 2", "max(d, 4, previous=1) > 1.5"][:terms]
+    flat = compile_condition(f" {op} ".join(parts)).new_evaluator()
+    nested_text = parts[0]
+    for part in parts[1:]:
+        nested_text = f"({nested_text}) {op} {part}"
+    nested = compile_condition(nested_text).new_evaluator()
+    for row in _three_valued_series(terms):
+        assert repr(nested(row)) == repr(flat(row))
+
+
+def test_a_call_repeated_in_a_condition_gives_what_two_separate_calls_give():
+    """``median(r, 5) > 1 and r < 0.9 * median(r, 5)`` evaluates the median once; the results
+    are those of two calls with windows of their own (spelled differently, not shared)."""
+    shared = compile_condition("median(a, 5, previous=1) > 1 and a < 0.9 * "
+                               "median(a, 5, previous=1)").new_evaluator()
+    separate = compile_condition("median(a, 5, previous=1) > 1 and a < 0.9 * "
+                                 "median(a, 5.0, previous=1)").new_evaluator()
+    rows = _three_valued_series(7)
+    results = [separate(row) for row in rows]
+    assert results == [shared(row) for row in rows]
+    assert 0.0 in results and 1.0 in results and None in results
+
+
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">="])
+def test_a_metric_against_a_scaled_window_gives_what_the_generic_form_gives(op: str):
+    """``a > 1.2 * mean(b, 3)`` (one closure) equals ``a > mean(b, 3) * 1.2`` (the generic
+    operators) on every record, unknowns and NaN included."""
+    fused = compile_condition(f"a {op} 1.2 * mean(b, 3)").new_evaluator()
+    generic = compile_condition(f"a {op} mean(b, 3) * 1.2").new_evaluator()
+    rows = _three_valued_series(11)
+    results = [generic(row) for row in rows]
+    assert results == [fused(row) for row in rows]
+    assert 0.0 in results and 1.0 in results and None in results

@@ -58,11 +58,13 @@ from trainguard.rules.nodes import (
     const,
     current_context,
     lazy_many,
-    logical,
+    logical_all,
     make_in_context,
     many_of,
     metric,
     negate,
+    shared_again,
+    shared_first,
     vector,
     with_many,
 )
@@ -197,13 +199,20 @@ MAX_OPERATORS = 128
 
 
 class _Parser:
-    def __init__(self, text: str, implicit: str | None, rule: str | None) -> None:
+    def __init__(self, text: str, implicit: str | None, rule: str | None,
+                 shared: frozenset[_CallKey] = frozenset()) -> None:
         self.text, self.rule = text, rule
         self.tokens = _tokenize(text, rule)
         self.i = 0
         self.implicit = metric(implicit) if implicit else None
         self.nesting = 0
         self.operators = 0
+        self.calls = 0  # function calls being parsed around the current token
+        #: Top-level calls by their tokens: how often each occurs (see compile_condition),
+        #: and those to evaluate once (``shared``) and which of them were seen already.
+        self.counts: dict[_CallKey, int] = {}
+        self.shared = shared
+        self.first: set[_CallKey] = set()
 
     def enter(self) -> None:
         """One level deeper (a parenthesis, ``not``, ``-``, a call): refused past the limit."""
@@ -246,22 +255,18 @@ class _Parser:
         return node
 
     def expr(self) -> Node:
-        node = self.conj()
-        operands = 1
+        terms = [self.conj()]
         while self.take("or"):
-            operands += 1
-            self.chained(operands)
-            node = logical("or", node, self.conj())
-        return node
+            self.chained(len(terms) + 1)
+            terms.append(self.conj())
+        return terms[0] if len(terms) == 1 else logical_all("or", terms)
 
     def conj(self) -> Node:
-        node = self.neg()
-        operands = 1
+        terms = [self.neg()]
         while self.take("and"):
-            operands += 1
-            self.chained(operands)
-            node = logical("and", node, self.neg())
-        return node
+            self.chained(len(terms) + 1)
+            terms.append(self.neg())
+        return terms[0] if len(terms) == 1 else logical_all("and", terms)
 
     def neg(self) -> Node:
         if self.take("not"):
@@ -361,6 +366,22 @@ class _Parser:
         if compiler is None:
             known = ", ".join(sorted(FUNCTIONS))
             raise self.error(f"unknown function {name_tok.text!r} (known: {known})", name_tok)
+        start, top = self.i - 2, self.calls == 0
+        self.calls += 1
+        node = self._call(compiler, name_tok, bare)
+        self.calls -= 1
+        if bare or not top or _SHAREABLE.get(name_tok.text) is not compiler:
+            return node
+        key = (name_tok.text, *(t.text for t in self.tokens[start:self.i]))
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if key not in self.shared:
+            return node
+        if key in self.first:
+            return shared_again(node, key)
+        self.first.add(key)
+        return shared_first(node, key)
+
+    def _call(self, compiler: Compiler, name_tok: _Tok, bare: bool) -> Node:
         args: list[Node] = []
         kwargs: dict[str, Node] = {}
         if not bare and not self.take(")"):
@@ -417,6 +438,13 @@ class Condition:
         return self._node.reaction
 
     @property
+    def test(self) -> tuple[str | None, str, float] | None:
+        """``(metric, op, constant)`` when the condition is one test of a bare metric
+        (``loss > 15``, ``nonfinite``); ``(None, op, constant)`` when it compares a computed
+        operand with a constant (the evaluator's ``.operand``); else ``None``."""
+        return self._node.test
+
+    @property
     def batched(self) -> bool:
         """Whether its evaluators have a batch entry point, ``evaluator.many(batch)``."""
         return self._node.batched
@@ -439,7 +467,11 @@ def compile_condition(text: str, metric: str | None = None, rule: str | None = N
 
     Raises :class:`~trainguard.exceptions.RuleSyntaxError` pointing at the column.
     """
-    node = _Parser(text, metric, rule).parse()
+    parser = _Parser(text, metric, rule)
+    node = parser.parse()
+    repeated = frozenset(key for key, n in parser.counts.items() if n > 1)
+    if repeated:  # the same window twice (``median(r, 20) > 0 and r < 0.5 * median(r, 20)``)
+        node = _Parser(text, metric, rule, repeated).parse()
     metrics = node.metrics if node.metrics or metric is None else frozenset({metric})
     return Condition(text, metrics, node)
 
@@ -448,3 +480,15 @@ def compile_condition(text: str, metric: str | None = None, rule: str | None = N
 # Register the built-in functions (nonfinite, spike, stale, mean, std, slope, drop, range...).
 from trainguard.rules import functions as _functions  # noqa: E402,F401
 from trainguard.rules import robust as _robust  # noqa: E402,F401
+
+#: A call's name and tokens: two calls with the same key compute the same thing.
+_CallKey = tuple[str, ...]
+#: The built-in functions whose repeated top-level calls in one condition are evaluated once
+#: (:func:`~trainguard.rules.nodes.shared_first`): pure functions of their operand's values,
+#: each computed on every evaluation of the condition. Not ``spike``, ``jump`` or ``stale``,
+#: which write the alert's baseline (the last writer's shows), nor a function registered over
+#: a built-in's name (the compiler must be this one).
+_SHAREABLE: dict[str, Compiler] = {
+    name: FUNCTIONS[name] for name in ("mean", "std", "min", "max", "slope", "zscore",
+                                       "frac_true", "median", "drop", "rise", "range",
+                                       "nonfinite")}

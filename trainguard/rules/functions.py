@@ -71,18 +71,19 @@ def _nonfinite(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite  # read inline: no call per step
+        name = operand.name  # read inline: no call per step
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
             if v is None:
                 return None
-            return 0.0 if isfinite(v) else 1.0
+            return 0.0 if v - v == 0 else 1.0  # math.isfinite without a call
         if operand.batched:
             fm = many_of(f)
             with_many(evaluate, lambda b: vector().nonfinite(*fm(b)))
         return evaluate
-    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill)
+    return Node(make, operand.metrics, batched=operand.batched, fill=operand.fill,
+                test=None if operand.name is None else (operand.name, "nonfinite", 0.0))
 
 
 @function("spike")
@@ -98,7 +99,7 @@ def _spike(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         ctx = current_context()
         values: deque[float] = deque(maxlen=window)
         total = 0.0
@@ -106,7 +107,7 @@ def _spike(call: Call) -> Node:
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal total
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None  # non-finite values are nonfinite()'s finding, not a spike's
             fired = None
             if len(values) >= min_count:
@@ -218,32 +219,42 @@ def _relative(call: Call, direction: float) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         mom = Moments(n)
         fixed: float | None = None
+        scale = 1.0  # abs(fixed) once fixed is known (taken once, not a call per record)
 
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            nonlocal fixed
-            v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
-                return None
-            if rolling:
+        evaluate: Evaluator
+        if rolling:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
+                    return None
                 base = mom.mean() if len(mom.values) >= n else None
                 mom.push(v)
-            else:
+                if base is None or base == 0:
+                    return None
+                change = (v - base) / abs(base) * direction
+                return 1.0 if change >= frac else 0.0
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                nonlocal fixed, scale
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:
+                    return None
                 if fixed is None:
                     mom.push(v)
                     if len(mom.values) >= n:
                         fixed = mom.mean()
+                        scale = abs(fixed)
                     return None
-                base = fixed
-            if base is None or base == 0:
-                return None
-            change = (v - base) / abs(base) * direction
-            return 1.0 if change >= frac else 0.0
+                if fixed == 0:
+                    return None
+                change = (v - fixed) / scale * direction
+                return 1.0 if change >= frac else 0.0
 
         def many(b: Any) -> tuple[Any, Any]:
-            nonlocal fixed
+            nonlocal fixed, scale
             V = vector()
             out, known = V.unknown(b.n)
             rows, x = V.finite(*fm(b))
@@ -263,6 +274,7 @@ def _relative(call: Call, direction: float) -> Node:
                     skip += 1
                     if len(mom.values) >= n:
                         fixed = mom.mean()
+                        scale = abs(fixed)
                 if fixed is not None:
                     base[skip:] = fixed
             value, ok = V.relative_change(x, base, direction, frac)
@@ -303,11 +315,11 @@ def _range(call: Call) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             return 0.0 if low <= v <= high else 1.0
         if operand.batched:

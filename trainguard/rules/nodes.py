@@ -12,13 +12,14 @@ also carry ``.many``, the same evaluation over a batch of records on the same st
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
-           "lazy_many", "logical", "make_in_context", "many_of", "metric", "negate", "vector",
-           "with_many"]
+           "lazy_many", "logical", "logical_all", "make_in_context", "many_of", "metric",
+           "negate", "shared_again", "shared_first", "vector", "with_many"]
 
 #: The comparison operators.
 CMP = frozenset({"<", "<=", ">", ">=", "==", "!="})
@@ -48,15 +49,19 @@ class EvalContext:
 
 
 _BUILDING: list[EvalContext] = []
+#: Per evaluator being built: the cells of its shared calls (shared_first / shared_again).
+_SHARED: list[dict[Any, list[Any]]] = []
 
 
 def make_in_context(node: Node, ctx: EvalContext) -> Evaluator:
     """``node.make()``, its functions reading ``ctx`` (see :func:`current_context`)."""
     _BUILDING.append(ctx)
+    _SHARED.append({})
     try:
         return node.make()
     finally:
         _BUILDING.pop()
+        _SHARED.pop()
 
 
 def current_context() -> EvalContext:
@@ -96,6 +101,12 @@ class Node:
     #: (a comparison of the current value: 1; a window aggregate: up to its length).
     fill: int = 1
     reaction: int = 1
+    #: ``(metric, op, constant)`` when the node is one test of a bare metric (``op`` a
+    #: comparison, or ``"nonfinite"``), or ``(None, op, constant)`` when it compares a computed
+    #: operand with a constant (``zscore(g, 50) > 6``; its evaluators carry the operand's as
+    #: ``.operand``), so the engine can fuse it with the life cycle's quiet path
+    #: (monitor/engine/fused.py); ``None`` otherwise.
+    test: tuple[str | None, str, float] | None = None
 
 
 def vector() -> Any:
@@ -172,8 +183,82 @@ def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
         if left.batched:
             with_many(evaluate, lazy_many(
                 lambda: vector().binary(op, many_of(lf), vector().const(c))))
+        if name is None:
+            evaluate.operand = lf  # type: ignore[attr-defined]  # read by the engine's fusion
         return evaluate
     return make
+
+
+_ARITHMETIC: dict[str, Callable[[float, float], float | None]] = {
+    "+": operator.add, "-": operator.sub, "*": operator.mul}
+
+
+def _special_binary(op: str, fn: Callable[[float, float], float | None], left: Node,
+                    right: Node, lf: Evaluator, rf: Evaluator) -> Evaluator | None:
+    """One closure for the common shapes of a binary node whose right side is a window or
+    other computed node: ``metric CMP f(...)`` (``step_time > 2.5 * median(...)``) with the
+    comparison inline, and ``constant OP f(...)`` (``2.5 * median(...)``); ``None`` for any
+    other shape. The right side runs on every call, as in the generic closure."""
+    if right.constant is not None or right.name is not None:
+        return None
+    name, c = left.name, left.constant
+    if c is not None:
+        def scaled(m: Mapping[str, float]) -> float | None:
+            b = rf(m)
+            return None if b is None else fn(c, b)
+        if op == "*":  # read by a parent ``metric CMP c * f(...)`` (below)
+            scaled.factor = (c, rf)  # type: ignore[attr-defined]
+        return scaled
+    if name is None or op not in CMP:
+        return None
+    evaluate: Evaluator
+    factor = getattr(rf, "factor", None)
+    if factor is not None and op in ("<", "<=", ">", ">="):
+        # ``metric CMP c * f(...)`` (``step_time > 2.5 * median(...)``): the product inline,
+        # f called directly (rf's batch form, on the same state, stays the batch path's).
+        k, ff = factor
+        if op == "<":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a < k * b else 0.0)
+        elif op == "<=":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a <= k * b else 0.0)
+        elif op == ">":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a > k * b else 0.0)
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b = m.get(name), ff(m)
+                return None if a is None or b is None else (1.0 if a >= k * b else 0.0)
+        return evaluate
+    if op == "<":
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a < b else 0.0)
+    elif op == "<=":
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a <= b else 0.0)
+    elif op == ">":
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a > b else 0.0)
+    elif op == ">=":
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a >= b else 0.0)
+    elif op == "==":
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a == b else 0.0)
+    else:
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            a, b = m.get(name), rf(m)
+            return None if a is None or b is None else (1.0 if a != b else 0.0)
+    return evaluate
 
 
 def binary(op: str, left: Node, right: Node) -> Node:
@@ -204,10 +289,19 @@ def binary(op: str, left: Node, right: Node) -> Node:
     batched = left.batched and right.batched
     if const is not None and op in CMP:
         return Node(_compare_constant(op, left, const), metrics, always=always,
-                    batched=batched, fill=left.fill, reaction=left.reaction)
+                    batched=batched, fill=left.fill, reaction=left.reaction,
+                    test=(left.name, op, const))
+    # The same arithmetic as the lambdas, without a Python call: operator's are C functions.
+    fn = _ARITHMETIC.get(op, fn)
 
     def make() -> Evaluator:
         lf, rf = left.make(), right.make()
+        special = _special_binary(op, fn, left, right, lf, rf)
+        if special is not None:
+            if batched:
+                with_many(special, lazy_many(
+                    lambda: vector().binary(op, many_of(lf), many_of(rf))))
+            return special
         # Literals and bare metrics are read inline, not through their evaluators: one call
         # less per operand per step (``loss > 10 * max(...)`` has three such operands).
         lconst, rconst, lname, rname = left.constant, const, left.name, right.name
@@ -234,35 +328,87 @@ def binary(op: str, left: Node, right: Node) -> Node:
 
 
 def logical(op: str, left: Node, right: Node) -> Node:
-    batched = left.batched and right.batched
+    """``left and right`` / ``left or right`` (see :func:`logical_all`)."""
+    return logical_all(op, [left, right])
+
+
+def logical_all(op: str, terms: list[Node]) -> Node:
+    """``a and b and c...`` (or ``or``) as one closure, in three-valued logic: a known false
+    term decides ``and`` (a true one ``or``), else an unknown term makes it unknown. The same
+    results as nesting the binary form, one call less per extra term; every term runs on
+    every call, in order, so stateful windows see every step."""
+    batched = all(t.batched for t in terms)
 
     def make() -> Evaluator:
-        lf, rf = left.make(), right.make()
-        if op == "and":
+        fs = [t.make() for t in terms]
+        evaluate: Evaluator
+        if op == "and" and len(fs) == 2:
+            lf, rf = fs
+
             def evaluate(m: Mapping[str, float]) -> float | None:
-                a, b = lf(m), rf(m)  # both sides run: stateful windows must see every step
+                a, b = lf(m), rf(m)
                 if a is not None and not a or b is not None and not b:
                     return 0.0
                 if a is None or b is None:
                     return None
                 return 1.0
-        else:
+        elif op == "and" and len(fs) == 3:
+            f1, f2, f3 = fs
+
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b, c = f1(m), f2(m), f3(m)
+                if (a is not None and not a or b is not None and not b
+                        or c is not None and not c):
+                    return 0.0
+                if a is None or b is None or c is None:
+                    return None
+                return 1.0
+        elif op == "and":
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                values = [f(m) for f in fs]
+                if any(v is not None and not v for v in values):
+                    return 0.0
+                return None if None in values else 1.0
+        elif len(fs) == 2:
+            lf, rf = fs
+
             def evaluate(m: Mapping[str, float]) -> float | None:
                 a, b = lf(m), rf(m)
                 if a or b:  # NaN counts as true, as in Python
-                    return 1.0 if (a is not None and a) or (b is not None and b) else 0.0
+                    return 1.0
                 if a is None or b is None:
                     return None
                 return 0.0
+        elif len(fs) == 3:
+            f1, f2, f3 = fs
+
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                a, b, c = f1(m), f2(m), f3(m)
+                if a or b or c:
+                    return 1.0
+                if a is None or b is None or c is None:
+                    return None
+                return 0.0
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                values = [f(m) for f in fs]
+                if any(values):
+                    return 1.0
+                return None if None in values else 0.0
         if batched:
-            with_many(evaluate, lazy_many(
-                lambda: vector().logical(op, many_of(lf), many_of(rf))))
+            def build() -> Any:
+                V = vector()
+                many = many_of(fs[0])
+                for f in fs[1:]:
+                    many = V.logical(op, many, many_of(f))
+                return many
+            with_many(evaluate, lazy_many(build))
         return evaluate
-    # ``and`` is true once both sides are; ``or`` once either is.
+    # ``and`` is true once all its terms are; ``or`` once any is.
     pick = max if op == "and" else min
-    return Node(make, left.metrics | right.metrics, always=left.always or right.always,
-                batched=batched, fill=pick(left.fill, right.fill),
-                reaction=pick(left.reaction, right.reaction))
+    metrics: frozenset[str] = frozenset().union(*(t.metrics for t in terms))
+    return Node(make, metrics, always=any(t.always for t in terms), batched=batched,
+                fill=pick(t.fill for t in terms), reaction=pick(t.reaction for t in terms))
 
 
 def negate(inner: Node, arithmetic: bool) -> Node:
@@ -280,3 +426,46 @@ def negate(inner: Node, arithmetic: bool) -> Node:
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
                 always=inner.always, batched=inner.batched, fill=inner.fill,
                 reaction=inner.reaction)
+
+
+def shared_first(node: Node, key: Any) -> Node:
+    """``node``, whose results later occurrences of the same call (:func:`shared_again`, same
+    ``key``) in the same condition read instead of keeping a second window of their own.
+
+    Only for calls at the top of a condition (in no function's arguments): every operator
+    evaluates all its operands on every call, left to right, in the record and the batch
+    forms, so the first occurrence has always run on the record (or batch) when a later one
+    is asked. Outside :func:`make_in_context` each occurrence keeps its own state.
+    """
+    def make() -> Evaluator:
+        f = node.make()
+        if not _SHARED:
+            return f
+        cell: list[Any] = [None, None]
+        _SHARED[-1][key] = cell
+
+        def evaluate(m: Mapping[str, float]) -> float | None:
+            result = cell[0] = f(m)
+            return result
+        fm = many_of(f)
+        if fm is not None:
+            def many(b: Any) -> Any:
+                result = cell[1] = fm(b)
+                return result
+            with_many(evaluate, many)
+        return evaluate
+    return replace(node, make=make, test=None)
+
+
+def shared_again(node: Node, key: Any) -> Node:
+    """A later occurrence of :func:`shared_first`'s call: its result on the same record."""
+    def make() -> Evaluator:
+        cell = _SHARED[-1].get(key) if _SHARED else None
+        if cell is None:  # built on its own: its own state
+            return node.make()
+        shared: list[Any] = cell
+        evaluate: Evaluator = lambda m: shared[0]  # noqa: E731
+        if node.batched:
+            with_many(evaluate, lambda b: shared[1])
+        return evaluate
+    return replace(node, make=make, test=None)

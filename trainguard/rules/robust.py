@@ -71,9 +71,11 @@ class RollingMedian:
         return s[half] if n % 2 else 0.5 * (s[half - 1] + s[half])
 
     def absorb(self, kept: list[float]) -> None:
-        """Take the window a batch left (oldest first)."""
-        self.order = deque(kept)
-        self.sorted = sorted(kept)
+        """Take the window a batch left (oldest first); in place, since the closures hold
+        the containers."""
+        self.order.clear()
+        self.order.extend(kept)
+        self.sorted[:] = sorted(kept)
 
 
 def _medians(np: Any, history: list[float], x: Any, window: int, previous: bool,
@@ -161,33 +163,42 @@ def _median(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, med = operand.make(), RollingMedian(window, floor)
-        name, isfinite = operand.name, math.isfinite
-
-        def evaluate(m: Mapping[str, float]) -> float | None:
-            # RollingMedian's push and median, inlined: this runs on every step.
-            v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
-                return None
-            order, ordered = med.order, med.sorted
-            result = None
-            if previous:
+        name = operand.name
+        order, ordered = med.order, med.sorted  # absorb() refills them in place
+        evaluate: Evaluator
+        # RollingMedian's push and median, inlined: this runs on every step.
+        if previous:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
+                    return None
                 n = len(ordered)
+                result = None
                 if n >= min_count:
                     half = n >> 1
                     result = ordered[half] if n & 1 else 0.5 * (ordered[half - 1]
                                                                 + ordered[half])
-            if v >= floor:
-                if len(ordered) == window:
-                    del ordered[bisect_left(ordered, order.popleft())]
-                order.append(v)
-                insort(ordered, v)
-            if not previous:
+                if v >= floor:
+                    if n == window:
+                        del ordered[bisect_left(ordered, order.popleft())]
+                    order.append(v)
+                    insort(ordered, v)
+                return result
+        else:
+            def evaluate(m: Mapping[str, float]) -> float | None:
+                v = m.get(name) if name is not None else f(m)
+                if v is None or v - v != 0:
+                    return None
+                if v >= floor:
+                    if len(ordered) == window:
+                        del ordered[bisect_left(ordered, order.popleft())]
+                    order.append(v)
+                    insort(ordered, v)
                 n = len(ordered)
-                if n >= min_count:
-                    half = n >> 1
-                    result = ordered[half] if n & 1 else 0.5 * (ordered[half - 1]
-                                                                + ordered[half])
-            return result
+                if n < min_count:
+                    return None
+                half = n >> 1
+                return ordered[half] if n & 1 else 0.5 * (ordered[half - 1] + ordered[half])
 
         def many(b: Any) -> tuple[Any, Any]:
             V = vector()
@@ -229,16 +240,16 @@ def _jump(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, med = operand.make(), RollingMedian(window, floor)
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
+        order, ordered = med.order, med.sorted  # absorb() refills them in place
         ctx = current_context()
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             # RollingMedian's push and median, inlined: this runs on every step.
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             fired = None
-            order, ordered = med.order, med.sorted
             n = len(ordered)
             if n >= min_count:
                 half = n >> 1

@@ -447,14 +447,20 @@ def extreme_history(mono: Sequence[tuple[int, float]], index: int, window: int,
 def monotonic(values: Sequence[float], first_index: int,
               smallest: bool) -> list[tuple[int, float]]:
     """The monotonic deque of ``(index, value)`` candidates of ``values`` (indices from
-    ``first_index``), as the min/max closure keeps it."""
-    mono: list[tuple[int, float]] = []
-    for i, v in enumerate(values, first_index):
-        if smallest:
-            while mono and mono[-1][1] >= v:
-                mono.pop()
-        else:
-            while mono and mono[-1][1] <= v:
-                mono.pop()
-        mono.append((i, v))
-    return mono
+    ``first_index``), as the min/max closure keeps it: the values strictly below (min) or above
+    (max) every later one, and the last value. With arrays, not a Python loop per value: a
+    window of 1000 values is rebuilt at the end of every batch."""
+    arr = np.asarray(values, dtype=F64)
+    n = len(arr)
+    if not n:
+        return []
+    later = np.empty(n)  # the extreme of the values after each one
+    if smallest:
+        later[:-1] = np.minimum.accumulate(arr[:0:-1])[::-1]
+        keep = arr < later
+    else:
+        later[:-1] = np.maximum.accumulate(arr[:0:-1])[::-1]
+        keep = arr > later
+    keep[-1] = True  # the newest value is always a candidate
+    rows = np.flatnonzero(keep)
+    return list(zip((rows + first_index).tolist(), arr[rows].tolist(), strict=True))

@@ -86,13 +86,18 @@ class Moments:
         self.total += d
         self.squares += d * d
         self.updates += 1
-        # Re-centre on the window's mean once per window turnover (amortised O(1)): keeps the
-        # sum of squares free of cancellation after the level of the metric moves.
         if self.updates % self.every == 0:
-            self.shift = sum(self.values) / len(self.values)
-            ds = [x - self.shift for x in self.values]
-            self.total = sum(ds)
-            self.squares = sum(x * x for x in ds)
+            self.recentre()
+
+    def recentre(self) -> None:
+        """Re-centre on the window's mean; :meth:`push` does it once per window turnover
+        (amortised O(1)): keeps the sum of squares free of cancellation after the level of
+        the metric moves. (The closures of ``mean``, ``std`` and ``zscore`` inline ``push``
+        and call this at the same updates.)"""
+        self.shift = sum(self.values) / len(self.values)
+        ds = [x - self.shift for x in self.values]
+        self.total = sum(ds)
+        self.squares = sum(x * x for x in ds)
 
     def absorb(self, history: list[float], pushed: int) -> None:
         """Take the state a batch left: the window's values now (oldest first) after
@@ -119,19 +124,52 @@ def _moment(call: Call, std: bool) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), Moments(window)
-        name, isfinite = operand.name, math.isfinite  # read inline: no call
-        stat = mom.std if std else mom.mean
+        name, sqrt = operand.name, math.sqrt
+        every = mom.every
 
+        # Moments.push, .mean() and .std() inlined (the same arithmetic, in the same order):
+        # three method calls a record were most of a window's cost.
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf and NaN are NaN)
                 return None
+            values = mom.values
+            result = None
+            if previous and len(values) >= min_count:
+                n = len(values)
+                if std:
+                    mm = mom.total / n
+                    var = mom.squares / n - mm * mm
+                    result = sqrt(0.0 if var < 0.0 else var)  # max(var, 0.0), NaN kept
+                else:
+                    result = mom.shift + mom.total / n  # type: ignore[operator]
+            shift = mom.shift
+            if shift is None:
+                shift = mom.shift = v
+            d = v - shift
+            if len(values) == window:
+                old = values.popleft() - shift
+                mom.total = mom.total - old + d
+                if std:  # a mean never reads the squares (recentre and absorb rebuild them)
+                    mom.squares = mom.squares - old * old + d * d
+            else:
+                mom.total += d
+                if std:
+                    mom.squares += d * d
+            values.append(v)
+            mom.updates += 1
+            if mom.updates % every == 0:
+                mom.recentre()
             if previous:
-                result = stat() if len(mom.values) >= min_count else None
-                mom.push(v)
                 return result
-            mom.push(v)
-            return stat() if len(mom.values) >= min_count else None
+            n = len(values)
+            if n < min_count:
+                return None
+            if std:
+                mm = mom.total / n
+                var = mom.squares / n - mm * mm
+                return sqrt(0.0 if var < 0.0 else var)
+            return mom.shift + mom.total / n  # type: ignore[operator]
         if operand.batched:
             with_many(evaluate, lazy_many(
                 lambda: _moment_many(many_of(f), mom, min_count, previous, std)))
@@ -175,7 +213,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         # Monotonic deque of (index, value): the front is the window's extreme.
         mono: deque[tuple[int, float]] = deque()
         index = 0
@@ -183,7 +221,7 @@ def _extreme(call: Call, smallest: bool) -> Node:
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal index
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite (inf - inf is NaN)
                 return None
             if mono and mono[0][0] < index - window:
                 mono.popleft()
@@ -243,10 +281,14 @@ def _slope(call: Call) -> Node:
     operand, window, min_count, _ = _window_args(call)
     if min_count < 2:
         raise call.error("a slope needs min_count >= 2")
+    # By window length n: sum of x and the denominator of the least-squares slope over
+    # x = 0..n-1, the same floats the formula gives, looked up instead of computed a record.
+    sxs = [n * (n - 1) / 2.0 for n in range(window + 1)]
+    dens = [n * ((n - 1) * n * (2 * n - 1) / 6.0) - sx * sx for n, sx in enumerate(sxs)]
 
     def make() -> Evaluator:
         f = operand.make()
-        name, isfinite = operand.name, math.isfinite
+        name = operand.name
         values: deque[float] = deque()
         sy = 0.0   # sum of y
         sxy = 0.0  # sum of x*y with x = 0..n-1 (oldest first)
@@ -255,7 +297,7 @@ def _slope(call: Call) -> Node:
         def evaluate(m: Mapping[str, float]) -> float | None:
             nonlocal sy, sxy, updates
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite
                 return None
             if len(values) == window:
                 old = values.popleft()
@@ -271,9 +313,7 @@ def _slope(call: Call) -> Node:
             n = len(values)
             if n < min_count:
                 return None
-            sx = n * (n - 1) / 2.0
-            sxx = (n - 1) * n * (2 * n - 1) / 6.0
-            return (n * sxy - sx * sy) / (n * sxx - sx * sx)
+            return (n * sxy - sxs[n] * sy) / dens[n]
 
         def many(b: Any) -> tuple[Any, Any]:
             nonlocal values, sy, sxy, updates
@@ -305,20 +345,41 @@ def _zscore(call: Call) -> Node:
 
     def make() -> Evaluator:
         f, mom = operand.make(), Moments(window)
-        name, isfinite = operand.name, math.isfinite
+        name, sqrt = operand.name, math.sqrt
+        every = mom.every
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             v = m.get(name) if name is not None else f(m)
-            if v is None or not isfinite(v):
+            if v is None or v - v != 0:  # absent, or not finite
                 return None
+            # Moments.mean(), .std() and .push() inlined, as in mean() and std().
+            values = mom.values
+            n = len(values)
             result = None
-            if len(mom.values) >= min_count:
-                mean, sd = mom.mean(), mom.std()
+            shift = mom.shift
+            if n >= min_count:
+                mm = mom.total / n
+                mean = shift + mm  # type: ignore[operator]
+                var = mom.squares / n - mm * mm
+                sd = sqrt(0.0 if var < 0.0 else var)  # max(var, 0.0), NaN kept
                 if sd > 0:
                     result = (v - mean) / sd
                 else:  # a flat history: any move is infinitely surprising, none is 0
                     result = 0.0 if v == mean else math.copysign(math.inf, v - mean)
-            mom.push(v)
+            if shift is None:
+                shift = mom.shift = v
+            d = v - shift
+            if n == window:
+                old = values.popleft() - shift
+                mom.total = mom.total - old + d
+                mom.squares = mom.squares - old * old + d * d
+            else:
+                mom.total += d
+                mom.squares += d * d
+            values.append(v)
+            mom.updates += 1
+            if mom.updates % every == 0:
+                mom.recentre()
             return result
 
         def many(b: Any) -> tuple[Any, Any]:

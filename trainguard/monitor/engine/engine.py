@@ -48,9 +48,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
+from trainguard.monitor.engine.alerting import build_alert, format_value
 from trainguard.monitor.engine.alerts import Alert
+from trainguard.monitor.engine.fused import HANDLED
+from trainguard.monitor.engine.lifecycle import FIRING, REPEAT, RESOLVED, advance, walk
 from trainguard.monitor.engine.rulestate import (
     BATCH_MIN,
     Entry,
@@ -61,7 +64,6 @@ from trainguard.monitor.engine.rulestate import (
     new_state,
 )
 from trainguard.rules.loader import CompiledRule
-from trainguard.rules.models import SEVERITY_ORDER
 
 if TYPE_CHECKING:
     from trainguard.rules.vector import Batch
@@ -71,18 +73,6 @@ __all__ = ["BATCH_MIN", "Engine", "RuleState", "format_value", "MEAN_RANK"]
 #: The state key (and context rank) of a rule evaluated on the mean of the ranks.
 MEAN_RANK = -1
 _CONTEXT = object()  # _alert(): take the baseline from the evaluator's context
-_FIRING, _RESOLVED, _REPEAT = 1, 2, 3
-
-
-def format_value(value: float | None) -> str:
-    """A metric value as a person reads it: 4 significant digits, NaN/inf spelled out."""
-    if value is None:
-        return "n/a"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.4g}"
 
 
 class Engine:
@@ -193,6 +183,7 @@ class Engine:
                     entry.firing_ranks.add(rank)
             entry.group_firing = bool(saved.get("group_firing"))
         self._known_ranks.update(snapshot.get("ranks", ()))
+        self._reindex()  # the per-rank lists of states (Index.states) hold the replaced ones
         if self._first_step is None:
             self._first_step = snapshot.get("first_step")
 
@@ -310,14 +301,16 @@ class Engine:
     def _batch_entry(self, entry: Entry, rank: int, batch: Any, index: list[int] | None,
                      out: list[tuple[int, int, Alert]]) -> None:
         """One rule over a batch of one rank's records: the condition on every record it
-        would be evaluated on, then the life cycle record by record, but only from the first
-        true result (or all of them while firing): a rule quiet over the whole batch costs a
+        would be evaluated on, then the life cycle (lifecycle.walk: record by record only
+        where something can change): a rule quiet, or firing, over the whole batch costs a
         few array operations. Appends ``(record index, 1, alert)`` to ``out``; ``index``
         gives the record index of each row of the batch (``None``: the row's own)."""
         import numpy as np
 
         cond = entry.compiled.condition
         if not cond.always:  # as evaluate(): only the records that carry one of its metrics
+            if cond.metrics.isdisjoint(batch.keys()):
+                return  # none does (a pack's rules for other trainers' keys): no arrays built
             carry = batch.present_any(cond.metrics)
             if not carry.all():
                 rows = np.flatnonzero(carry)
@@ -330,38 +323,22 @@ class Engine:
             state = entry.states[rank] = new_state(entry, rank)
         values, known = state.evaluator.many(batch)  # type: ignore[attr-defined]
         rows = np.flatnonzero(known)
-        unknown0, n = state.unknown, batch.n
         if not len(rows):
-            state.unknown += n
+            state.unknown += batch.n
             return
-        truth = values[rows] != 0  # NaN is true
-        first = 0
-        if not state.firing:
-            if not truth.any():  # the quiet case, as evaluate() inlines it
-                state.evaluations += len(rows)
-                state.unknown += n - len(rows)
-                state.consecutive = 0
-                return
-            first = int(np.argmax(truth))
-            if first:
-                state.evaluations += first
-                state.consecutive = 0
-        steps, baseline = batch.steps, batch.baseline
-        for k, j in enumerate(rows[first:].tolist(), first):
-            step = int(steps[j])
-            state.unknown = unknown0 + j - k  # the unknown rows before this one: for warmup
-            change = self._life_cycle(entry, state, step, float(values[j]))
-            if change:
-                base = baseline[j] if baseline is not None else math.nan
-                out.append((j if index is None else index[j], 1, self._alert(
-                    entry, state, rank, step, batch.metrics[j], batch.time_list[j], change,
-                    None if math.isnan(base) else float(base))))
-        state.unknown = unknown0 + n - len(rows)
+        baseline = batch.baseline
+
+        def changed(j: int, step: int, change: int) -> None:
+            base = baseline[j] if baseline is not None else math.nan
+            out.append((j if index is None else index[j], 1, self._alert(
+                entry, state, rank, step, batch.metrics[j], batch.time_list[j], change,
+                None if math.isnan(base) else float(base))))
+        # NaN is true
+        walk(np, entry, state, rows, values[rows] != 0, batch.steps, batch.n, changed)
 
     def _evaluate_record(self, rank: int, step: int, metrics: Mapping[str, float],
                          time: float | None, index: Index, mean: bool = True) -> list[Alert]:
         """:meth:`evaluate` over the entries of ``index``."""
-        by_metric = index.by_metric
         alerts: list[Alert] = []
         if rank not in self._known_ranks:
             self._known_ranks.add(rank)
@@ -369,35 +346,42 @@ class Engine:
                 self._first_step = step
         if self._mean_entries and mean:
             self._gather_mean(rank, step, metrics, time, alerts)
-        touched: list[Entry] | None
-        if len(metrics) == 1 and not index.always:  # one-metric events: nothing to de-duplicate
-            touched = None
-            for name in metrics:
-                touched = by_metric.get(name)
-            if not touched:
-                return alerts
+        key: str | tuple[str, ...]
+        if len(metrics) == 1:  # one-metric events: the name is the key, no tuple to build
+            (key,) = metrics
         else:
-            touched = index.touched(tuple(metrics))
-        # _step_entry's body, inlined for the common case: this loop runs for every rule a
-        # step touches, and the call (plus updating contexts no function reads) was half its cost.
-        for entry in touched:
-            state = entry.states.get(rank)
-            if state is None:
-                state = entry.states[rank] = new_state(entry, rank)
+            key = tuple(metrics)
+        by_key = index.slots.get(rank)
+        states = by_key.get(key) if by_key is not None else None
+        if states is None:
+            states = index.states(rank, key)
+        # _step_entry's body, inlined for the common cases: this loop runs for every rule a
+        # step touches, and a call per rule (plus updating contexts no function reads) was
+        # most of its cost. A result that changes nothing but counters (false while not
+        # firing, true while firing with no re-notification) stays here.
+        for state in states:
             if state.live_context:
                 ctx = state.context
                 ctx.step = step
                 ctx.time = time
                 ctx.baseline = None
             result = state.evaluator(metrics)
+            if result is HANDLED:  # a fused evaluator (fused.py) did the quiet part itself
+                continue
             if result is None:
                 state.unknown += 1  # neither fires nor resets a pending alert; warmup counts it
-                continue
-            if not result and not state.firing and entry.quiet_inline:
-                state.evaluations += 1  # the quiet case: what _life_cycle would do
+            elif result:  # NaN counts as true
+                if state.firing and state.quiet_true:
+                    state.evaluations += 1
+                    state.false_while_firing = 0
+                else:
+                    self._transition(state.entry, state, rank, step, metrics, time, result,
+                                     alerts)
+            elif state.firing or not state.quiet_false:
+                self._transition(state.entry, state, rank, step, metrics, time, result, alerts)
+            else:
+                state.evaluations += 1
                 state.consecutive = 0
-                continue
-            self._transition(entry, state, rank, step, metrics, time, result, alerts)
         return alerts
 
     def finish(self) -> list[Alert]:
@@ -462,8 +446,8 @@ class Engine:
         if result is None:
             state.unknown += 1  # neither fires nor resets a pending alert; warmup counts it
             return
-        if not result and not state.firing and entry.quiet_inline:
-            state.evaluations += 1  # the common quiet case, inlined: _life_cycle would do this
+        if not result and not state.firing and entry.quiet_false:
+            state.evaluations += 1  # the common quiet case, inlined: advance() would do this
             state.consecutive = 0
             return
         self._transition(entry, state, rank, step, metrics, time, result, alerts)
@@ -472,7 +456,7 @@ class Engine:
                     metrics: Mapping[str, float], time: float | None, result: float,
                     alerts: list[Alert]) -> None:
         """Advance the life cycle by a known result that may change something; route alerts."""
-        change = self._life_cycle(entry, state, step, result)
+        change = advance(entry, state, step, result)
         scope = entry.scope
         if not change and scope != "all":  # all: the group can complete without a change here
             return
@@ -481,84 +465,32 @@ class Engine:
                                       metrics, time, change))
             return
         # any / all: one alert for the group, from the per-rank states
-        if change == _FIRING:
+        if change == FIRING:
             entry.firing_ranks.add(rank)
-        elif change == _RESOLVED:
+        elif change == RESOLVED:
             entry.firing_ranks.discard(rank)
         if scope == "any":
             group = bool(entry.firing_ranks)
         else:
             group = (len(entry.firing_ranks) >= len(self._known_ranks)
                      and step != self._first_step)
-        if change == _REPEAT and group:
+        if change == REPEAT and group:
             alerts.append(self._alert(entry, state, None if scope == "all" else rank, step,
-                                      metrics, time, _REPEAT))
+                                      metrics, time, REPEAT))
         elif group != entry.group_firing:
             entry.group_firing = group
             alerts.append(self._alert(entry, state, rank if scope == "any" else None, step,
-                                      metrics, time, _FIRING if group else _RESOLVED))
-
-    @staticmethod
-    def _life_cycle(entry: Entry, state: RuleState, step: int, result: float) -> int:
-        """Advance one rank's state by one known result; return the transition (0: none)."""
-        rule = entry.compiled.rule
-        state.evaluations += 1
-        if result:  # NaN counts as true: a NaN comparison result is itself a finding
-            state.false_while_firing = 0
-            if state.firing:
-                interval = rule.repeat_interval
-                if interval and step - state.notified_at_step >= interval:
-                    state.notified_at_step = step
-                    return _REPEAT
-                return 0
-            # `for` counts during the warmup too: the two overlap instead of adding up.
-            state.consecutive += 1
-            if (state.consecutive < rule.for_ or step <= state.quiet_until_step
-                    or state.evaluations + state.unknown <= rule.warmup):
-                return 0
-            state.firing = True
-            state.fired_at_step = state.notified_at_step = step
-            return _FIRING
-        state.consecutive = 0
-        if not state.firing:
-            return 0
-        state.false_while_firing += 1
-        if state.false_while_firing <= rule.keep_firing_for:
-            return 0
-        state.firing = False
-        state.false_while_firing = 0
-        state.quiet_until_step = step + rule.cooldown
-        return _RESOLVED
+                                      metrics, time, FIRING if group else RESOLVED))
 
     def _alert(self, entry: Entry, state: RuleState, rank: int | None, step: int,
                metrics: Mapping[str, float], time: float | None, change: int,
                baseline: float | None | object = _CONTEXT) -> Alert:
-        """The alert of a transition; ``baseline`` is the evaluator's context's unless the
-        batch path, which has no per-record context, says it."""
-        rule = entry.compiled.rule
-        value = metrics.get(rule.metric)
-        if baseline is _CONTEXT:
-            baseline = state.context.baseline
-        fields = {
-            "rule": rule.id, "metric": rule.metric, "value": format_value(value),
-            "step": step, "rank": "all" if rank is None else rank,
-            "baseline": format_value(cast("float | None", baseline)),
-        }
-        try:
-            message = rule.message.format(**fields)
-            recommendation = rule.recommendation.format(**fields)
-        except (KeyError, IndexError, ValueError, AttributeError):
-            message, recommendation = rule.message, rule.recommendation
-        if change == _RESOLVED:
-            message = f"resolved: {rule.id} ({rule.metric}={format_value(value)} at step {step})"
-        elif change == _REPEAT:
-            message = f"still firing since step {state.fired_at_step}: {message}"
-        else:
+        """The alert of a transition, counted; ``baseline`` is the evaluator's context's
+        unless the batch path, which has no per-record context, says it."""
+        if change == FIRING:
             self.alerts_fired += 1
-            self.max_severity = max(self.max_severity, SEVERITY_ORDER[rule.severity.value])
-        return Alert(
-            time=time, rule=rule.id, severity=rule.severity.value, action=rule.action.value,
-            metric=rule.metric, value=value, step=step, rank=rank, message=message,
-            recommendation=recommendation, reference=rule.reference,
-            state="resolved" if change == _RESOLVED else "firing",
-        )
+            if entry.severity_order > self.max_severity:
+                self.max_severity = entry.severity_order
+        return build_alert(entry, state, rank, step, metrics, time, change,
+                           state.context.baseline if baseline is _CONTEXT
+                           else baseline)  # type: ignore[arg-type]

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainguard.rules.dsl import EvalContext, Evaluator
+from trainguard.monitor.engine.fused import fused
+from trainguard.rules.dsl import EvalContext, Evaluator, many_of, with_many
 from trainguard.rules.loader import CompiledRule
+from trainguard.rules.models import SEVERITY_ORDER
 
 __all__ = ["BATCH_MIN", "Entry", "Index", "MeanStep", "RuleState", "applies", "new_state"]
 
@@ -17,6 +19,7 @@ class RuleState:
 
     evaluator: Evaluator
     context: EvalContext
+    entry: Entry
     evaluations: int = 0
     #: Records that carried the rule's metrics but gave no known result (a window still
     #: filling, a NaN operand): ``warmup`` counts them with the known ones, so it runs while
@@ -30,13 +33,21 @@ class RuleState:
     notified_at_step: int = 0
     #: Whether a function of the evaluator reads the context (else it is not updated per step).
     live_context: bool = field(init=False)
+    #: The entry's ``quiet_false`` and ``quiet_true``, here to save a look-up per record.
+    quiet_false: bool = field(init=False)
+    quiet_true: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.live_context = self.context.used
+        self.quiet_false = self.entry.quiet_false
+        self.quiet_true = self.entry.quiet_true
 
 
 @dataclass(slots=True)
 class Entry:
+    """One rule in the engine: its states by rank, and what the per-record path reads of the
+    rule, taken once (the pydantic model's fields, its enums' values)."""
+
     compiled: CompiledRule
     scope: str
     states: dict[int, RuleState] = field(default_factory=dict)
@@ -44,15 +55,46 @@ class Entry:
     group_firing: bool = False
     #: A false result on a rank not firing changes nothing but two counters (every scope but
     #: ``all``, whose group can complete on another rank's change): handled inline.
-    quiet_inline: bool = field(init=False)
+    quiet_false: bool = field(init=False)
+    #: Likewise a true result on a rank already firing, when the rule never re-notifies.
+    quiet_true: bool = field(init=False)
 
     #: Evaluated a batch of records at a time when a batch is large (rules/vector.py): a
     #: per-rank rule whose evaluator has a batch entry point (``.many``).
     batched: bool = field(init=False)
 
+    # The life cycle's parameters (lifecycle.py) and the alert's constant fields (alerting.py).
+    for_: int = field(init=False)
+    warmup: int = field(init=False)
+    keep_firing_for: int = field(init=False)
+    cooldown: int = field(init=False)
+    repeat_interval: int = field(init=False)
+    rule_id: str = field(init=False)
+    metric: str = field(init=False)
+    severity: str = field(init=False)
+    severity_order: int = field(init=False)
+    action: str = field(init=False)
+    #: Whether the message / the recommendation has a placeholder (else no formatting).
+    message_templated: bool = field(init=False)
+    recommendation_templated: bool = field(init=False)
+    #: Whether either template shows ``{baseline}``.
+    shows_baseline: bool = field(init=False)
+
     def __post_init__(self) -> None:
-        self.quiet_inline = self.scope != "all"
+        rule = self.compiled.rule
+        self.quiet_false = self.scope != "all"
+        self.quiet_true = self.scope != "all" and not rule.repeat_interval
         self.batched = self.scope == "rank" and self.compiled.condition.batched
+        self.for_, self.warmup = rule.for_, rule.warmup
+        self.keep_firing_for, self.cooldown = rule.keep_firing_for, rule.cooldown
+        self.repeat_interval = rule.repeat_interval
+        self.rule_id, self.metric = rule.id, rule.metric
+        self.severity, self.action = rule.severity.value, rule.action.value
+        self.severity_order = SEVERITY_ORDER[self.severity]
+        self.message_templated = "{" in rule.message or "}" in rule.message
+        self.recommendation_templated = ("{" in rule.recommendation
+                                         or "}" in rule.recommendation)
+        self.shows_baseline = "baseline" in rule.message + rule.recommendation
 
 
 @dataclass(slots=True)
@@ -68,8 +110,19 @@ class MeanStep:
 
 def new_state(entry: Entry, rank: int) -> RuleState:
     """Fresh state of ``entry`` on ``rank``."""
-    evaluator, context = entry.compiled.condition.instantiate(rank)
-    return RuleState(evaluator, context)
+    condition = entry.compiled.condition
+    evaluator, context = condition.instantiate(rank)
+    state = RuleState(evaluator, context, entry)
+    test = condition.test
+    if test is not None and entry.scope in ("rank", "any"):
+        name, op, c = test
+        operand = None if name is not None else getattr(evaluator, "operand", None)
+        evaluate = None if name is None and operand is None else fused(state, name, op, c,
+                                                                        operand)
+        if evaluate is not None:
+            many = many_of(evaluator)
+            state.evaluator = evaluate if many is None else with_many(evaluate, many)
+    return state
 
 
 #: A rank's share of a batch worth evaluating with arrays: below it, the per-record closures
@@ -87,6 +140,9 @@ class Index:
     #: Metric keys of a step (in the record's order) -> the entries they touch: trainers log
     #: the same keys every step, so the de-duplicated list is built once per key set.
     cache: dict[tuple[str, ...], list[Entry]] = field(default_factory=dict)
+    #: rank -> metric keys of a step (the name alone for a one-metric step) -> the states of
+    #: the entries they touch on that rank, so a record's path does no per-rule look-up.
+    slots: dict[int, dict[str | tuple[str, ...], list[RuleState]]] = field(default_factory=dict)
 
     def add(self, entry: Entry) -> None:
         if entry.compiled.condition.always:
@@ -111,6 +167,23 @@ class Index:
             self.cache.clear()
         self.cache[key] = touched
         return touched
+
+    def states(self, rank: int, key: str | tuple[str, ...]) -> list[RuleState]:
+        """The states of the entries a step of ``rank`` with these metric keys evaluates (each
+        created on first use), kept for the rank's next steps with the same keys."""
+        by_key = self.slots.get(rank)
+        if by_key is None:
+            by_key = self.slots[rank] = {}
+        elif len(by_key) >= 1024:  # as ``cache``: keys that keep changing stay bounded
+            by_key.clear()
+        out = []
+        for entry in self.touched((key,) if isinstance(key, str) else key):
+            state = entry.states.get(rank)
+            if state is None:
+                state = entry.states[rank] = new_state(entry, rank)
+            out.append(state)
+        by_key[key] = out
+        return out
 
 
 def applies(compiled: CompiledRule, trainer: str | None) -> bool:
