@@ -271,7 +271,7 @@ class Checkpointer:
     def _write(self) -> None:
         # Compact: json's C encoder. With ``indent`` json falls back to its Python encoder,
         # whose nested closures form reference cycles: ~33 cyclic objects a save, once a
-        # second, left for the (deferred, see daemon.py) collector; that was the soak's slow
+        # second, left for the (deferred, see collector.py) collector; that was the soak's slow
         # RSS growth (0.27 MiB a minute at 8 ranks x 100 lines/s).
         data = json.dumps({
             "version": STATE_VERSION, "saved_at": time.time(),
