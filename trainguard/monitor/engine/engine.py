@@ -12,36 +12,12 @@ batch entry point once over all of them (:mod:`trainguard.rules.vector`, numpy, 
 state), then step the life cycle only through the records where the condition is true or the
 rule is firing. The alerts are those of record-by-record evaluation, in record order.
 
-Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
-gave a known result (a step without the metric is unknown: it neither fires nor resets):
+The life cycle of one rule on one rank (``warmup``, ``for``, ``keep_firing_for``,
+``cooldown``, ``repeat_interval``) is described, and stepped, in
+:mod:`trainguard.monitor.engine.lifecycle`.
 
-* ``warmup``: the first N records carrying the rule's metrics are ignored, whether their
-  result was known or not: it runs while the windows fill, not after them (the evaluator still
-  sees them). The earliest a rule can fire is record ``max(warmup + 1, fill + for - 1)`` of
-  its metrics, where ``fill`` is the record its condition is first known at
-  (:func:`trainguard.rules.timing.earliest_firing`).
-* ``for``: N consecutive true evaluations fire; one false evaluation resets the pending count.
-  They are counted during the warmup too, so a rule fires at the first record past its warmup
-  whose last N results were true.
-* ``keep_firing_for``: once firing, up to N false evaluations are tolerated (a true one resets
-  the count); the N+1st resolves. A metric flapping around its threshold therefore fires once
-  and stays firing instead of firing on every crossing.
-* ``cooldown``: after a resolve, the rule does not fire again before ``step > resolved + N``.
-* ``repeat_interval``: while firing, re-notify every N steps (0: notify once).
-* every firing episode ends with exactly one ``resolved`` alert.
-
-Scopes across ranks (``scope``):
-
-* ``rank`` (default): each rank has its own state and its own alerts.
-* ``any``: each rank is evaluated on its own; one alert fires when the first rank fires (it
-  names that rank) and resolves when no rank is firing any more.
-* ``all``: one alert, firing while every rank the engine has seen a record from is firing; it
-  names no rank. It cannot fire on the first step number seen, when the other ranks' records of
-  that step may not have arrived yet.
-* ``mean``: the condition is evaluated once per step on the mean, over the ranks that reported
-  that step, of each metric's value. A step is evaluated when every rank seen so far has
-  reported it, or when a later step arrives from any rank; a record of an older step than the
-  one pending is ignored by mean rules. :meth:`Engine.finish` evaluates the last pending step.
+Scopes across ranks (``rank``, ``any``, ``all``, ``mean``): see
+:mod:`trainguard.monitor.engine.rulestate`, which keeps their state.
 """
 
 from __future__ import annotations

@@ -5,7 +5,24 @@ result and says what changed; :func:`walk` does the same over a batch of known r
 record by record where something can change, and in one jump over a stretch where nothing can
 (false results while not firing; true results while firing with no ``repeat_interval``), so a
 rule that stays firing through a backlog costs a few array operations, not a call per record.
-The engine (:mod:`trainguard.monitor.engine.engine`) describes the life cycle itself.
+
+Life cycle of one rule on one rank, as Prometheus alerting does it, counted in evaluations that
+gave a known result (a step without the metric is unknown: it neither fires nor resets):
+
+* ``warmup``: the first N records carrying the rule's metrics are ignored, whether their
+  result was known or not: it runs while the windows fill, not after them (the evaluator still
+  sees them). The earliest a rule can fire is record ``max(warmup + 1, fill + for - 1)`` of
+  its metrics, where ``fill`` is the record its condition is first known at
+  (:func:`trainguard.rules.timing.earliest_firing`).
+* ``for``: N consecutive true evaluations fire; one false evaluation resets the pending count.
+  They are counted during the warmup too, so a rule fires at the first record past its warmup
+  whose last N results were true.
+* ``keep_firing_for``: once firing, up to N false evaluations are tolerated (a true one resets
+  the count); the N+1st resolves. A metric flapping around its threshold therefore fires once
+  and stays firing instead of firing on every crossing.
+* ``cooldown``: after a resolve, the rule does not fire again before ``step > resolved + N``.
+* ``repeat_interval``: while firing, re-notify every N steps (0: notify once).
+* every firing episode ends with exactly one ``resolved`` alert.
 """
 
 from __future__ import annotations

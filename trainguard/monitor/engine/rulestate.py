@@ -1,5 +1,19 @@
 """What the rule engine keeps per rule: life-cycle state per rank, and which rules a step's
-metric keys touch (:mod:`trainguard.monitor.engine.engine` runs them)."""
+metric keys touch (:mod:`trainguard.monitor.engine.engine` runs them).
+
+Scopes across ranks (``scope``):
+
+* ``rank`` (default): each rank has its own state and its own alerts.
+* ``any``: each rank is evaluated on its own; one alert fires when the first rank fires (it
+  names that rank) and resolves when no rank is firing any more.
+* ``all``: one alert, firing while every rank the engine has seen a record from is firing; it
+  names no rank. It cannot fire on the first step number seen, when the other ranks' records of
+  that step may not have arrived yet.
+* ``mean``: the condition is evaluated once per step on the mean, over the ranks that reported
+  that step, of each metric's value. A step is evaluated when every rank seen so far has
+  reported it, or when a later step arrives from any rank; a record of an older step than the
+  one pending is ignored by mean rules. :meth:`Engine.finish` evaluates the last pending step.
+"""
 
 from __future__ import annotations
 
