@@ -20,7 +20,8 @@ monitor core (parse, step grouping, rules).
 ``--compare-git REV`` measures the engine figures of this tree and of revision ``REV`` (checked
 out as a temporary git worktree, each run with ``PYTHONPATH`` at its tree), in turns, in the
 same run, and prints both and their ratio: the before/after of an engine change on a machine
-that others load.
+that others load. With ``--same-packs`` this tree's engine runs ``REV``'s rule packs: the
+engines compared on the same rules, apart from what the rules added since cost.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -276,10 +278,24 @@ def _figures(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def compare_git(rev: str, steps: int, rounds: int) -> dict[str, Any]:
+def _tree_with_packs(root: Path, packs_from: Path, into: Path) -> Path:
+    """A copy of ``root``'s package with the rule packs (and their rule tests) of the tree
+    ``packs_from``: this engine on that revision's rules."""
+    shutil.copytree(root / "trainguard", into / "trainguard",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("packs", "tests"):
+        shutil.rmtree(into / "trainguard" / "rules" / folder)
+        shutil.copytree(packs_from / "trainguard" / "rules" / folder,
+                        into / "trainguard" / "rules" / folder)
+    return into
+
+
+def compare_git(rev: str, steps: int, rounds: int, same_packs: bool = False) -> dict[str, Any]:
     """The engine figures of this tree and of git revision ``rev`` (a temporary worktree),
     measured in turns, ``rounds`` times each, in the same run: the least CPU of each figure
-    (another process's load only ever adds), and after / before."""
+    (another process's load only ever adds), and after / before. ``same_packs``: this tree's
+    engine runs ``rev``'s rule packs, so the two engines do the same work (the engine's own
+    speed, apart from what rules added since ``rev`` cost)."""
     root = Path(__file__).resolve().parent.parent
     here = Path(__file__).resolve()
     with tempfile.TemporaryDirectory() as tmp:
@@ -287,7 +303,8 @@ def compare_git(rev: str, steps: int, rounds: int) -> dict[str, Any]:
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(other),
                         rev], check=True)
         try:
-            trees = {"before": other, "after": root}
+            after = _tree_with_packs(root, other, Path(tmp) / "after") if same_packs else root
+            trees = {"before": other, "after": after}
             best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
             for turn in range(rounds):
                 for name in (("before", "after") if turn % 2 == 0 else ("after", "before")):
@@ -303,7 +320,8 @@ def compare_git(rev: str, steps: int, rounds: int) -> dict[str, Any]:
         finally:
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(other)],
                            check=False)
-    return {"before": rev, "rounds": rounds, "steps": steps, "us_per_step": {
+    return {"before": rev, "same_packs": same_packs, "rounds": rounds, "steps": steps,
+            "us_per_step": {
         key: {"before": best["before"][key], "after": value,
               "ratio": round(value / best["before"][key], 2)}
         for key, value in best["after"].items() if key in best["before"]}}
@@ -323,6 +341,8 @@ def main() -> None:
     parser.add_argument("--compare-git", metavar="REV",
                         help="the engine figures of this tree against git revision REV (built "
                              "as a temporary worktree), measured in turns in one run")
+    parser.add_argument("--same-packs", action="store_true",
+                        help="with --compare-git: this tree's engine on REV's rule packs")
     parser.add_argument("--rounds", type=int, default=5,
                         help="turns of each tree with --compare-git (least CPU of each figure)")
     args = parser.parse_args()
@@ -332,7 +352,8 @@ def main() -> None:
         print(json.dumps(engine_figures(args.steps)))
         return
     if args.compare_git:
-        print(json.dumps(compare_git(args.compare_git, args.steps, args.rounds), indent=1))
+        print(json.dumps(compare_git(args.compare_git, args.steps, args.rounds,
+                                     args.same_packs), indent=1))
         return
     tmp = Path(tempfile.mkdtemp())
     result = {

@@ -12,6 +12,7 @@ from trainguard.monitor.engine.ranks import SCORE_METRIC
 from trainguard.monitor.engine.testing import run_rule_tests
 from trainguard.monitor.ingest.gpu import GPU_METRICS
 from trainguard.monitor.ingest.signals import builtin_signals
+from trainguard.monitor.ingest.stdout import PROGRESS_METRICS
 from trainguard.monitor.packs import CONFIG_FIELDS
 from trainguard.rules.loader import builtin_pack_names, load_pack, load_yaml
 
@@ -61,8 +62,9 @@ def _field_map_targets() -> set[str]:
 
 # Metrics the monitor derives from what every trainer logs (monitor/engine/ranks.py), and the GPU
 # samples of ``monitor --gpu`` (monitor/ingest/gpu.py), and the printed lines read as signals
-# (monitor/ingest/signals.py), and the recorded config's fields (monitor/packs.py).
-_DERIVED = {SCORE_METRIC, *GPU_METRICS, *(s.metric for s in builtin_signals()),
+# (monitor/ingest/signals.py), and the recorded config's fields (monitor/packs.py), and the HF
+# Trainer's step bar on a merged stderr (monitor/ingest/stdout.py).
+_DERIVED = {SCORE_METRIC, *GPU_METRICS, *(s.metric for s in builtin_signals()), *PROGRESS_METRICS,
             *(f"config/{name}" for name in CONFIG_FIELDS)}
 KNOWN_KEYS = (set((_COMMON + _TRL + _VERL + _OPENRLHF).split()) | _field_map_targets()
               | _DERIVED)

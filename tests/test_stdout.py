@@ -78,8 +78,31 @@ def test_tqdm_bar_and_dict_on_one_line_with_ansi_and_crlf_give_the_dict():
     lines = [b"\r" + bar + b"\r" + b" " * 45 + b"\r{'loss': '1.49e-08', 'epoch': '0.0625'}\r",
              b"\r" + b" " * 45 + b"\r\x1b[A{'eval_loss': '-7.404e-08', 'epoch': '0.0625'}",
              b"\r" + bar + b"\r" + bar]
-    assert [(1, "train", {"loss": 1.49e-08, "epoch": 0.0625}),
+    assert [(1, "train", {"loss": 1.49e-08, "epoch": 0.0625, "progress/step": 1.0,
+                          "progress/total": 4.0}),
             (1, "eval", {"eval_loss": -7.404e-08, "epoch": 0.0625})] == _records(lines)
+
+
+def test_the_trainers_step_bar_gives_the_runs_length_to_its_training_logs():
+    """The Trainer's own bar (no description) sets progress/step and progress/total on the next
+    training log, from any stream; a datasets bar ("Map: ...") and a later bar of another total
+    (evaluation) do not; stdout alone (no bar) carries neither."""
+    parser = make_line_parser(None)
+    assert isinstance(parser, StdoutParser)
+
+    def train(stream: str, data: bytes) -> dict[str, float]:
+        (record,) = parser.parse_all(stream, data)
+        assert isinstance(record, Record)
+        return record.metrics
+    assert [] == parser.parse_all("err", b"\rMap: 100%|##########| 64/64 [00:00<00:00, 9.2it/s]")
+    assert "progress/total" not in train("out", b"{'loss': '1', 'epoch': '0.1'}")
+    parser.parse_all("err", b"\r  5%|5         | 1/20 [00:00<00:05,  3.4it/s]")
+    assert {"progress/step": 1.0, "progress/total": 20.0}.items() <= train(
+        "out", b"{'loss': '1', 'epoch': '0.2'}").items()
+    parser.parse_all("err", b"\r 50%|#####     | 4/8 [00:00<00:00, 11.0it/s]")  # an eval bar
+    parser.parse_all("err", b"\r 15%|#5        | 3/20 [00:01<00:05,  3.4s/it]")
+    assert {"progress/step": 3.0, "progress/total": 20.0}.items() <= train(
+        "out", b"{'loss': '1', 'epoch': '0.3'}").items()
 
 
 def test_eval_and_summary_dicts_sit_at_the_last_training_step():
@@ -254,7 +277,8 @@ def test_public_api_is_pinned():
     """The names the stdout modules export."""
     from trainguard.monitor import convert
     from trainguard.monitor.ingest import stdout, stdout_text
-    assert (["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
+    assert (["AUTO_ORDER", "PROGRESS_METRICS", "StdoutParser", "StdoutPreset",
+             "builtin_stdout_presets",
              "load_stdout_preset", "make_line_parser", "preset_field_maps"],
             ["decode_token", "scan_log_dict", "segments"], ["ConvertResult", "convert"]) == (
         sorted(stdout.__all__), sorted(stdout_text.__all__), sorted(convert.__all__))
@@ -289,7 +313,10 @@ def _stdout_records(data: bytes, logging_steps: int = 1) -> list[tuple[int, str,
     for n, line in enumerate(data.split(b"\n"), 1):
         for r in parser.parse_all("out", line):
             assert isinstance(r, Record), r
-            out.append((r.step, r.kind, r.metrics))
+            # The step bar's progress/* are what the console adds; the callback records the
+            # config instead (run_metadata.json).
+            out.append((r.step, r.kind, {k: v for k, v in r.metrics.items()
+                                         if not k.startswith("progress/")}))
     return out
 
 

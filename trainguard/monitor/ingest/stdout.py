@@ -51,11 +51,15 @@ from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_
 from trainguard.monitor.ingest.sources import Line
 from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
 
-__all__ = ["AUTO_ORDER", "StdoutParser", "StdoutPreset", "builtin_stdout_presets",
-           "load_stdout_preset", "make_line_parser", "preset_field_maps"]
+__all__ = ["AUTO_ORDER", "PROGRESS_METRICS", "StdoutParser", "StdoutPreset",
+           "builtin_stdout_presets", "load_stdout_preset", "make_line_parser",
+           "preset_field_maps"]
 
 #: The order in which auto-detection tries the presets (most specific first).
 AUTO_ORDER: Final = ("openrlhf", "openrlhf_tqdm", "trl", "verl", "kv")
+#: What the HF Trainer's step bar adds to the training log printed after it: its counter and
+#: its total (the run's length), when stderr is merged in (see StdoutParser._read_bar).
+PROGRESS_METRICS: Final = ("progress/step", "progress/total")
 
 
 class StdoutPreset(BaseModel):
@@ -295,6 +299,12 @@ class _UserPattern:
 _Matcher = _PresetMatcher | _UserPattern
 
 
+#: The HF Trainer's own step bar (``ProgressCallback``: ``tqdm(total=max_steps)``, no
+#: description, so datasets' "Map: ..." bars do not match): ``  5%|▌    | 1/20 [00:00<00:05,
+#: 3.41it/s]``. Its total is the run's length, which no printed log dict carries.
+_TRAINER_BAR: Final = re.compile(r"\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[")
+
+
 @dataclass(slots=True)
 class _Progress:
     """Per stream: how many training logs were counted and the current step."""
@@ -339,6 +349,9 @@ class StdoutParser:
         #: Per stream, the last step a progress bar gave (see _bar_steps).
         self._last_bar_step: dict[str, int] = {}
         self._bar_hits = 0  # records of the last parse_all that a progress bar gave
+        #: The Trainer's step bar as last drawn on any stream (stderr, in ``run``): (counter,
+        #: total), the total being the first one seen (an eval bar's differs; see _read_bar).
+        self._trainer_bar: tuple[int, int] | None = None
         #: A printed log carries no time: its record's time is when it was read (``clock``,
         #: injected so the parser stays a function of its input in tests).
         self._clock = clock
@@ -391,6 +404,8 @@ class StdoutParser:
                 if type(parsed) is Record:
                     return [parsed]
                 json_skip = parsed  # type: ignore[assignment]
+        if b"it/s]" in data or b"s/it]" in data:
+            self._read_bar(data)
         needles = self._needles
         if needles is not None and not any(n in data for n in needles):
             return [json_skip] if json_skip is not None else []
@@ -418,6 +433,23 @@ class StdoutParser:
         if not out and json_skip is not None:
             return [json_skip]
         return out
+
+    def _read_bar(self, data: bytes) -> None:
+        """Keep the last state of the Trainer's step bar drawn on this line (before its log
+        dict, which ``tqdm.write`` prints after clearing the bar). The first total seen is the
+        training bar's (it is drawn before any evaluation); bars of other totals are not it.
+
+        The counter lags the step by up to one when steps are faster than tqdm redraws (0.1 s):
+        the log's own redraw is skipped, and the bar drawn again after the previous log shows."""
+        for text in segments(data.decode("utf-8", "replace")):
+            m = _TRAINER_BAR.match(text)
+            if m is None:
+                continue
+            counter, total = int(m.group(1)), int(m.group(2))
+            if self._trainer_bar is not None and self._trainer_bar[1] != total:
+                continue
+            if total > 0 and counter <= total:
+                self._trainer_bar = (counter, total)
 
     def _signal(self, stream: str, metrics: dict[str, float]) -> Record:
         """A printed warning/error line, at the step being computed: the one whose log comes
@@ -455,6 +487,11 @@ class StdoutParser:
             for name in progress.signals_seen - progress.signals_since:
                 metrics.setdefault(name, 0.0)
             progress.signals_since.clear()
+        if counted and kind == "train" and self._trainer_bar is not None:
+            # The run's length, for rules that extrapolate a schedule to the last step
+            # (common.warmup_outlasts_run); only a merged or wrapped stderr shows the bar.
+            for name, value in zip(PROGRESS_METRICS, self._trainer_bar, strict=True):
+                metrics[name] = float(value)
         return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
