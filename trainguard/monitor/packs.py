@@ -7,7 +7,9 @@ command line names) and loading packs."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from trainguard.monitor.engine.engine import Engine
 from trainguard.rules.detect import PackChoice, choose_packs
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack
 
-__all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "command_config", "config_metrics",
-           "recorded_trainer"]
+__all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "TrainerCommand", "command_config",
+           "config_metrics", "recorded_trainer"]
 
 #: The packs a session starts with when no --rules are given (the trainer's pack follows).
 DEFAULT_RULES = ("common",)
@@ -61,13 +63,24 @@ def config_metrics(run_dir: str | Path | None) -> dict[str, float]:
 _MAX_CONFIG_FILE_BYTES = 1 << 20
 
 
-def command_config(argv: Sequence[str]) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class TrainerCommand:
+    """A trainer's command line, where a relative ``--config`` path is read from (``cwd``),
+    and how the terminal names it (``origin``)."""
+
+    argv: tuple[str, ...]
+    cwd: str | None = None
+    origin: str = "the command line"
+
+
+def command_config(argv: Sequence[str], cwd: str | None = None) -> dict[str, float]:
     """What a trainer's command line says of the :data:`CONFIG_FIELDS`, as ``config/NAME``
     metrics: the TrainingArguments flags HfArgumentParser reads (``--warmup_steps 100``,
     ``--warmup_steps=100``, ``--warmup-steps 100``) over the top-level keys of a TRL
     ``--config FILE.yaml`` (TrlParser), flags winning as they do there. ``trainguard run``
     gives this to a trainer that records no config of its own; a field the command does not
-    name stays unknown, so a rule reading it says nothing rather than guess a default."""
+    name stays unknown, so a rule reading it says nothing rather than guess a default. A
+    relative config path is read from ``cwd`` (the trainer's working directory), if given."""
     wanted = set(CONFIG_FIELDS)
     flags: dict[str, str] = {}
     config_file: str | None = None
@@ -85,6 +98,8 @@ def command_config(argv: Sequence[str]) -> dict[str, float]:
             config_file = value
         elif key in wanted:
             flags[key] = value
+    if config_file and cwd is not None:
+        config_file = os.path.join(cwd, config_file)  # an absolute path stays as it is
     values: dict[str, Any] = dict(_config_file_fields(config_file, wanted)) if config_file else {}
     values.update(flags)
     out: dict[str, float] = {}
@@ -117,17 +132,26 @@ class PackSelector:
     trainer (so rules scoped to other trainers stop applying), and says so through ``say``.
     The recorded config's :data:`CONFIG_FIELDS` (or, where none is recorded, what the trainer's
     command line says of them) are then evaluated as one record at the step being read (a
-    warmup longer than the run shows at the first one); alerts go to ``route``."""
+    warmup longer than the run shows at the first one); alerts go to ``route``.
+
+    ``command``: the trainer's command line (``trainguard run``), or a function that finds it
+    when the first record comes (the writer of a piped stdin, ingest/pipe_writer.py: by then
+    it has surely started its program); its config flags stand in for a config the trainer
+    did not record."""
 
     def __init__(self, explicit: Sequence[str], run_dir: str | Path | None,
                  say: Callable[[str], None], overrides: Sequence[str] = (),
-                 command: Sequence[str] = ()) -> None:
+                 command: Sequence[str] | Callable[[], TrainerCommand | None] = ()) -> None:
         self.explicit = list(explicit)
         self.run_dir = run_dir
-        #: The trainer's command line (``trainguard run``): its config flags stand in for a
-        #: config the trainer did not record.
-        self.command = list(command)
+        self.command: Callable[[], TrainerCommand | None]
+        if callable(command):
+            self.command = command
+        else:
+            given = TrainerCommand(tuple(command)) if command else None
+            self.command = lambda: given
         self._config_read = False
+        self._from_command: dict[str, float] | None = None
         self.say = say
         self.overrides = list(overrides)
         self.engine: Engine | None = None
@@ -168,10 +192,21 @@ class PackSelector:
             self._evaluate_config()
         return True
 
+    def _command_config(self) -> dict[str, float]:
+        """The config the trainer's command line gives, found (and said) once."""
+        if self._from_command is None:
+            command = self.command()
+            self._from_command = command_config(command.argv, command.cwd) if command else {}
+            if command and self._from_command:
+                said = ", ".join(f"{k.removeprefix('config/')}={v:g}"
+                                 for k, v in self._from_command.items())
+                self.say(f"trainguard: config from {command.origin}: {said}")
+        return self._from_command
+
     def _evaluate_config(self) -> None:
         """Evaluate the recorded config (else the command line's) as one record."""
         assert self.engine is not None
-        config = config_metrics(self.run_dir) or command_config(self.command)
+        config = config_metrics(self.run_dir) or self._command_config()
         if config:
             for alert in self.engine.evaluate(0, self.step(), config):
                 if self.route is not None:

@@ -32,7 +32,7 @@ from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
-from trainguard.monitor.packs import PackSelector
+from trainguard.monitor.packs import PackSelector, TrainerCommand
 from trainguard.monitor.session_console import SessionConsole, print_summary
 from trainguard.monitor.session_options import MonitorOptions
 from trainguard.monitor.sinks.files import is_symlink
@@ -57,6 +57,24 @@ DEFAULT_RULES = PACKS_DEFAULT
 ALERTS_FILENAME = "alerts.jsonl"
 #: Names the source when ``trainguard monitor`` is given none.
 METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
+
+
+def _stdin_writer_command() -> Callable[[], TrainerCommand | None]:
+    """A function giving the command line of the trainer piping into stdin
+    (ingest/pipe_writer.py), if found: looked for when the first record comes, when the
+    writer has surely started its program, else as it was at start (a short writer may have
+    ended by then)."""
+    from trainguard.monitor.ingest.pipe_writer import stdin_writer
+
+    at_start = stdin_writer()
+
+    def command() -> TrainerCommand | None:
+        writer = stdin_writer() or at_start
+        if writer is None:
+            return None
+        return TrainerCommand(writer.argv, writer.cwd,
+                              f"the command line of pid {writer.pid}, which writes to stdin")
+    return command
 
 
 def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = None) -> Verdict:
@@ -173,7 +191,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         if warning:
             console.line(f"trainguard: {warning}", style="yellow")
     selector = PackSelector(options.rules, _metadata_dir(source_path, run_dir), say,
-                            options.set_rules)
+                            options.set_rules,
+                            command=_stdin_writer_command() if options.source == "-" else ())
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,

@@ -1,0 +1,107 @@
+"""Who writes into the monitor's standard input: the trainer of ``python train.py ... |
+trainguard monitor -``.
+
+Printed log dicts carry no config, so a warmup longer than the run or a temperature near 0
+cannot be told from them; the trainer's command line often says both (``--warmup_steps
+100000``, ``--config recipe.yaml``). ``trainguard run`` has that command line because it started
+the trainer; a plain pipe has it too, one step away: on Linux every process holding the same
+pipe (``pipe:[INODE]`` in ``/proc/PID/fd``) open for writing (the access mode in
+``/proc/PID/fdinfo``) is a writer, and ``/proc/PID/cmdline`` is its command line.
+
+Only processes of the monitor's own process group are looked at: a shell runs every command of
+a pipeline in one group, so the scan is a handful of processes, and a pipe handed over from
+elsewhere (a FIFO on disk, a supervisor) finds nothing rather than a stranger. Of several
+writers (``accelerate launch`` and the workers it starts share the pipe) the one whose parent
+is not a writer too is the command the user typed. Read-only, best effort: a process that
+ended or that the monitor may not read is skipped, and no writer found means no config, which
+is what a pipe said before.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = ["PipeWriter", "pipe_inode", "stdin_writer"]
+
+
+@dataclass(frozen=True, slots=True)
+class PipeWriter:
+    """A process writing into the pipe: its pid, command line and working directory (where
+    its relative ``--config`` path points)."""
+
+    pid: int
+    argv: tuple[str, ...]
+    cwd: str | None
+
+
+def pipe_inode(fd: int = 0) -> int | None:
+    """The inode of the pipe ``fd`` reads from, or None when ``fd`` is not a pipe (a file, a
+    terminal, closed)."""
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        return None
+    return info.st_ino if stat.S_ISFIFO(info.st_mode) else None
+
+
+def _writes_pipe(pid: int, inode: int, proc: Path) -> bool:
+    """Whether process ``pid`` holds pipe ``inode`` open for writing."""
+    link = f"pipe:[{inode}]"
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:  # ended, or not ours to read
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd_dir / fd) != link:
+                continue
+            flags = (proc / str(pid) / "fdinfo" / fd).read_text().split("flags:", 1)[1]
+        except (OSError, IndexError):
+            continue
+        mode = int(flags.split()[0], 8) & os.O_ACCMODE
+        if mode in (os.O_WRONLY, os.O_RDWR):
+            return True
+    return False
+
+
+def stdin_writer(fd: int = 0, *, proc: str | Path = "/proc") -> PipeWriter | None:
+    """The command writing into the pipe on ``fd`` (see the module doc), or None."""
+    inode = pipe_inode(fd)
+    root = Path(proc)
+    if inode is None or not root.is_dir():
+        return None
+    me = os.getpid()
+    try:
+        group = os.getpgid(0)
+    except OSError:
+        return None
+    writers: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter():
+        pid = process.pid
+        try:
+            if pid == me or os.getpgid(pid) != group:
+                continue
+        except OSError:
+            continue
+        if _writes_pipe(pid, inode, root):
+            writers[pid] = process
+    for pid, process in sorted(writers.items()):
+        try:
+            if process.ppid() in writers:
+                continue  # started by another writer: the user typed its parent
+            argv = tuple(process.cmdline())
+            try:
+                cwd: str | None = process.cwd()
+            except psutil.Error:
+                cwd = None
+        except psutil.Error:
+            continue
+        if argv:
+            return PipeWriter(pid, argv, cwd)
+    return None
