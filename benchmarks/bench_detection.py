@@ -5,7 +5,7 @@ logged steps of the onset by a high/critical alert naming the right metric, heal
 false high/critical alert, median steps from onset to that alert.
 
     python benchmarks/bench_detection.py [--set main holdout unseen] [--only NAME ...] [--fresh]
-        [--modes stdout merged rundir] [--findings FILE.md] [--json | --combined | --readme]
+        [--modes stdout merged rundir flags] [--findings FILE.md] [--json | --combined | --readme]
         [--strict]
 
 Three sets: ``main`` (65 runs, the rules were tuned on its findings), ``holdout`` (37 runs, made
@@ -80,7 +80,8 @@ def combined_table(tables: Mapping[str, Sequence[Row]]) -> str:
 def compact_table(tables: Mapping[str, Sequence[Row]]) -> str:
     """The README's table: one row per trainer, each cell the modes' figures side by side."""
     modes = list(tables)
-    names = " / ".join({"merged": "2>&1", "rundir": "run dir"}.get(m, m) for m in modes)
+    names = " / ".join({"merged": "2>&1", "rundir": "run dir", "flags": "pipe + flags"}.get(m, m)
+                       for m in modes)
     lines = [f"| trainer | caught within {WITHIN} steps ({names}) | false high/critical on "
              f"healthy runs ({names}) | median steps onset -> alert ({names}) |",
              "|---|---|---|---|"]

@@ -6,6 +6,11 @@ Modes (each a subprocess of ``python -m trainguard``, no flags beyond the source
     merged   stdout and stderr together (``2>&1``), piped the same way
     rundir   the callback's run directory: ``trainguard monitor RUN --once`` (on a copy, so
              the cache keeps no alerts or state of an earlier scoring)
+    flags    stdout piped from a live process whose command line carries the case's config as
+             the HfArgumentParser flags a TRL script takes (``--learning_rate 0.001
+             --warmup_steps 100000 --max_steps 20``): ``python train.py ARGS | trainguard
+             monitor - --once``, where the monitor finds its stdin's writer (a process that
+             replays the cached stdout and lives until the monitor ends)
 
 An alert *catches* a broken case when it is high or critical, fires within 5 logged steps of
 the case's onset, and names one of the case's metrics: its ``metric`` (from ``alerts.jsonl`` for
@@ -33,9 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-__all__ = ["MODES", "WITHIN", "CaseScore", "Row", "parse_console", "score_case", "table_rows"]
+__all__ = ["MODES", "WITHIN", "CaseScore", "Row", "case_flags", "parse_console", "score_case",
+           "table_rows"]
 
-MODES = ("stdout", "merged", "rundir")
+MODES = ("stdout", "merged", "rundir", "flags")
 WITHIN = 5
 SERIOUS = frozenset({"high", "critical"})
 _HEAD = re.compile(r"^\s*(INFO|LOW|MEDIUM|HIGH|CRITICAL)\s+(\S+)\s+step\s+(-?\d+)")
@@ -143,10 +149,58 @@ def _monitor(args: list[str], stdin: Path | None) -> subprocess.CompletedProcess
                               timeout=300, check=False)
 
 
-def run_mode(folder: Path, mode: str, metrics: Mapping[str, str]) -> ModeResult:
-    """Run the monitor on one cached case in one mode."""
-    if mode in ("stdout", "merged"):
-        done = _monitor(["-"], folder / f"{mode}.txt")
+#: The trainer of the ``flags`` mode: writes the cached stdout, then lives on until its reader
+#: (the monitor) has taken every byte from the pipe (FIONREAD on the write end reads 0) and a
+#: moment more, as a trainer outlives its logs; then ends, so ``--once`` sees the end of input.
+_REPLAY = """
+import fcntl, struct, sys, termios, time
+sys.stdout.buffer.write(open(sys.argv[1], 'rb').read())
+sys.stdout.flush()
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    left = struct.unpack('i', fcntl.ioctl(1, termios.FIONREAD, bytes(4)))[0]
+    if not left:
+        break
+    time.sleep(0.02)
+time.sleep(0.3)
+"""
+
+
+def case_flags(case: Mapping[str, Any]) -> list[str]:
+    """The command-line flags a TRL script would take for ``case``'s config (and its length)."""
+    config = {**case["config"], "max_steps": case["steps"]}
+    return [part for key, value in config.items() for part in (f"--{key}", str(value))]
+
+
+def _piped(stdout: Path, flags: list[str]) -> subprocess.CompletedProcess[str]:
+    """``replay STDOUT FLAGS | trainguard monitor - --once``, both children of this process
+    (one process group, as a shell's pipeline)."""
+    env = dict(os.environ)
+    env.setdefault("COLUMNS", "200")
+    writer = subprocess.Popen([sys.executable, "-c", _REPLAY, str(stdout), *flags],
+                              stdout=subprocess.PIPE)
+    assert writer.stdout is not None
+    try:
+        monitor = subprocess.Popen([sys.executable, "-m", "trainguard", "monitor", "-",
+                                    "--once"], stdin=writer.stdout, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, env=env)
+        writer.stdout.close()  # the monitor's copy is the pipe's only reader now
+        out, err = monitor.communicate(timeout=300)
+    finally:
+        writer.kill()
+        writer.wait()
+    return subprocess.CompletedProcess(monitor.args, monitor.returncode, out, err)
+
+
+def run_mode(folder: Path, mode: str, metrics: Mapping[str, str],
+             case: Mapping[str, Any] | None = None) -> ModeResult:
+    """Run the monitor on one cached case in one mode (``flags`` needs the ``case``)."""
+    if mode in ("stdout", "merged", "flags"):
+        if mode == "flags":
+            assert case is not None, "the flags mode needs the case's config"
+            done = _piped(folder / "stdout.txt", case_flags(case))
+        else:
+            done = _monitor(["-"], folder / f"{mode}.txt")
         alerts = parse_console(done.stderr, metrics)
     else:
         with tempfile.TemporaryDirectory(prefix="trainguard-score-") as tmp:
@@ -180,7 +234,7 @@ def score_case(meta: Mapping[str, Any], folder: Path, mode: str,
                metrics: Mapping[str, str]) -> CaseScore:
     """Score one cached case in one mode."""
     case = meta["case"]
-    result = run_mode(folder, mode, metrics)
+    result = run_mode(folder, mode, metrics, case)
     score = CaseScore(meta["name"], case["trainer"], case["failure"], meta["onset"], mode, result)
     if not score.healthy and score.onset is not None:
         hits = [a for a in result.alerts

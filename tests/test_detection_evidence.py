@@ -22,17 +22,21 @@ pytestmark = pytest.mark.slow
 BROKEN = ("sft-lr_zero-s3", "sft-nan-s38", "dpo-lr_far_too_high-s15", "dpo-identical_pairs-s21",
           "grpo-kl_blowup-s36", "grpo-truncation-s29")
 HEALTHY = ("sft-healthy-s0", "dpo-healthy-s0", "grpo-healthy-s1")
+#: Its only trace is the config: caught from 2>&1 (the step bar's total) and from a pipe whose
+#: writer names the config on its command line; from stdout alone, medium only.
+WARMUP = "sft-warmup_stuck-s11"
 
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], CaseScore]:
     """The subset trained into a fresh cache and scored in the stdout and rundir modes."""
     cache = tmp_path_factory.mktemp("detection")
-    cases = [case_by_name(n) for n in (*BROKEN, *HEALTHY)]
+    cases = [case_by_name(n) for n in (*BROKEN, *HEALTHY, WARMUP)]
     metas = {m["name"]: m for m in generate(cases, cache, log=io.StringIO())}
     metrics = _rule_metrics()
     return {(name, mode): score_case(metas[name], cache / name, mode, metrics)
-            for name in metas for mode in ("stdout", "rundir")}
+            for name in metas for mode in ("stdout", "rundir")
+            + (("merged", "flags") if name == WARMUP else ())}
 
 
 @pytest.mark.parametrize("mode", ["stdout", "rundir"])
@@ -61,10 +65,29 @@ def test_healthy_run_raises_no_high_alert(scored: dict[tuple[str, str], CaseScor
 def test_stdout_and_rundir_agree_on_every_subset_run(
         scored: dict[tuple[str, str], CaseScore]) -> None:
     """Printed logs (4 significant digits) and callback events give the same verdict."""
-    for name in (*BROKEN, *HEALTHY):
+    for name in (*BROKEN, *HEALTHY):  # not WARMUP: its printed logs lack the config
         verdicts = [(s.caught, bool(s.false_alarms))
                     for s in (scored[(name, "stdout")], scored[(name, "rundir")])]
         assert verdicts[0] == verdicts[1], name
+
+
+@pytest.mark.parametrize("mode", ["merged", "flags", "rundir"])
+def test_an_endless_warmup_is_called_high_wherever_the_runs_length_shows(
+        scored: dict[tuple[str, str], CaseScore], mode: str) -> None:
+    """warmup_steps 100000 in a 20-step run: the step bar's total (2>&1), the piped trainer's
+    command line, or the recorded config gives it away within 5 steps."""
+    score = scored[(WARMUP, mode)]
+    assert score.hit is not None, [a.short() for a in score.result.alerts]
+    assert score.delay is not None and score.delay <= WITHIN
+
+
+def test_an_endless_warmup_from_stdout_alone_is_said_at_medium_only(
+        scored: dict[tuple[str, str], CaseScore]) -> None:
+    """Printed dicts alone read like the start of a small-peak warmup: said, never high."""
+    score = scored[(WARMUP, "stdout")]
+    assert score.hit is None
+    assert ("medium", "common.learning_rate_tiny_in_warmup") in {
+        (a.severity, a.rule) for a in score.result.alerts}
 
 
 def test_onset_is_the_first_step_showing_the_failure() -> None:
