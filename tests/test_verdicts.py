@@ -95,6 +95,25 @@ def test_a_clean_verdict_still_says_which_metrics_no_rule_read(tmp_path: Path):
     assert "1 of 2 metrics are read by no loaded rule: my/odd_metric" in _out(result)
 
 
+def test_a_clean_verdict_without_the_trainers_config_says_the_config_rules_were_blind(
+        tmp_path: Path):
+    """Printed logs carry no config: the warmup and temperature rules could not run, and the
+    verdict says so (and how to give it); with the recorded config it says nothing of it."""
+    lines = b"".join(b"{'loss': '2.5', 'grad_norm': '1', 'learning_rate': '1e-05', "
+                     b"'epoch': '%.2f'}\n" % (i / 10) for i in range(1, 6))
+    blind = run_cli("monitor", "-", "--once", input=lines)
+    assert blind.returncode == 0, _out(blind)
+    assert ("config unknown: 1 rules that read the trainer's config "
+            "(common.warmup_longer_than_run) judged nothing") in _out(blind)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_metadata.json").write_text(json.dumps(
+        {"trainer": "sft", "config": {"max_steps": 100, "warmup_steps": 10}}))
+    _events(run / "events.rank0.jsonl", [{"loss": 2.5, "learning_rate": 1e-5}] * 5)
+    seen = run_cli("monitor", str(run), "--once")
+    assert "config unknown" not in _out(seen), _out(seen)
+
+
 def test_far_fewer_events_than_lines_is_reported(tmp_path: Path):
     """Two steps among 200 lines of prose: judged, but the verdict says most was not read."""
     path = tmp_path / "train.log"

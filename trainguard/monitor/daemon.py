@@ -379,7 +379,9 @@ class Monitor(StepIntake):
             problems += more()
         c = self.counters
         lines = sum(st.lines for st in self.source.stats().values())
-        notes, judged = (what_was_seen(c, lines, self.engine, self._metrics_seen())
+        # A pack selector (monitor/packs.py) knows whether the trainer's config was found.
+        config_seen = getattr(self._trainer_rules, "config_seen", True)
+        notes, judged = (what_was_seen(c, lines, self.engine, self._metrics_seen(), config_seen)
                          if self.judging else ([], True))
         if not judged:
             problems.append(notes[-1])

@@ -152,6 +152,9 @@ class PackSelector:
             self.command = lambda: given
         self._config_read = False
         self._from_command: dict[str, float] | None = None
+        #: Whether the trainer's config (recorded, or on its command line) was found; the
+        #: verdict says when it was not and config rules were loaded (monitor/verdict.py).
+        self.config_seen = True
         self.say = say
         self.overrides = list(overrides)
         self.engine: Engine | None = None
@@ -207,6 +210,7 @@ class PackSelector:
         """Evaluate the recorded config (else the command line's) as one record."""
         assert self.engine is not None
         config = config_metrics(self.run_dir) or self._command_config()
+        self.config_seen = bool(config)
         if config:
             for alert in self.engine.evaluate(0, self.step(), config):
                 if self.route is not None:

@@ -57,10 +57,11 @@ class Verdict:
 
 
 
-def what_was_seen(counters: Counters, lines: int, engine: Engine, seen: set[str]
-              ) -> tuple[list[str], bool]:
+def what_was_seen(counters: Counters, lines: int, engine: Engine, seen: set[str],
+                  config_seen: bool = True) -> tuple[list[str], bool]:
     """Notes on what a session saw (``seen``: the metric keys, mapped, of each rank's first
-    and last records), and whether anything was judged (the last note then says why not)."""
+    and last records; ``config_seen``: whether the trainer's config reached the rules, see
+    monitor/packs.py), and whether anything was judged (the last note then says why not)."""
     c = counters
     notes: list[str] = []
     if c.records == 0 and not engine.judged():  # GPU samples alone can be judged
@@ -82,6 +83,14 @@ def what_was_seen(counters: Counters, lines: int, engine: Engine, seen: set[str]
             f" and {len(unread) - UNREAD_LISTED} more" if len(unread) > UNREAD_LISTED else "")
         notes.append(f"{len(unread)} of {len(seen)} metrics are read by no loaded rule: "
                      f"{listed}")
+    blind = [] if config_seen or not judged else sorted(
+        r.rule.id for r in rules if any(m.startswith("config/") for m in r.condition.metrics))
+    if blind:
+        listed = ", ".join(blind[:3]) + (f" and {len(blind) - 3} more" if len(blind) > 3 else "")
+        notes.append(f"config unknown: {len(blind)} rules that read the trainer's config "
+                     f"({listed}) judged nothing: the input carries no config; the TRL "
+                     "callback's run directory records it, and a pipe straight from the "
+                     "trainer or trainguard run reads its command-line flags")
     if not judged:
         notes.append(f"nothing judged: {c.records} steps read, but none of their metrics is "
                      f"read by the {len(rules)} loaded rules; load a pack for this trainer "
