@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import run_cli
-from trainguard.monitor.packs import command_config
+from trainguard.monitor.packs import command_config, command_trainer
 
 # Prints TRL-style log dicts of an endless warmup (1e-8 a step from 0), as a trainer that knows
 # nothing of trainguard does; its own flags are for the config reader, not for it.
@@ -71,3 +71,41 @@ def test_run_without_config_flags_says_nothing_of_the_warmup(tmp_path: Path) -> 
     alerts = [json.loads(x) for x in (run_dir / "alerts.jsonl").read_text().splitlines()]
     assert "common.warmup_longer_than_run" not in {a["rule"] for a in alerts}
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_the_trl_cli_names_the_trainer_kind() -> None:
+    """``trl rloo``, ``python -m trl dpo``, ``-m trl.cli grpo`` name their trainer; a plain
+    script or another trl subcommand names none."""
+    assert ["rloo", "dpo", "grpo", None, None, None] == [command_trainer(argv) for argv in (
+        ["trl", "rloo", "--temperature", "0.7"], ["python", "-m", "trl", "DPO"],
+        ["accelerate", "launch", "-m", "trl.cli", "grpo"], ["python", "train.py", "rloo"],
+        ["trl", "env"], ["trl"])]
+
+
+# GRPO/RLOO logs at a near-greedy temperature; RLOO and GRPO print the same keys, so only the
+# command line (or the callback's record) says it is RLOO.
+RL_PRINTER = r"""
+import sys, time
+for i in range(1, 7):
+    print({"loss": "0.01", "grad_norm": "0.5", "learning_rate": "1e-05", "reward": "0.5",
+           "reward_std": "0.3", "frac_reward_zero_std": "0", "kl": "0.01", "entropy": "0.6",
+           "completions/clipped_ratio": "0.1", "epoch": "%.4g" % (i / 20)}, flush=True)
+    time.sleep(0.05)
+"""
+
+
+def test_run_of_trl_rloo_applies_the_rloo_pack_and_its_temperature_rule(tmp_path: Path) -> None:
+    """``trainguard run -- trl rloo --temperature 0.1``: the trainer is RLOO (not the grpo the
+    keys say), its pack is added and rloo.temperature_too_low fires at step 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    trl = bin_dir / "trl"  # a stand-in for TRL's CLI: the real one needs a model hub
+    trl.write_text(f"#!{sys.executable}\n{RL_PRINTER}")
+    trl.chmod(0o755)
+    run_dir = tmp_path / "run"
+    result = run_cli("run", "--run-dir", str(run_dir), "--", str(trl), "rloo",
+                     "--temperature", "0.1")
+    said = (result.stdout + result.stderr).decode()
+    assert "trainer rloo (named by the trainer's command line (trl rloo)" in said, said
+    alerts = [json.loads(x) for x in (run_dir / "alerts.jsonl").read_text().splitlines()]
+    assert ("rloo.temperature_too_low", 1) in {(a["rule"], a["step"]) for a in alerts}, said

@@ -16,11 +16,11 @@ from typing import Any
 from trainguard.exceptions import TrainguardError
 from trainguard.monitor.engine.alerts import Alert
 from trainguard.monitor.engine.engine import Engine
-from trainguard.rules.detect import PackChoice, choose_packs
+from trainguard.rules.detect import DEFAULT_PACKS, PackChoice, choose_packs
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack
 
 __all__ = ["CONFIG_FIELDS", "DEFAULT_RULES", "PackSelector", "TrainerCommand", "command_config",
-           "config_metrics", "recorded_trainer"]
+           "command_trainer", "config_metrics", "recorded_trainer"]
 
 #: The packs a session starts with when no --rules are given (the trainer's pack follows).
 DEFAULT_RULES = ("common",)
@@ -113,6 +113,18 @@ def command_config(argv: Sequence[str], cwd: str | None = None) -> dict[str, flo
     return out
 
 
+def command_trainer(argv: Sequence[str]) -> str | None:
+    """The trainer kind a TRL CLI command line names: ``trl rloo ...``, ``python -m trl dpo
+    ...``, ``accelerate launch -m trl.cli grpo ...``; None for any other command."""
+    for i, arg in enumerate(argv[:-1]):
+        cli = os.path.basename(arg) == "trl" or (
+            arg == "-m" and i + 2 < len(argv) and argv[i + 1] in ("trl", "trl.cli"))
+        if cli:
+            kind = argv[i + 2] if arg == "-m" else argv[i + 1]
+            return kind.lower() if kind.lower() in DEFAULT_PACKS else None
+    return None
+
+
 def _config_file_fields(path: str, wanted: set[str]) -> dict[str, Any]:
     """The wanted top-level keys of a YAML config file; nothing if it cannot be read."""
     from trainguard.rules.loader import load_yaml
@@ -152,6 +164,8 @@ class PackSelector:
             self.command = lambda: given
         self._config_read = False
         self._from_command: dict[str, float] | None = None
+        self._command: TrainerCommand | None = None
+        self._command_looked_for = False
         #: Whether the trainer's config (recorded, or on its command line) was found; the
         #: verdict says when it was not and config rules were loaded (monitor/verdict.py).
         self.config_seen = True
@@ -170,7 +184,9 @@ class PackSelector:
 
     def __call__(self, keys: set[str]) -> bool:
         assert self.engine is not None, "attach() the engine first"
-        choice = choose_packs(self.explicit, recorded_trainer(self.run_dir), keys)
+        command = self._trainer_command()
+        choice = choose_packs(self.explicit, recorded_trainer(self.run_dir), keys,
+                              command_trainer(command.argv) if command else None)
         if choice.trainer is None:
             if not self._config_read:  # a plain loop may never name its trainer
                 self._config_read = True
@@ -195,10 +211,17 @@ class PackSelector:
             self._evaluate_config()
         return True
 
+    def _trainer_command(self) -> TrainerCommand | None:
+        """The trainer's command line, looked for once (at the first record)."""
+        if not self._command_looked_for:
+            self._command_looked_for = True
+            self._command = self.command()
+        return self._command
+
     def _command_config(self) -> dict[str, float]:
         """The config the trainer's command line gives, found (and said) once."""
         if self._from_command is None:
-            command = self.command()
+            command = self._trainer_command()
             self._from_command = command_config(command.argv, command.cwd) if command else {}
             if command and self._from_command:
                 said = ", ".join(f"{k.removeprefix('config/')}={v:g}"

@@ -93,22 +93,31 @@ class PackChoice:
 
 
 def choose_packs(explicit: Sequence[str], recorded: str | None,
-                 keys: Iterable[str] = ()) -> PackChoice:
+                 keys: Iterable[str] = (), commanded: str | None = None) -> PackChoice:
     """The one place packs are chosen (``monitor``, ``trainguard run``, every source).
 
     ``explicit``: the ``--rules`` given (empty: automatic); ``recorded``: the trainer kind the
     TRL callback wrote in ``run_metadata.json`` (wins over the keys: RLOO and GRPO log the same
-    keys); ``keys``: the metric keys seen so far. Without ``--rules`` the trainer's default pack
+    keys); ``commanded``: the kind the trainer's command line names (``trl rloo ...``), which
+    stands in for a recorded one; ``keys``: the metric keys seen so far. Without ``--rules`` the
+    trainer's default pack
     is added to ``common``; with them nothing is added, but the kind still filters every rule
     scoped to other trainers (an SFT loss-spike rule has nothing to say about GRPO's loss).
     """
     detected = detect_trainer(keys)
-    kind, source = (recorded, "run_metadata.json") if recorded in DEFAULT_PACKS \
-        else (detected, "metric keys" if detected else None)
+    kind: str | None
+    source: str | None
+    if recorded in DEFAULT_PACKS:
+        kind, source = recorded, "run_metadata.json"
+        why = "recorded by the trainer's callback in run_metadata.json"
+    elif commanded in DEFAULT_PACKS:
+        kind, source = commanded, "command line"
+        why = f"named by the trainer's command line (trl {commanded})"
+    else:
+        kind, source = detected, "metric keys" if detected else None
+        why = "detected from the metric keys"
     if kind is None:
         return PackChoice(None, None, (), "no trainer recognised yet: every rule applies")
-    why = ("recorded by the trainer's callback in run_metadata.json" if source != "metric keys"
-           else "detected from the metric keys")
     if source != "metric keys" and detected not in (None, kind):
         why += f"; the keys alone would say {detected}"
     if explicit:
