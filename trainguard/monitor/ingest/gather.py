@@ -30,6 +30,7 @@ from trainguard.events import (
     parse_line,
     record_from_object,
 )
+from trainguard.monitor.ingest.blocks import one_value_a_line
 from trainguard.monitor.ingest.line_forms import NOT_ONE_METRIC as _NOT_ONE_METRIC
 from trainguard.monitor.ingest.line_forms import decode_block as _decode_block
 from trainguard.monitor.ingest.line_forms import decode_metric_block as _decode_metric_block
@@ -232,7 +233,7 @@ class StepGathering:
                         if t is not None and type(t) is not float:
                             iso.time = _timestamp(t)
         if metric_lines is not None:
-            if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
+            if len(metric_lines) != n or not one_value_a_line(raw, n):
                 return False
             if not (columns and self._take_columns(stream, metric_lines, raw, plain, name)):
                 self._gather_metric_lines(stream, first, metric_lines)
@@ -241,7 +242,7 @@ class StepGathering:
             decoded = _decode_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form, or garbage
             return False
-        if len(decoded) != n or raw.count(b"}\n{") != n - 1:
+        if len(decoded) != n or not one_value_a_line(raw, n):
             return False
         pending = self._pending
         evaluate = self._evaluate
