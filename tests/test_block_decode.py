@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.test_normalize_fast_path import _general, _ListRecorder, _one_metric, _raw, _step
 from trainguard.monitor.daemon import Monitor, json_line_parser
+from trainguard.monitor.ingest.blocks import count_newlines, one_value_a_line
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.ingest.stdout import make_line_parser
 from trainguard.monitor.ingest.tail import Block, expand_blocks
@@ -168,6 +169,37 @@ def test_a_value_over_two_lines_is_not_taken_for_the_lines_around_it():
     mon.process_blocks([block])
     mon.flush()
     assert ([], {"malformed_json": 2}) == (recorder.records, dict(mon.counters.skips))
+
+
+def test_a_large_block_with_a_value_over_two_lines_is_not_taken_either():
+    """The same over a block large enough for the checks in numpy compares (blocks.py): a
+    megabyte of canonical lines with the broken pair in the middle is read line by line."""
+    good = [b'{"step":%d,"name":"loss","value":0.5}' % i for i in range(20_000)]
+    broken = [b'{"step":1,"metrics":', b'{"loss":1}} {"step":2,"name":"kl","value":2}']
+    block = _block(*good[:10_000], *broken, *good[10_000:])
+    mon, recorder = _monitor(json_line_parser)
+    assert not mon._gather_block(block)
+    mon.process_blocks([block])
+    mon.flush()
+    assert (20_000, {"malformed_json": 2}) == (len(recorder.records),
+                                               dict(mon.counters.skips))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"}\n{", b"\n", b"}", b"{", b"}\n", b"\n{", b"x", b"}}\n{{"]),
+                max_size=60), st.integers(0, 3))
+def test_the_numpy_block_checks_count_what_bytes_count_counts(pieces: list[bytes], at: int):
+    """``count_newlines`` and ``one_value_a_line`` over large bytes (numpy compares) agree
+    with ``bytes.count``, wherever the newlines and braces fall (the padding puts them at the
+    ends of the buffer too)."""
+    pad = b"a" * (1 << 16)
+    body = b"".join(pieces)
+    raw = [pad + body, body + pad, pad[:at] + body + pad + body][at % 3] + b"\n"
+    n = raw.count(b"\n")
+    assert count_newlines(raw) == n
+    assert count_newlines(raw, at) == raw.count(b"\n", at)
+    assert one_value_a_line(raw, n) == (raw.count(b"}\n{") == n - 1)
+    assert one_value_a_line(raw, n + 1) == (raw.count(b"}\n{") == n)
 
 
 def test_a_block_that_fails_half_way_is_read_line_by_line_from_its_start():
