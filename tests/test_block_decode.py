@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_normalize_fast_path import _general, _ListRecorder, _one_metric, _raw, _step
 from trainguard.monitor.daemon import Monitor, json_line_parser
 from trainguard.monitor.ingest.blocks import count_newlines, one_value_a_line
+from trainguard.monitor.ingest.line_forms import NOT_ONE_METRIC, decode_block, failed_line
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.ingest.stdout import make_line_parser
 from trainguard.monitor.ingest.tail import Block, expand_blocks
@@ -215,6 +217,37 @@ def test_a_block_that_fails_half_way_is_read_line_by_line_from_its_start():
     assert ([(0, 1, {"loss": "0.5", "kl": "1.0"}, None, "train"),
              (0, 2, {"loss": "nan", "kl": "2.0"}, None, "train")], 4) == (
         recorder.records, mon.counters.events)
+
+
+def test_a_large_block_is_cut_around_the_lines_that_fail_its_decode():
+    """A string NaN, a garbage line and a truncated value among a thousand canonical lines:
+    only those three are read line by line (the block path takes the parts around them),
+    with what reading every line gives."""
+    lines = [b'{"time":%d.5,"step":%d,"name":"loss","value":0.5}' % (i, i) for i in range(1000)]
+    lines[300] = b'{"time":300.5,"step":300,"name":"loss","value":"NaN"}'
+    lines[301] = b"garbage"
+    lines[700] = b'{"time":700.5,"step":700,"name":"lo'
+    blocks = [_block(*lines, first=3)]
+    mon, recorder = _monitor(json_line_parser)
+    by_line: list[int] = []
+    gather = mon._gather
+    mon._gather = lambda items: gather(  # type: ignore[method-assign]
+        by_line.append(number) or (stream, number, data) for stream, number, data in items)
+    mon.process_blocks(blocks)
+    mon.flush()
+    assert by_line == [303, 304, 703]
+    assert _by_lines(blocks, _general, 3) == _outcome(mon, recorder)
+
+
+@pytest.mark.parametrize(("raw", "line"), [
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":"x"}\n', 1),
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":1}\n{"st\n', 2),
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":1,}\n', 1)])
+def test_failed_line_reads_where_msgspec_says_a_block_failed(raw: bytes, line: int):
+    """The line a block's decode fails at, from msgspec's message (a hint where to cut it)."""
+    with pytest.raises(NOT_ONE_METRIC) as caught:
+        decode_block(raw)
+    assert failed_line(caught.value, raw, raw.count(b"\n")) == line
 
 
 _one_rank_line = st.fixed_dictionaries(

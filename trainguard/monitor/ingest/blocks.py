@@ -10,7 +10,7 @@ from __future__ import annotations
 from itertools import repeat
 from typing import Any, NamedTuple
 
-__all__ = ["Block", "Line", "count_newlines", "expand_blocks", "lines_bytes",
+__all__ = ["Block", "Line", "count_newlines", "expand_blocks", "line_start", "lines_bytes",
            "one_value_a_line"]
 
 #: Bytes from which numpy's vector compares beat ``bytes.count`` (a C loop a byte, ~2.5 GB/s
@@ -73,6 +73,18 @@ class Block:
             lines.pop()  # after the last newline: nothing
         return lines
 
+    def around(self, k: int) -> tuple[Block | None, Line, Block | None]:
+        """The lines before line ``k`` (0-based), line ``k`` and the lines after it, as blocks
+        with their bytes (``None`` where there are no lines); for a block with ``raw``."""
+        raw = self.raw
+        assert raw is not None and 0 <= k < self.count
+        start = line_start(raw, k)
+        end = raw.index(b"\n", start)
+        head = Block.of_raw(self.stream, self.first, raw[:start], k) if k else None
+        rest = (Block.of_raw(self.stream, self.first + k + 1, raw[end + 1:],
+                             self.count - k - 1) if k + 1 < self.count else None)
+        return head, Line(self.stream, self.first + k, raw[start:end]), rest
+
     def __repr__(self) -> str:
         return f"Block({self.stream!r}, {self.first}, {self.count} lines)"
 
@@ -105,6 +117,19 @@ def _np() -> Any:
     import numpy
 
     return numpy
+
+
+def line_start(raw: bytes, k: int) -> int:
+    """Where line ``k`` (0-based) of ``raw`` starts: past its ``k``-th newline."""
+    if not k:
+        return 0
+    if len(raw) < _NUMPY_BYTES:
+        at = -1
+        for _ in range(k):
+            at = raw.index(b"\n", at + 1)
+        return at + 1
+    np = _np()
+    return int(np.flatnonzero(np.frombuffer(raw, np.uint8) == _NEWLINE)[k - 1]) + 1
 
 
 def count_newlines(data: bytes, start: int = 0) -> int:
