@@ -118,19 +118,10 @@ def _medians(np: Any, history: list[float], x: Any, window: int, previous: bool,
     return count, med, full[-window:].tolist()
 
 
-_BOTTLENECK: list[Any] = []
-
-
 def _bottleneck() -> Any:
     """bottleneck (``trainguard[fast]``), whose C moving median makes the batch form ~30x
     cheaper, or None: numpy's sliding windows give the same medians."""
-    if not _BOTTLENECK:
-        try:
-            import bottleneck
-        except ImportError:
-            bottleneck = None
-        _BOTTLENECK.append(bottleneck)
-    return _BOTTLENECK[0]
+    return vector().bottleneck()
 
 
 def _floor_arg(call: Call) -> float:
