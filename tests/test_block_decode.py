@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.test_normalize_fast_path import _general, _ListRecorder, _one_metric, _raw, _step
 from trainguard.monitor.daemon import Monitor, json_line_parser
+from trainguard.monitor.ingest.blocks import count_newlines, one_value_a_line
+from trainguard.monitor.ingest.line_forms import NOT_ONE_METRIC, decode_block, failed_line
 from trainguard.monitor.ingest.normalize import FieldMap
 from trainguard.monitor.ingest.stdout import make_line_parser
 from trainguard.monitor.ingest.tail import Block, expand_blocks
@@ -170,6 +173,37 @@ def test_a_value_over_two_lines_is_not_taken_for_the_lines_around_it():
     assert ([], {"malformed_json": 2}) == (recorder.records, dict(mon.counters.skips))
 
 
+def test_a_large_block_with_a_value_over_two_lines_is_not_taken_either():
+    """The same over a block large enough for the checks in numpy compares (blocks.py): a
+    megabyte of canonical lines with the broken pair in the middle is read line by line."""
+    good = [b'{"step":%d,"name":"loss","value":0.5}' % i for i in range(20_000)]
+    broken = [b'{"step":1,"metrics":', b'{"loss":1}} {"step":2,"name":"kl","value":2}']
+    block = _block(*good[:10_000], *broken, *good[10_000:])
+    mon, recorder = _monitor(json_line_parser)
+    assert not mon._gather_block(block)
+    mon.process_blocks([block])
+    mon.flush()
+    assert (20_000, {"malformed_json": 2}) == (len(recorder.records),
+                                               dict(mon.counters.skips))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"}\n{", b"\n", b"}", b"{", b"}\n", b"\n{", b"x", b"}}\n{{"]),
+                max_size=60), st.integers(0, 3))
+def test_the_numpy_block_checks_count_what_bytes_count_counts(pieces: list[bytes], at: int):
+    """``count_newlines`` and ``one_value_a_line`` over large bytes (numpy compares) agree
+    with ``bytes.count``, wherever the newlines and braces fall (the padding puts them at the
+    ends of the buffer too)."""
+    pad = b"a" * (1 << 16)
+    body = b"".join(pieces)
+    raw = [pad + body, body + pad, pad[:at] + body + pad + body][at % 3] + b"\n"
+    n = raw.count(b"\n")
+    assert count_newlines(raw) == n
+    assert count_newlines(raw, at) == raw.count(b"\n", at)
+    assert one_value_a_line(raw, n) == (raw.count(b"}\n{") == n - 1)
+    assert one_value_a_line(raw, n + 1) == (raw.count(b"}\n{") == n)
+
+
 def test_a_block_that_fails_half_way_is_read_line_by_line_from_its_start():
     """A string NaN on the third line fails the block's decode: every line is still read,
     the NaN too, and each step is one record."""
@@ -183,6 +217,37 @@ def test_a_block_that_fails_half_way_is_read_line_by_line_from_its_start():
     assert ([(0, 1, {"loss": "0.5", "kl": "1.0"}, None, "train"),
              (0, 2, {"loss": "nan", "kl": "2.0"}, None, "train")], 4) == (
         recorder.records, mon.counters.events)
+
+
+def test_a_large_block_is_cut_around_the_lines_that_fail_its_decode():
+    """A string NaN, a garbage line and a truncated value among a thousand canonical lines:
+    only those three are read line by line (the block path takes the parts around them),
+    with what reading every line gives."""
+    lines = [b'{"time":%d.5,"step":%d,"name":"loss","value":0.5}' % (i, i) for i in range(1000)]
+    lines[300] = b'{"time":300.5,"step":300,"name":"loss","value":"NaN"}'
+    lines[301] = b"garbage"
+    lines[700] = b'{"time":700.5,"step":700,"name":"lo'
+    blocks = [_block(*lines, first=3)]
+    mon, recorder = _monitor(json_line_parser)
+    by_line: list[int] = []
+    gather = mon._gather
+    mon._gather = lambda items: gather(  # type: ignore[method-assign]
+        by_line.append(number) or (stream, number, data) for stream, number, data in items)
+    mon.process_blocks(blocks)
+    mon.flush()
+    assert by_line == [303, 304, 703]
+    assert _by_lines(blocks, _general, 3) == _outcome(mon, recorder)
+
+
+@pytest.mark.parametrize(("raw", "line"), [
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":"x"}\n', 1),
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":1}\n{"st\n', 2),
+    (b'{"step":1,"name":"a","value":1}\n{"step":2,"name":"a","value":1,}\n', 1)])
+def test_failed_line_reads_where_msgspec_says_a_block_failed(raw: bytes, line: int):
+    """The line a block's decode fails at, from msgspec's message (a hint where to cut it)."""
+    with pytest.raises(NOT_ONE_METRIC) as caught:
+        decode_block(raw)
+    assert failed_line(caught.value, raw, raw.count(b"\n")) == line
 
 
 _one_rank_line = st.fixed_dictionaries(

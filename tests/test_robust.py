@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from trainguard.monitor.engine.engine import Engine
-from trainguard.rules import robust
+from trainguard.rules import vector
 from trainguard.rules.dsl import compile_condition
 from trainguard.rules.loader import compile_rule
 from trainguard.rules.models import Rule
@@ -26,7 +26,7 @@ def test_batch_medians_equal_a_plain_model(accelerated: bool,
     if accelerated:
         pytest.importorskip("bottleneck")
     else:
-        monkeypatch.setattr(robust, "_BOTTLENECK", [None])
+        monkeypatch.setattr(vector, "_BOTTLENECK", [None])
     rng = random.Random(1)
     for _ in range(300):
         window, n = rng.randint(1, 12), rng.randint(1, 30)

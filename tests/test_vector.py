@@ -15,6 +15,7 @@ import random
 
 import pytest
 
+from trainguard.rules import vector
 from trainguard.rules.dsl import compile_condition, many_of
 from trainguard.rules.loader import builtin_pack_names, load_rules
 from trainguard.rules.vector import Batch
@@ -117,3 +118,23 @@ def test_language_construct_batch_form_matches_per_record(text: str) -> None:
     """Each construct of the language, outside the built-in packs too."""
     for seed in range(12):
         _check(text, "a", seed)
+
+
+@pytest.mark.parametrize("smallest", [True, False], ids=["min", "max"])
+def test_extremes_with_and_without_bottleneck_agree(smallest: bool,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The min/max kernel: bottleneck's moving window and numpy's sparse table give the same
+    counts and extremes, on histories with the neutral infinity and windows of any length."""
+    pytest.importorskip("bottleneck")
+    rng = random.Random(3)
+    fill = math.inf if smallest else -math.inf
+    for _ in range(300):
+        window, n = rng.randint(1, 40), rng.randint(1, 60)
+        history = [rng.choice([fill, rng.random()]) for _ in range(rng.randint(0, window))]
+        x = vector.np.array([rng.random() * 4 - 2 for _ in range(n)])
+        previous = rng.random() < 0.5
+        monkeypatch.setattr(vector, "_BOTTLENECK", [])
+        fast = vector.extremes(history, x, window, previous, smallest)
+        monkeypatch.setattr(vector, "_BOTTLENECK", [None])
+        slow = vector.extremes(history, x, window, previous, smallest)
+        assert all(vector.np.array_equal(a, b) for a, b in zip(fast, slow, strict=True))

@@ -83,20 +83,27 @@ def _medians(np: Any, history: list[float], x: Any, window: int, previous: bool,
     """For each new value of ``x``: (count, median) of its window of values >= ``floor``
     (the value itself included unless ``previous``), and the window left at the end."""
     keep = x >= floor
-    kept_new = x[keep]
+    every = bool(keep.all())  # the common case: no value under the floor, no mask to apply
+    kept_new = x if every else x[keep]
     full = np.concatenate((np.array(history, dtype=float), kept_new))
     # Values kept before row i, then the window's end (exclusive) in `full`'s positions.
-    before = len(history) + np.cumsum(keep) - keep
-    end = before if previous else before + keep
+    if every:
+        end = np.arange(len(history), len(history) + len(x)) + (0 if previous else 1)
+    else:
+        before = len(history) + np.cumsum(keep) - keep
+        end = before if previous else before + keep
     count = np.minimum(end, window)
-    med = np.full(len(x), math.nan)
     bn = _bottleneck()
     if bn is not None and len(full):
         # C moving median (O(log N) a value): table[e] = median of full[e - N + 1 : e + 1]
         table = bn.move_median(full, min(window, len(full)), min_count=1)
+        if end[0] > 0:  # every row has a window (``end`` never falls)
+            return count, table[end - 1], full[-window:].tolist()
+        med = np.full(len(x), math.nan)
         ready = end > 0
         med[ready] = table[end[ready] - 1]
         return count, med, full[-window:].tolist()
+    med = np.full(len(x), math.nan)
     whole = end >= window
     if whole.any() and len(full) >= window:
         views = np.lib.stride_tricks.sliding_window_view(full, window)
@@ -118,19 +125,10 @@ def _medians(np: Any, history: list[float], x: Any, window: int, previous: bool,
     return count, med, full[-window:].tolist()
 
 
-_BOTTLENECK: list[Any] = []
-
-
 def _bottleneck() -> Any:
     """bottleneck (``trainguard[fast]``), whose C moving median makes the batch form ~30x
     cheaper, or None: numpy's sliding windows give the same medians."""
-    if not _BOTTLENECK:
-        try:
-            import bottleneck
-        except ImportError:
-            bottleneck = None
-        _BOTTLENECK.append(bottleneck)
-    return _BOTTLENECK[0]
+    return vector().bottleneck()
 
 
 def _floor_arg(call: Call) -> float:

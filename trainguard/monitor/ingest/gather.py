@@ -14,9 +14,7 @@ every path (``tests/test_normalize_fast_path.py``, ``tests/test_block_decode.py`
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from itertools import count, repeat
 from typing import Any
 
@@ -30,6 +28,8 @@ from trainguard.events import (
     parse_line,
     record_from_object,
 )
+from trainguard.monitor.ingest.blocks import one_value_a_line
+from trainguard.monitor.ingest.counters import MAX_SKIP_EXAMPLES, Counters, SkipExample
 from trainguard.monitor.ingest.line_forms import NOT_ONE_METRIC as _NOT_ONE_METRIC
 from trainguard.monitor.ingest.line_forms import decode_block as _decode_block
 from trainguard.monitor.ingest.line_forms import decode_metric_block as _decode_metric_block
@@ -40,7 +40,7 @@ from trainguard.monitor.ingest.line_forms import decode_one_metric as _decode_on
 from trainguard.monitor.ingest.line_forms import (
     decode_plain_metric_block as _decode_plain_metric_block,
 )
-from trainguard.monitor.ingest.line_forms import named_metric_block_decoder
+from trainguard.monitor.ingest.line_forms import failed_line, named_metric_block_decoder
 from trainguard.monitor.ingest.line_forms import timestamp as _timestamp
 from trainguard.monitor.ingest.metric_steps import MIN_COLUMN_LINES, MetricSteps, metric_steps
 from trainguard.monitor.ingest.tail import Block, Line
@@ -49,10 +49,11 @@ __all__ = ["Counters", "LineParser", "MAX_HELD_RECORDS", "MAX_SKIP_EXAMPLES", "S
            "StepGathering", "json_line_parser"]
 
 
-MAX_SKIP_EXAMPLES = 5
 #: Completed step records a batch holds before they are evaluated anyway: a poll of a run
 #: directory reads a chunk of every file, and its records must not all wait at once.
 MAX_HELD_RECORDS = 16_384
+#: Cuts of a block around lines that fail its decode before the rest is read line by line.
+MAX_BLOCK_CUTS = 4
 #: Streams whose last block's one metric is remembered (a run directory of many rank files).
 MAX_NAMED_STREAMS = 4096
 
@@ -66,26 +67,6 @@ def json_line_parser(line: Line) -> Record | ParseSkip | None:
     if not data.strip():
         return None
     return parse_line(data)
-
-
-@dataclass(frozen=True, slots=True)
-class SkipExample:
-    """Where a line was skipped and why, for the user to go and look."""
-
-    stream: str
-    line: int
-    reason: str
-    detail: str
-
-
-@dataclass(slots=True)
-class Counters:
-    """What was read: metric events, step records, and skips by reason with examples."""
-
-    events: int = 0
-    records: int = 0
-    skips: Counter[str] = field(default_factory=Counter)
-    examples: list[SkipExample] = field(default_factory=list)
 
 
 class StepGathering:
@@ -166,20 +147,50 @@ class StepGathering:
 
     def process_blocks(self, blocks: Sequence[Block]) -> None:
         """:meth:`process` for blocks of consecutive lines (what a file source reads)."""
-        gather = self._gather
         parser = self.parser
         # Where the per-line fast path would decode the lines (see _gather), a block that
         # comes with its bytes is decoded in one call (about half the cost a line).
         whole = parser is json_line_parser or getattr(parser, "json_first", False)
         for block in blocks:
-            if whole and block.raw is not None and self._gather_block(block):
-                pass
+            if whole and block.raw is not None:
+                self._gather_parts(block)
             else:
-                # zip reuses its result tuple when the loop unpacks it: no object per line.
-                gather(zip(repeat(block.stream), count(block.first), block.lines))
+                self._gather_lines(block)
             if len(self._done) >= MAX_HELD_RECORDS:  # a poll of many files: bound the memory
                 self._evaluate_held()
         self._end_batch()
+
+    def _gather_parts(self, block: Block) -> None:
+        """:meth:`_gather_block`, or, where a line fails the block's decode (a string NaN, a
+        truncated line), the lines before it as a block, that line alone and the rest again
+        so: one bad line does not send a megabyte down the path of a line at a time. A few
+        cuts a block at most, then line by line."""
+        for _ in range(MAX_BLOCK_CUTS):
+            if self._gather_block(block):
+                return
+            raw = block.raw
+            assert raw is not None
+            try:
+                _decode_block(raw)
+            except _NOT_ONE_METRIC as error:
+                k = failed_line(error, raw, block.count)
+            else:
+                k = None  # it decodes, but not one value a line: no line to cut at
+            if k is None:
+                break
+            head, line, rest = block.around(k)
+            if head is not None and not self._gather_block(head):
+                self._gather_lines(head)
+            self._gather(((line.stream, line.number, line.data),))
+            if rest is None:
+                return
+            block = rest
+        self._gather_lines(block)
+
+    def _gather_lines(self, block: Block) -> None:
+        """The lines of ``block`` one by one (:meth:`_gather`)."""
+        # zip reuses its result tuple when the loop unpacks it: no object per line.
+        self._gather(zip(repeat(block.stream), count(block.first), block.lines))
 
     def _gather_block(self, block: Block) -> bool:
         """Decode ``block`` in one call and gather its lines as :meth:`_gather` would, with
@@ -232,7 +243,7 @@ class StepGathering:
                         if t is not None and type(t) is not float:
                             iso.time = _timestamp(t)
         if metric_lines is not None:
-            if len(metric_lines) != n or raw.count(b"}\n{") != n - 1:
+            if len(metric_lines) != n or not one_value_a_line(raw, n):
                 return False
             if not (columns and self._take_columns(stream, metric_lines, raw, plain, name)):
                 self._gather_metric_lines(stream, first, metric_lines)
@@ -241,7 +252,7 @@ class StepGathering:
             decoded = _decode_block(raw)
         except _NOT_ONE_METRIC:  # a line of another form, or garbage
             return False
-        if len(decoded) != n or raw.count(b"}\n{") != n - 1:
+        if len(decoded) != n or not one_value_a_line(raw, n):
             return False
         pending = self._pending
         evaluate = self._evaluate

@@ -8,6 +8,7 @@ are those :mod:`~trainguard.monitor.ingest.gather` gathers into step records.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -19,8 +20,8 @@ from msgspec import UNSET, UnsetType
 from trainguard.events import MAX_EXACT_INT
 
 __all__ = ["NOT_ONE_METRIC", "decode_block", "decode_metric_block", "decode_metric_block_iso",
-           "decode_one_metric", "decode_plain_metric_block", "named_metric_block_decoder",
-           "timestamp"]
+           "decode_one_metric", "decode_plain_metric_block", "failed_line",
+           "named_metric_block_decoder", "timestamp"]
 
 #: A step the fast paths take; any other goes to events.record_from_object, which says why.
 _Step = Annotated[int, msgspec.Meta(ge=-MAX_EXACT_INT, le=MAX_EXACT_INT)]
@@ -158,3 +159,27 @@ def named_metric_block_decoder(name: str) -> Callable[[bytes], list[Any]]:
                              kw_only=True)
     return msgspec.json.Decoder(form).decode_lines
 decode_metric_block_iso = msgspec.json.Decoder(_MetricLineISOTime).decode_lines
+
+
+#: Where msgspec says a decode failed: at a value of the run (``$[k]``), or at a byte of a
+#: malformed one.
+_AT_VALUE = re.compile(r"at `\$\[(\d+)\]")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
+
+
+def failed_line(error: Exception, raw: bytes, n: int) -> int | None:
+    """The line (0-based) of ``raw`` (``n`` lines) at which a ``decode_lines`` of it failed
+    with ``error``, when msgspec's message says (``$[k]``: the ``k``-th value, which is line
+    ``k`` when there is one value a line; or a malformed value's byte offset), else None. Only
+    a hint where to cut the block: its parts are each checked again, so a wrong one costs
+    time, not lines."""
+    text = str(error)
+    found = _AT_VALUE.search(text)
+    if found is not None:
+        k = int(found.group(1))
+    else:
+        found = _AT_BYTE.search(text)
+        if found is None:
+            return None
+        k = raw.count(b"\n", 0, int(found.group(1)))
+    return k if k < n else None

@@ -12,7 +12,7 @@ that looks at bytes, the tail the half that looks at files (identity, rotation, 
 
 from __future__ import annotations
 
-from trainguard.monitor.ingest.blocks import Block, lines_bytes
+from trainguard.monitor.ingest.blocks import Block, count_newlines, lines_bytes
 from trainguard.monitor.ingest.tail_stats import TailStats
 
 __all__ = ["LineCutter"]
@@ -61,7 +61,7 @@ class LineCutter:
                 return False
         self._discarding = False
         self._partial = b""
-        count = chunk.count(b"\n", start)
+        count = count_newlines(chunk, start)
         self.line_no = first - 1 + count
         if count:
             out.append(Block.of_raw(self.path, first, lines_bytes(head, chunk, start, end),
