@@ -156,9 +156,10 @@ def test_cli_field_map_preset_fires_a_rule_on_framework_keys(
     assert (2, [rule]) == (code, fired), err
 
 
-def test_cli_without_the_preset_the_framework_key_fires_nothing(tmp_path: Path):
-    """The control: the same verl file without ``--field-map verl`` raises no grad_norm alert."""
-    code, fired, err = _run(tmp_path, _CASES[0][2], "actor/grad_norm")
+def test_cli_field_map_none_keeps_the_framework_key_so_nothing_fires(tmp_path: Path):
+    """The control: the same verl file with ``--field-map none`` (no map, not even the one its
+    keys would choose, test_auto_field_map.py) raises no grad_norm alert."""
+    code, fired, err = _run(tmp_path, _CASES[0][2], "actor/grad_norm", "--field-map", "none")
     assert (0, []) == (code, fired), err
 
 

@@ -50,7 +50,8 @@ def monitor(
         "--once",
         help="Read what is there, evaluate, and exit (for CI) instead of following.")] = False,
     field_map: Annotated[list[str], typer.Option(
-        "--field-map", help="Preset name, YAML file or SOURCE=TARGET rename; repeatable.")] = [],  # noqa: B006
+        "--field-map", help="Preset name, YAML file, SOURCE=TARGET rename or none; repeatable. "
+        "Default: the map of the framework the keys name (verl, openrlhf), else none.")] = [],  # noqa: B006
     poll_interval: Annotated[float, typer.Option(help="Seconds between polls when idle.")] = 0.05,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="Print nothing; exit code only.")] = False,
@@ -172,7 +173,8 @@ def run_cmd(
     rules: Annotated[list[str], typer.Option(
         "--rules", "-r", help="Rule pack name or YAML file; repeatable. Default: common.")] = [],  # noqa: B006
     field_map: Annotated[list[str], typer.Option(
-        "--field-map", help="Preset name, YAML file or SOURCE=TARGET rename; repeatable.")] = [],  # noqa: B006
+        "--field-map", help="Preset name, YAML file, SOURCE=TARGET rename or none; repeatable. "
+        "Default: the map of the framework the keys name (verl, openrlhf), else none.")] = [],  # noqa: B006
     grace: Annotated[Optional[float], typer.Option(  # noqa: UP007
         help="Seconds a trainer that reads the control file gets before SIGTERM. Default: two "
         "observed step intervals, at least 1 s.")] = None,

@@ -26,8 +26,9 @@ _RUNS_ARG = typer.Argument(help="Runs: JSONL files or run directories (every *.j
                            show_default=False)
 _RULES_OPT = typer.Option("--rules", "-r", help="Rule pack name or YAML file; repeatable. "
                           "Default: common + the detected trainer's pack, as monitor.")
-_FIELD_MAP_OPT = typer.Option("--field-map", help="Preset name, YAML file or SOURCE=TARGET "
-                              "rename; repeatable.")
+_FIELD_MAP_OPT = typer.Option("--field-map", help="Preset name, YAML file, SOURCE=TARGET "
+                              "rename or none; repeatable. Default: the map of the framework "
+                              "the keys name (verl, openrlhf), else none.")
 _SET_RULE_OPT = typer.Option("--set-rule", help="ID.FIELD=VALUE, as for monitor; repeatable.")
 _ALERT_OPT = typer.Option("--alert", help="An inline rule, as for monitor; repeatable.")
 _REGEX_OPT = typer.Option("--regex", help="Read plain trainer stdout with this preset or "

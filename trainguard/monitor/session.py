@@ -26,9 +26,9 @@ from trainguard.monitor.daemon import (
     json_line_parser,
 )
 from trainguard.monitor.engine.alerts import AlertSink
+from trainguard.monitor.ingest.auto_map import session_field_map
 from trainguard.monitor.ingest.fdlimit import raise_open_files_limit
 from trainguard.monitor.ingest.formats import open_source_for
-from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.sources import STATE_DIRNAME, Source
 from trainguard.monitor.ingest.watch import start_watcher
 from trainguard.monitor.packs import DEFAULT_RULES as PACKS_DEFAULT
@@ -88,12 +88,14 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     auto = not options.rules
     rules = apply_overrides(rules, options.set_rules, missing_ok=auto)
-    field_maps = options.field_maps
-    if options.regex is not None:  # --regex verl brings verl's field map
-        from trainguard.monitor.ingest.stdout import preset_field_maps
+    console = SessionConsole()
 
-        field_maps = preset_field_maps(options.regex, field_maps)
-    field_map = load_field_map(field_maps)
+    def say(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    # --field-map, else --regex verl's own map, else the map of the framework the keys name.
+    field_map = session_field_map(options.field_maps, options.regex, say)
     if not options.source:
         options.source = os.environ.get(METRICS_PATH_ENV) or "-"
     parser, detected_format = _line_parser(options)
@@ -158,7 +160,6 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
     checkpointer = (Checkpointer(state_path, source, ledger, recorder)
                     if state_path else None)
     watcher = None if options.poll or options.once else start_watcher(source)
-    console = SessionConsole()
     sinks: list[AlertSink] = [] if options.quiet else [console]
     jsonl = JsonlAlertSink(alerts_path) if alerts_path else None
     if jsonl is not None:
@@ -182,10 +183,6 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
         # Output problems (monitor.output_problems) say "cannot write/save ..." themselves.
         text = problem if problem.startswith("cannot ") else f"cannot read {problem}"
         console.line(f"DEGRADED: {text}", style="bold yellow")
-
-    def say(text: str) -> None:
-        if not options.quiet:
-            console.line(text, style="dim")
 
     for warning in (state_warning, journal_warning):
         if warning:

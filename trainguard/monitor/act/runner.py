@@ -44,12 +44,12 @@ from trainguard.monitor.act.postmortem import write_postmortem
 from trainguard.monitor.act.process import ProcessTarget
 from trainguard.monitor.daemon import EXIT_ALERT, LineParser, Monitor, json_line_parser
 from trainguard.monitor.engine.alerts import Alert, AlertSink
+from trainguard.monitor.ingest.auto_map import session_field_map
 from trainguard.monitor.ingest.composite import CompositeSource
-from trainguard.monitor.ingest.normalize import load_field_map
 from trainguard.monitor.ingest.pipe import PipeSource
 from trainguard.monitor.ingest.signals import load_scanner
 from trainguard.monitor.ingest.sources import DirectorySource, Line
-from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser, preset_field_maps
+from trainguard.monitor.ingest.stdout import StdoutParser, make_line_parser
 from trainguard.monitor.packs import DEFAULT_RULES, PackSelector
 from trainguard.monitor.sinks.console import ConsoleSink
 from trainguard.monitor.sinks.jsonl import JsonlAlertSink
@@ -216,7 +216,15 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     rules += [parse_inline_rule(text, i) for i, text in enumerate(options.inline_alerts, 1)]
     output_parser = choose_output_parser(options.regex, options.logging_steps, options.signals)
     signal_parser = StdoutParser([], json_lines=False, signals=load_scanner(options.signals))
-    field_map = load_field_map(preset_field_maps(options.regex, options.field_maps))
+    console = ConsoleSink()
+
+    def say(text: str) -> None:
+        if not options.quiet:
+            console.line(text, style="dim")
+
+    # As in `trainguard monitor`, and before the command starts (a bad --field-map stops it
+    # here): --field-map, --regex's own map, else the map of the framework the keys name.
+    field_map = session_field_map(options.field_maps, options.regex, say)
     run_dir = Path(options.run_dir) if options.run_dir else _default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     control_path = run_dir / CONTROL_FILENAME
@@ -238,7 +246,6 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
     output = OutputSource(proc.stdout.fileno(), passthrough)
     source = _RunSource(output, DirectorySource(run_dir, exclude=[str(alerts_path),
                                                                   str(control_path)]))
-    console = ConsoleSink()
     jsonl = JsonlAlertSink(alerts_path)
     sinks: list[AlertSink] = [jsonl] if options.quiet else [jsonl, console]
     sinks.extend(options.sinks)
@@ -259,9 +266,6 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
         kill_after=options.kill_after, sent_log=SentLog(run_dir / SENT_LOG_FILENAME),
         grace=grace, cooperative=lambda: source.event_lines > 0,
         progress=lambda: monitor.max_step, exited=lambda: proc.poll() is not None, emit=emit)
-    def say(text: str) -> None:
-        if not options.quiet:
-            console.line(text, style="dim")
 
     # The same choice as `trainguard monitor`: the callback's recorded kind, else the keys.
     selector = PackSelector(options.rules, run_dir, say, command=options.command)

@@ -16,8 +16,9 @@ OpenRLHF log ``train/x``): the prefix is dropped, then ``fields`` and ``aliases`
 rest. ``aliases`` exist because some framework keys are read by rules under their own name *and*
 stand for a canonical one (verl's ``actor/grad_norm`` feeds ``ppo_strict``'s actor/critic
 balance rule and ``common``'s ``grad_norm`` rules). ``--field-map a=b`` adds single renames;
-``--field-map FILE`` reads a file of the same shape. Keys without a mapping pass through
-unchanged.
+``--field-map FILE`` reads a file of the same shape; ``--field-map none`` maps nothing. Keys
+without a mapping pass through unchanged. Without ``--field-map`` the session picks a
+framework's map from the keys it reads (:mod:`.auto_map`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from trainguard import builtin_cache
 from trainguard.exceptions import ConfigError, UnknownPackError
 
-__all__ = ["FieldMap", "FieldMapFile", "builtin_field_maps", "load_field_map", "parse_field_map"]
+__all__ = ["NO_FIELD_MAP", "FieldMap", "FieldMapFile", "builtin_field_maps", "load_field_map",
+           "parse_field_map"]
+
+#: ``--field-map none``: keep every key as the source wrote it (no framework's map is chosen
+#: from the keys either, :mod:`.auto_map`).
+NO_FIELD_MAP = "none"
 
 
 class FieldMap:
@@ -200,10 +206,13 @@ def load_field_map(specs: Iterable[str]) -> FieldMap:
                 raise ConfigError("field map is not UTF-8 text", path=spec) from exc
             result = result.merged(parse_field_map(text, spec))
             continue
+        if spec == NO_FIELD_MAP:
+            continue  # no map: a choice of its own, which the automatic one never overrides
         names = builtin_field_maps()
         if spec not in names:
             raise UnknownPackError(f"unknown field-map preset {spec!r}; built-in: "
-                                   f"{', '.join(names)}; or give a YAML file or SOURCE=TARGET")
+                                   f"{', '.join(names)}; or {NO_FIELD_MAP}, a YAML file or "
+                                   "SOURCE=TARGET")
         resource = resources.files("trainguard.presets") / "fields" / f"{spec}.yaml"
         result = result.merged(_builtin_field_map(spec, resource.read_text(encoding="utf-8")))
     return result

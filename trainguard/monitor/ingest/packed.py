@@ -28,13 +28,12 @@ import hashlib
 import io
 import lzma
 import os
-import stat
 import zlib
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import IO, Final
 
-from trainguard.monitor.ingest.rotated import open_regular, rotated_name, siblings
+from trainguard.monitor.ingest.rotated import open_regular, rotated_name, scan_folder, siblings
 
 __all__ = ["Packed", "find_packed", "next_rotated", "packed_siblings"]
 
@@ -126,32 +125,20 @@ def packed_siblings(path: str, skip_jsonl: bool = False) -> list[tuple[os.stat_r
     """``(lstat, path)`` of the regular files next to ``path`` that are a compressed copy of it
     or of one of its rotated names, readable or not. ``skip_jsonl``: leave out copies of a
     rotated ``*.jsonl`` name, a stream a run directory follows (and resumes) itself."""
-    folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
     suffixes = (*READERS, *UNREADABLE)
-    found: list[tuple[os.stat_result, str]] = []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                name = entry.name
-                suffix = next((s for s in suffixes if name.endswith(s)), None)
-                if suffix is None:
-                    continue
-                inner = name[:-len(suffix)]
-                if inner != base and not rotated_name(inner, base, stem):
-                    continue
-                if skip_jsonl and inner != base and inner.endswith(".jsonl"):
-                    continue
-                try:
-                    est = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISREG(est.st_mode):
-                    found.append((est, entry.path))
-    except OSError:
-        return []
-    return found
+
+    def wanted(name: str, _entry_path: str) -> bool:
+        suffix = next((s for s in suffixes if name.endswith(s)), None)
+        if suffix is None:
+            return False
+        inner = name[:-len(suffix)]
+        if inner != base and not rotated_name(inner, base, stem):
+            return False
+        return not (skip_jsonl and inner != base and inner.endswith(".jsonl"))
+
+    return scan_folder(path, wanted)
 
 
 def find_packed(path: str, fp_len: int, fp_hash: str, offset: int, line: int, *,

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable
 
 __all__ = ["find_by_fingerprint", "find_by_identity", "find_copy", "open_regular",
-           "rotated_name", "rotated_since", "siblings"]
+           "rotated_name", "rotated_since", "scan_folder", "siblings"]
 
 
 def _head_hash(fd: int, length: int) -> str:
@@ -122,18 +122,31 @@ def siblings(path: str, skip_jsonl: bool, allow: Callable[[str], bool] | None = 
              ) -> list[tuple[os.stat_result, str]]:
     """``(lstat, path)`` of the regular files under a rotated name of ``path``; with
     ``skip_jsonl``, none that is itself ``*.jsonl`` unless ``allow`` says it may be read."""
-    folder = os.path.dirname(path) or "."
     base = os.path.basename(path)
     stem = base[:-len(".jsonl")] if base.endswith(".jsonl") else base
+
+    def wanted(name: str, entry_path: str) -> bool:
+        if name == base or not rotated_name(name, base, stem):
+            return False
+        # A rotated ``*.jsonl`` name is a file the run directory follows as one of its own.
+        return not (skip_jsonl and name.endswith(".jsonl") and not (allow and allow(entry_path)))
+
+    return scan_folder(path, wanted)
+
+
+def scan_folder(path: str, wanted: Callable[[str, str], bool]
+                ) -> list[tuple[os.stat_result, str]]:
+    """``(lstat, path)`` of the regular files in ``path``'s folder whose name (and path)
+    ``wanted`` accepts: the one directory scan behind :func:`siblings` and
+    :func:`.packed.packed_siblings`, which differ only in that test. ``lstat``, so a link at a
+    rotated name is never followed; an unreadable folder is an empty list (nothing found)."""
+    folder = os.path.dirname(path) or "."
     found: list[tuple[os.stat_result, str]] = []
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                name = entry.name
-                if name == base or not rotated_name(name, base, stem):
+                if not wanted(entry.name, entry.path):
                     continue
-                if skip_jsonl and name.endswith(".jsonl") and not (allow and allow(entry.path)):
-                    continue  # the run directory follows it as a file of its own
                 try:
                     est = entry.stat(follow_symlinks=False)
                 except OSError:
