@@ -80,6 +80,8 @@ def test_the_trl_cli_names_the_trainer_kind() -> None:
         ["trl", "rloo", "--temperature", "0.7"], ["python", "-m", "trl", "DPO"],
         ["accelerate", "launch", "-m", "trl.cli", "grpo"], ["python", "train.py", "rloo"],
         ["trl", "env"], ["trl"])]
+    assert None is command_trainer(["python", "train.py", "--output_dir", "out/trl", "dpo"])
+    assert "kto" == command_trainer(["python3.11", "/usr/local/bin/trl", "kto"])
 
 
 # GRPO/RLOO logs at a near-greedy temperature; RLOO and GRPO print the same keys, so only the
@@ -106,6 +108,6 @@ def test_run_of_trl_rloo_applies_the_rloo_pack_and_its_temperature_rule(tmp_path
     result = run_cli("run", "--run-dir", str(run_dir), "--", str(trl), "rloo",
                      "--temperature", "0.1")
     said = (result.stdout + result.stderr).decode()
-    assert "trainer rloo (named by the trainer's command line (trl rloo)" in said, said
+    assert "trainer rloo (named by the trainer's command line: trl rloo" in said, said
     alerts = [json.loads(x) for x in (run_dir / "alerts.jsonl").read_text().splitlines()]
     assert ("rloo.temperature_too_low", 1) in {(a["rule"], a["step"]) for a in alerts}, said

@@ -143,5 +143,22 @@ def test_a_piped_trainer_without_warmup_flags_gets_no_config_alert(tmp_path):
     """What the command line does not name stays unknown: no guessed default warms up."""
     out = _pipeline("--learning_rate 1e-3 --seed 3", tmp_path)
     assert "which writes to stdin: learning_rate=0.001\n" in out, out
-    assert "warmup_longer_than_run" not in out, out
+    assert "HIGH  common.warmup_longer_than_run" not in out, out
+    assert "had no max_steps, warmup_ratio, warmup_steps to judge (looked in: the command " \
+           "line of pid" in out, out
     assert "MEDIUM  common.learning_rate_tiny_in_warmup step 5" in out, out
+
+
+def test_through_tee_the_trainer_upstream_is_found(tmp_path):
+    """``python fake.py --warmup_steps ... | tee log | trainguard monitor -``: tee only passes
+    the pipe on; the trainer writing tee's stdin is the command."""
+    script = tmp_path / "fake_trainer.py"
+    script.write_text(FAKE_TRAINER)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200", PYTHONPATH=str(ROOT))
+    command = (f"{sys.executable} {script} --warmup_steps 100000 --max_steps 20 | "
+               f"tee {tmp_path / 'train.log'} | {sys.executable} -m trainguard monitor - --once")
+    done = subprocess.run(["sh", "-c", command], capture_output=True, env=env, timeout=60,
+                          cwd=tmp_path, check=False)
+    out = (done.stdout + done.stderr).decode()
+    assert "HIGH  common.warmup_longer_than_run step 1" in out, out
+    assert (tmp_path / "train.log").read_text().count("learning_rate") == 7

@@ -83,26 +83,49 @@ def test_tqdm_bar_and_dict_on_one_line_with_ansi_and_crlf_give_the_dict():
             (1, "eval", {"eval_loss": -7.404e-08, "epoch": 0.0625})] == _records(lines)
 
 
-def test_the_trainers_step_bar_gives_the_runs_length_to_its_training_logs():
-    """The Trainer's own bar (no description) sets progress/step and progress/total on the next
-    training log, from any stream; a datasets bar ("Map: ...") and a later bar of another total
-    (evaluation) do not; stdout alone (no bar) carries neither."""
+def _train_metrics(parser: StdoutParser, data: bytes) -> dict[str, float]:
+    (record,) = [r for r in parser.parse_all("out", data) if isinstance(r, Record)]
+    return record.metrics
+
+
+def _bar(counter: int, total: int) -> bytes:
+    return f"\r{100 * counter // total:3d}%|#    | {counter}/{total} [00:01<00:05, 3.4it/s]".encode()
+
+
+CLEAR = b"\r" + b" " * 40 + b"\r"
+
+
+def test_the_trainers_bar_on_a_logs_own_line_gives_the_runs_length():
+    """tqdm.write clears the Trainer's bar and prints the log on the same physical line: its
+    total is the run's length, kept for later logs printed without a redraw; the step given
+    is the smaller of the derived step and the bar's counter."""
     parser = make_line_parser(None)
     assert isinstance(parser, StdoutParser)
+    first = _train_metrics(parser, _bar(0, 20) + CLEAR + b"{'loss': '1', 'epoch': '0.1'}")
+    assert (0.0, 20.0) == (first["progress/step"], first["progress/total"])
+    later = _train_metrics(parser, b"{'loss': '1', 'epoch': '0.2'}")  # no redraw on its line
+    assert (2.0, 20.0) == (later["progress/step"], later["progress/total"])
+    ahead = _train_metrics(parser, _bar(9, 20) + CLEAR + b"{'loss': '1', 'epoch': '0.3'}")
+    assert 3.0 == ahead["progress/step"]  # never past the derived step
 
-    def train(stream: str, data: bytes) -> dict[str, float]:
-        (record,) = parser.parse_all(stream, data)
-        assert isinstance(record, Record)
-        return record.metrics
-    assert [] == parser.parse_all("err", b"\rMap: 100%|##########| 64/64 [00:00<00:00, 9.2it/s]")
-    assert "progress/total" not in train("out", b"{'loss': '1', 'epoch': '0.1'}")
-    parser.parse_all("err", b"\r  5%|5         | 1/20 [00:00<00:05,  3.4it/s]")
-    assert {"progress/step": 1.0, "progress/total": 20.0}.items() <= train(
-        "out", b"{'loss': '1', 'epoch': '0.2'}").items()
-    parser.parse_all("err", b"\r 50%|#####     | 4/8 [00:00<00:00, 11.0it/s]")  # an eval bar
-    parser.parse_all("err", b"\r 15%|#5        | 3/20 [00:01<00:05,  3.4s/it]")
-    assert {"progress/step": 3.0, "progress/total": 20.0}.items() <= train(
-        "out", b"{'loss': '1', 'epoch': '0.3'}").items()
+
+def test_a_bar_on_no_logs_line_is_not_taken_for_the_trainers():
+    """A data-preparation loop's bare bar, an evaluation's, or the Trainer's own far ahead of
+    logs that a buffered stdout delivers late: none gives the run's length."""
+    parser = make_line_parser(None)
+    assert isinstance(parser, StdoutParser)
+    assert [] == parser.parse_all("err", _bar(1000, 1000))  # a user's preprocessing loop
+    assert [] == parser.parse_all("err", b"\rMap: 100%|#####| 64/64 [00:00<00:00, 9.2it/s]")
+    assert [] == parser.parse_all("err", _bar(30, 5800))  # the bar, ahead of buffered logs
+    assert not {"progress/step", "progress/total"} & _train_metrics(
+        parser, b"{'loss': '1', 'learning_rate': '1e-09', 'epoch': '0.1'}").keys()
+
+
+def test_convert_keeps_the_keys_as_printed_without_the_bars_progress():
+    parser = make_line_parser(None, step_bar=False)
+    assert isinstance(parser, StdoutParser)
+    assert "progress/total" not in _train_metrics(
+        parser, _bar(1, 20) + CLEAR + b"{'loss': '1', 'epoch': '0.1'}")
 
 
 def test_eval_and_summary_dicts_sit_at_the_last_training_step():
@@ -280,7 +303,8 @@ def test_public_api_is_pinned():
     assert (["AUTO_ORDER", "PROGRESS_METRICS", "StdoutParser", "StdoutPreset",
              "builtin_stdout_presets",
              "load_stdout_preset", "make_line_parser", "preset_field_maps"],
-            ["decode_token", "scan_log_dict", "segments"], ["ConvertResult", "convert"]) == (
+            ["decode_token", "scan_log_dict", "segments", "trainer_bar"],
+            ["ConvertResult", "convert"]) == (
         sorted(stdout.__all__), sorted(stdout_text.__all__), sorted(convert.__all__))
 
 

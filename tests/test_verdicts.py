@@ -103,12 +103,19 @@ def test_a_clean_verdict_without_the_trainers_config_says_the_config_rules_were_
                      b"'epoch': '%.2f'}\n" % (i / 10) for i in range(1, 6))
     blind = run_cli("monitor", "-", "--once", input=lines)
     assert blind.returncode == 0, _out(blind)
-    assert ("config unknown: 1 rules that read the trainer's config "
-            "(common.warmup_longer_than_run) judged nothing") in _out(blind)
+    assert ("config unknown: 1 rule (common.warmup_longer_than_run) had no max_steps, "
+            "warmup_ratio, warmup_steps to judge") in _out(blind)
+    # A trainer recognised from its keys, 80 steps: the note outlives the pack selection.
+    dpo = b"".join(b"{'loss': '0.69', 'rewards/margins': '0.1', 'rewards/accuracies': '0.6', "
+                   b"'logps/chosen': '-5', 'learning_rate': '1e-05', 'epoch': '%.2f'}\n"
+                   % (i / 100) for i in range(1, 81))
+    detected = run_cli("monitor", "-", "--once", input=dpo)
+    assert "trainer dpo (detected from the metric keys)" in _out(detected), _out(detected)
+    assert "config unknown: 1 rule (common.warmup_longer_than_run)" in _out(detected)
     run = tmp_path / "run"
     run.mkdir()
     (run / "run_metadata.json").write_text(json.dumps(
-        {"trainer": "sft", "config": {"max_steps": 100, "warmup_steps": 10}}))
+        {"trainer": "sft", "config": {"max_steps": 100, "warmup_steps": 10, "warmup_ratio": 0.0}}))
     _events(run / "events.rank0.jsonl", [{"loss": 2.5, "learning_rate": 1e-5}] * 5)
     seen = run_cli("monitor", str(run), "--once")
     assert "config unknown" not in _out(seen), _out(seen)

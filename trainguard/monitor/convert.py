@@ -49,7 +49,7 @@ def convert(source: str, out: str | os.PathLike[str], *, regex: str | None = Non
     ``out``, :class:`~trainguard.exceptions.SourceError` for a source that cannot be opened.
     """
     parser = make_line_parser(regex, auto=True, logging_steps=logging_steps,
-                              steps_per_epoch=steps_per_epoch)
+                              steps_per_epoch=steps_per_epoch, step_bar=False)
     field_map = load_field_map(field_maps)
     out_path = os.fspath(out)
     if source != "-" and not os.path.exists(source):

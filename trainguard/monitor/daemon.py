@@ -46,6 +46,7 @@ from trainguard.monitor.verdict import (
     FEW_EVENTS_FRACTION,
     FEW_EVENTS_MIN_LINES,
     UNREAD_LISTED,
+    ConfigReport,
     Verdict,
     what_was_seen,
 )
@@ -102,6 +103,10 @@ class Monitor(StepIntake):
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
+        #: What the pack selector found of the trainer's config (monitor/packs.py), kept for
+        #: the verdict after the selection itself is done (intake drops _trainer_rules then).
+        self.config_report: Callable[[], ConfigReport | None] | None = getattr(
+            trainer_rules, "config_report", None)
         self._keys_seen: set[str] = set()
         self._detect_budget = 50
         self.field_map = field_map or FieldMap()
@@ -379,9 +384,8 @@ class Monitor(StepIntake):
             problems += more()
         c = self.counters
         lines = sum(st.lines for st in self.source.stats().values())
-        # A pack selector (monitor/packs.py) knows whether the trainer's config was found.
-        config_seen = getattr(self._trainer_rules, "config_seen", True)
-        notes, judged = (what_was_seen(c, lines, self.engine, self._metrics_seen(), config_seen)
+        config = self.config_report() if self.config_report is not None else None
+        notes, judged = (what_was_seen(c, lines, self.engine, self._metrics_seen(), config)
                          if self.judging else ([], True))
         if not judged:
             problems.append(notes[-1])

@@ -16,6 +16,7 @@ from typing import Any
 from trainguard.exceptions import TrainguardError
 from trainguard.monitor.engine.alerts import Alert
 from trainguard.monitor.engine.engine import Engine
+from trainguard.monitor.verdict import ConfigReport
 from trainguard.rules.detect import DEFAULT_PACKS, PackChoice, choose_packs
 from trainguard.rules.loader import CompiledRule, apply_overrides, load_pack
 
@@ -114,15 +115,25 @@ def command_config(argv: Sequence[str], cwd: str | None = None) -> dict[str, flo
 
 
 def command_trainer(argv: Sequence[str]) -> str | None:
-    """The trainer kind a TRL CLI command line names: ``trl rloo ...``, ``python -m trl dpo
-    ...``, ``accelerate launch -m trl.cli grpo ...``; None for any other command."""
+    """The trainer kind a TRL CLI command line names: ``trl rloo ...`` (or ``python
+    /path/to/trl rloo``), ``python -m trl dpo ...``, ``accelerate launch -m trl.cli grpo
+    ...``; None for any other command. Only the program (or the script an interpreter runs)
+    and what follows ``-m`` count: ``--output_dir out/trl dpo`` names nothing."""
+    at: int | None = None
     for i, arg in enumerate(argv[:-1]):
-        cli = os.path.basename(arg) == "trl" or (
-            arg == "-m" and i + 2 < len(argv) and argv[i + 1] in ("trl", "trl.cli"))
-        if cli:
-            kind = argv[i + 2] if arg == "-m" else argv[i + 1]
-            return kind.lower() if kind.lower() in DEFAULT_PACKS else None
-    return None
+        if arg == "-m" and argv[i + 1] in ("trl", "trl.cli"):
+            at = i + 2
+            break
+    else:
+        program = [os.path.basename(a) for a in argv[:2]]
+        if program and program[0] == "trl":
+            at = 1
+        elif len(program) == 2 and program[0].startswith("python") and program[1] == "trl":
+            at = 2
+    if at is None or at >= len(argv):
+        return None
+    kind = argv[at].lower()
+    return kind if kind in DEFAULT_PACKS else None
 
 
 def _config_file_fields(path: str, wanted: set[str]) -> dict[str, Any]:
@@ -166,9 +177,8 @@ class PackSelector:
         self._from_command: dict[str, float] | None = None
         self._command: TrainerCommand | None = None
         self._command_looked_for = False
-        #: Whether the trainer's config (recorded, or on its command line) was found; the
-        #: verdict says when it was not and config rules were loaded (monitor/verdict.py).
-        self.config_seen = True
+        #: The config/ metrics found (None: not looked for yet, no record came).
+        self._config_given: frozenset[str] | None = None
         self.say = say
         self.overrides = list(overrides)
         self.engine: Engine | None = None
@@ -211,6 +221,18 @@ class PackSelector:
             self._evaluate_config()
         return True
 
+    def config_report(self) -> ConfigReport | None:
+        """What was found of the trainer's config and where it was looked for, for the
+        verdict (monitor/verdict.py); None before the first record."""
+        if self._config_given is None:
+            return None
+        places = []
+        if self.run_dir is not None:
+            places.append(f"{Path(self.run_dir) / METADATA_FILENAME}")
+        command = self._command
+        places.append(command.origin if command is not None else "no trainer command line")
+        return ConfigReport(self._config_given, "; ".join(places))
+
     def _trainer_command(self) -> TrainerCommand | None:
         """The trainer's command line, looked for once (at the first record)."""
         if not self._command_looked_for:
@@ -232,8 +254,9 @@ class PackSelector:
     def _evaluate_config(self) -> None:
         """Evaluate the recorded config (else the command line's) as one record."""
         assert self.engine is not None
-        config = config_metrics(self.run_dir) or self._command_config()
-        self.config_seen = bool(config)
+        recorded = config_metrics(self.run_dir)
+        config = recorded or self._command_config()
+        self._config_given = frozenset(config)
         if config:
             for alert in self.engine.evaluate(0, self.step(), config):
                 if self.route is not None:

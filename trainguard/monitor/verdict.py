@@ -16,7 +16,7 @@ from trainguard.monitor.ingest.gather import Counters, SkipExample
 if TYPE_CHECKING:
     from trainguard.monitor.engine.engine import Engine
 
-__all__ = ["EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "FEW_EVENTS_FRACTION",
+__all__ = ["ConfigReport", "EXIT_ALERT", "EXIT_CLEAN", "EXIT_DEGRADED", "FEW_EVENTS_FRACTION",
            "FEW_EVENTS_MIN_LINES", "UNREAD_LISTED", "Verdict", "what_was_seen"]
 
 EXIT_CLEAN = 0
@@ -57,11 +57,42 @@ class Verdict:
 
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigReport:
+    """What a session found of the trainer's config (monitor/packs.py): the ``config/``
+    metrics given, and where they were looked for (said when some rule lacked them)."""
+
+    given: frozenset[str]
+    looked_in: str
+
+
+def _config_note(engine: Engine, config: ConfigReport) -> str | None:
+    """The note on rules that read config fields nobody gave, if any."""
+    blind: list[str] = []
+    missing: set[str] = set()
+    for compiled in engine.rules:
+        lacking = {m for m in compiled.condition.metrics
+                   if m.startswith("config/") and m not in config.given}
+        if lacking:
+            blind.append(compiled.rule.id)
+            missing |= lacking
+    if not blind:
+        return None
+    listed = ", ".join(sorted(blind)[:3]) + (f" and {len(blind) - 3} more" if len(blind) > 3
+                                             else "")
+    fields = ", ".join(sorted(m.removeprefix("config/") for m in missing))
+    rules = "rule" if len(blind) == 1 else "rules"
+    return (f"config unknown: {len(blind)} {rules} ({listed}) had no {fields} to judge "
+            f"(looked in: {config.looked_in}); the TRL callback's run directory records the "
+            "config, and trainguard run or a pipe straight from the trainer reads its "
+            "command-line flags")
+
+
 def what_was_seen(counters: Counters, lines: int, engine: Engine, seen: set[str],
-                  config_seen: bool = True) -> tuple[list[str], bool]:
+                  config: ConfigReport | None = None) -> tuple[list[str], bool]:
     """Notes on what a session saw (``seen``: the metric keys, mapped, of each rank's first
-    and last records; ``config_seen``: whether the trainer's config reached the rules, see
-    monitor/packs.py), and whether anything was judged (the last note then says why not)."""
+    and last records; ``config``: what was found of the trainer's config, if a pack selector
+    looked), and whether anything was judged (the last note then says why not)."""
     c = counters
     notes: list[str] = []
     if c.records == 0 and not engine.judged():  # GPU samples alone can be judged
@@ -83,14 +114,9 @@ def what_was_seen(counters: Counters, lines: int, engine: Engine, seen: set[str]
             f" and {len(unread) - UNREAD_LISTED} more" if len(unread) > UNREAD_LISTED else "")
         notes.append(f"{len(unread)} of {len(seen)} metrics are read by no loaded rule: "
                      f"{listed}")
-    blind = [] if config_seen or not judged else sorted(
-        r.rule.id for r in rules if any(m.startswith("config/") for m in r.condition.metrics))
-    if blind:
-        listed = ", ".join(blind[:3]) + (f" and {len(blind) - 3} more" if len(blind) > 3 else "")
-        notes.append(f"config unknown: {len(blind)} rules that read the trainer's config "
-                     f"({listed}) judged nothing: the input carries no config; the TRL "
-                     "callback's run directory records it, and a pipe straight from the "
-                     "trainer or trainguard run reads its command-line flags")
+    config_note = _config_note(engine, config) if config is not None and judged else None
+    if config_note:
+        notes.append(config_note)
     if not judged:
         notes.append(f"nothing judged: {c.records} steps read, but none of their metrics is "
                      f"read by the {len(rules)} loaded rules; load a pack for this trainer "

@@ -112,7 +112,7 @@ def choose_packs(explicit: Sequence[str], recorded: str | None,
         why = "recorded by the trainer's callback in run_metadata.json"
     elif commanded in DEFAULT_PACKS:
         kind, source = commanded, "command line"
-        why = f"named by the trainer's command line (trl {commanded})"
+        why = f"named by the trainer's command line: trl {commanded}"
     else:
         kind, source = detected, "metric keys" if detected else None
         why = "detected from the metric keys"

@@ -9,8 +9,10 @@ pipe (``pipe:[INODE]`` in ``/proc/PID/fd``) open for writing (the access mode in
 ``/proc/PID/fdinfo``) is a writer, and ``/proc/PID/cmdline`` is its command line.
 
 Only processes of the monitor's own process group are looked at: a shell runs every command of
-a pipeline in one group, so the scan is a handful of processes, and a pipe handed over from
-elsewhere (a FIFO on disk, a supervisor) finds nothing rather than a stranger. Of several
+a pipeline in one group, so a pipe handed over from elsewhere (a FIFO on disk, a supervisor)
+finds nothing rather than a stranger (the scan reads each pid's group, then the fds of the
+few in ours). Through ``tee`` (``train.py | tee log | trainguard monitor -``) the writer of
+tee's own stdin is the trainer. Of several
 writers (``accelerate launch`` and the workers it starts share the pipe) the one whose parent
 is not a writer too is the command the user typed. Read-only, best effort: a process that
 ended or that the monitor may not read is skipped, and no writer found means no config, which
@@ -70,38 +72,76 @@ def _writes_pipe(pid: int, inode: int, proc: Path) -> bool:
     return False
 
 
-def stdin_writer(fd: int = 0, *, proc: str | Path = "/proc") -> PipeWriter | None:
-    """The command writing into the pipe on ``fd`` (see the module doc), or None."""
-    inode = pipe_inode(fd)
-    root = Path(proc)
-    if inode is None or not root.is_dir():
-        return None
-    me = os.getpid()
-    try:
-        group = os.getpgid(0)
-    except OSError:
-        return None
-    writers: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter():
-        pid = process.pid
+#: Programs that pass a pipe on (``python train.py | tee log | trainguard monitor -``): the
+#: trainer is the writer of their own stdin.
+_PASS_THROUGH = frozenset({"tee", "stdbuf", "unbuffer"})
+
+
+def _group_writers(inode: int, root: Path, group: int, me: int) -> list[int]:
+    """Pids of the processes of process group ``group`` (not ``me``) writing pipe ``inode``."""
+    out = []
+    for name in os.listdir(root):
+        if not name.isdigit():
+            continue
+        pid = int(name)
         try:
             if pid == me or os.getpgid(pid) != group:
                 continue
         except OSError:
             continue
         if _writes_pipe(pid, inode, root):
-            writers[pid] = process
-    for pid, process in sorted(writers.items()):
+            out.append(pid)
+    return out
+
+
+def _first_writer(pids: list[int]) -> tuple[psutil.Process, tuple[str, ...]] | None:
+    """Of the writers, the one the user typed (whose parent is not a writer too)."""
+    for pid in sorted(pids):
         try:
-            if process.ppid() in writers:
+            process = psutil.Process(pid)
+            if process.ppid() in pids:
                 continue  # started by another writer: the user typed its parent
             argv = tuple(process.cmdline())
+        except psutil.Error:
+            continue
+        if argv:
+            return process, argv
+    return None
+
+
+def _stdin_pipe(pid: int, root: Path) -> int | None:
+    """The inode of the pipe process ``pid`` reads its stdin from, if it is one."""
+    try:
+        link = os.readlink(root / str(pid) / "fd" / "0")
+    except OSError:
+        return None
+    return int(link[6:-1]) if link.startswith("pipe:[") and link.endswith("]") else None
+
+
+def stdin_writer(fd: int = 0, *, proc: str | Path = "/proc") -> PipeWriter | None:
+    """The command writing into the pipe on ``fd`` (see the module doc), or None. Through
+    ``tee`` and the like (up to 3 of them) to the writer of their own stdin."""
+    inode = pipe_inode(fd)
+    root = Path(proc)
+    if inode is None or not root.is_dir():
+        return None
+    try:
+        group = os.getpgid(0)
+    except OSError:
+        return None
+    me = os.getpid()
+    for _ in range(4):
+        found = _first_writer(_group_writers(inode, root, group, me))
+        if found is None:
+            return None
+        process, argv = found
+        upstream = (_stdin_pipe(process.pid, root)
+                    if os.path.basename(argv[0]) in _PASS_THROUGH else None)
+        if upstream is None:
             try:
                 cwd: str | None = process.cwd()
             except psutil.Error:
                 cwd = None
-        except psutil.Error:
-            continue
-        if argv:
-            return PipeWriter(pid, argv, cwd)
+            return PipeWriter(process.pid, argv, cwd)
+        inode, me = upstream, process.pid
     return None

@@ -44,12 +44,13 @@ from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from trainguard.events import ParseSkip, Record, decode_value, parse_line
+from trainguard.events import ParseSkip, Record, parse_line
 from trainguard.exceptions import ConfigError, UnknownPackError
 from trainguard.monitor.ingest.gather import LineParser, json_line_parser
-from trainguard.monitor.ingest.signals import SignalScanner, compile_safe, load_scanner, quoted
+from trainguard.monitor.ingest.signals import SignalScanner, load_scanner
 from trainguard.monitor.ingest.sources import Line
-from trainguard.monitor.ingest.stdout_text import decode_token, scan_log_dict, segments
+from trainguard.monitor.ingest.stdout_matchers import Matcher, PresetMatcher, UserPattern
+from trainguard.monitor.ingest.stdout_text import segments, trainer_bar
 
 __all__ = ["AUTO_ORDER", "PROGRESS_METRICS", "StdoutParser", "StdoutPreset",
            "builtin_stdout_presets", "load_stdout_preset", "make_line_parser",
@@ -57,8 +58,9 @@ __all__ = ["AUTO_ORDER", "PROGRESS_METRICS", "StdoutParser", "StdoutPreset",
 
 #: The order in which auto-detection tries the presets (most specific first).
 AUTO_ORDER: Final = ("openrlhf", "openrlhf_tqdm", "trl", "verl", "kv")
-#: What the HF Trainer's step bar adds to the training log printed after it: its counter and
-#: its total (the run's length), when stderr is merged in (see StdoutParser._read_bar).
+#: What the HF Trainer's step bar, drawn on the physical line of a training log, adds to that
+#: log: the step (at most the bar's counter) and the bar's total, the run's length
+#: (see StdoutParser._record).
 PROGRESS_METRICS: Final = ("progress/step", "progress/total")
 
 
@@ -162,149 +164,6 @@ def load_stdout_preset(name: str) -> StdoutPreset:
     return presets[name]
 
 
-# -- matchers: one compiled preset or user pattern ------------------------------------------------
-
-#: What a matcher found on one segment: (printed step or None, metrics, kind).
-_Found = tuple[int | None, dict[str, float], str]
-
-
-def _kind(metrics: dict[str, float], text: str) -> str:
-    """train, eval (``eval_*`` keys) or summary (``train_runtime``), as the callback says."""
-    if "train_runtime" in metrics:
-        return "summary"
-    if "eval_" in text and any(key.startswith("eval_") for key in metrics):
-        return "eval"
-    return "train"
-
-
-def _int_step(raw: str) -> int | None:
-    try:
-        return int(raw)
-    except ValueError:
-        value = decode_value(raw)
-        return int(value) if value is not None and value.is_integer() else None
-
-
-class _PresetMatcher:
-    """A compiled :class:`StdoutPreset`."""
-
-    __slots__ = ("preset", "counted", "progress", "needle", "key_map", "_line", "_pair",
-                 "_require")
-
-    def __init__(self, preset: StdoutPreset) -> None:
-        self.preset = preset
-        self.counted = preset.step == "count"
-        self.progress = preset.step == "progress"
-        #: The preset's field map (``field_map:``), set by a parser that maps keys.
-        self.key_map: Callable[[dict[str, float]], dict[str, float]] | None = None
-        self.needle = preset.contains.encode()
-        self._line = re.compile(preset.line) if preset.line else None
-        self._pair = re.compile(preset.pair) if preset.pair else None
-        self._require = frozenset(preset.require_any)
-
-    def match(self, text: str) -> _Found | ParseSkip | None:
-        preset = self.preset
-        if preset.contains not in text:
-            return None
-        step: int | None = None
-        body_start, body = 0, text
-        if self._line is not None:
-            m = self._line.search(text)
-            if m is None:
-                return None
-            body_start, body = m.start("body"), m.group("body")
-            if preset.step in ("group", "progress"):
-                step = _int_step(m.group("step"))
-                if step is None:
-                    return ParseSkip("bad_step", m.group("step")[:40])
-                if self.progress:
-                    if m.groupdict().get("total") == str(step):
-                        # The bar's last redraw repeats the postfix drawn at total - 1 (the
-                        # next epoch's bar starts at the same step number).
-                        return None
-                    step += _epoch_offset(m)
-        if preset.format == "log_dict":
-            scanned = scan_log_dict(text, body_start)
-            if scanned is None:
-                return ParseSkip("bad_log_dict", text[body_start:body_start + 60])
-            metrics, keys = scanned
-            if self._require and not (self._require & keys):
-                return None  # some other dict the program printed
-        else:
-            assert self._pair is not None
-            metrics = {}
-            raw_step: str | None = None
-            for item in self._pair.finditer(body):
-                key, raw = item.group("key"), item.group("value")
-                if key == preset.step_key and preset.step == "key":
-                    raw_step = raw
-                    continue
-                value = decode_token(raw)
-                if value is not None:
-                    metrics[key] = value
-            if preset.step == "key":
-                if raw_step is None:
-                    return None
-                step = _int_step(raw_step)
-                if step is None:
-                    return ParseSkip("bad_step", raw_step[:40])
-        if not metrics:
-            return None
-        return step, metrics, _kind(metrics, text)
-
-
-class _UserPattern:
-    """A user's ``--regex`` pattern, compiled with re2 (linear time, no backtracking)."""
-
-    __slots__ = ("counted", "progress", "needle", "key_map", "_regex", "_names")
-
-    def __init__(self, pattern: str) -> None:
-        shown = quoted(pattern)
-        self._regex = compile_safe(pattern, "--regex")
-        names = dict(self._regex.groupindex)
-        if "step" not in names:
-            raise ConfigError(f"--regex {shown}: not a preset name ("
-                              + ", ".join(sorted(builtin_stdout_presets()))
-                              + ") and has no (?P<step>...) group; name the step group, and one "
-                              "group per metric, e.g. 'step (?P<step>\\d+) loss (?P<loss>\\S+)'")
-        self._names = [(n, n.replace("__", "/")) for n in names if n != "step"]
-        if not self._names:
-            raise ConfigError(f"--regex {shown}: no metric group; add a named group per "
-                              "metric, e.g. (?P<loss>\\S+)")
-        self.counted = False
-        self.progress = False
-        self.key_map = None
-        self.needle = b""
-
-    def match(self, text: str) -> _Found | ParseSkip | None:
-        m = self._regex.search(text)
-        if m is None:
-            return None
-        raw_step = m.group("step")
-        step = _int_step(raw_step) if raw_step is not None else None
-        if step is None:
-            return ParseSkip("bad_step", str(raw_step)[:40])
-        metrics: dict[str, float] = {}
-        for group, name in self._names:
-            raw = m.group(group)
-            if raw is None:
-                continue
-            value = decode_token(raw.strip())
-            if value is None:
-                return ParseSkip("bad_value", f"{name}={raw!r}"[:60])
-            metrics[name] = value
-        return (step, metrics, _kind(metrics, text)) if metrics else None
-
-
-_Matcher = _PresetMatcher | _UserPattern
-
-
-#: The HF Trainer's own step bar (``ProgressCallback``: ``tqdm(total=max_steps)``, no
-#: description, so datasets' "Map: ..." bars do not match): ``  5%|▌    | 1/20 [00:00<00:05,
-#: 3.41it/s]``. Its total is the run's length, which no printed log dict carries.
-_TRAINER_BAR: Final = re.compile(r"\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[")
-
-
 @dataclass(slots=True)
 class _Progress:
     """Per stream: how many training logs were counted and the current step."""
@@ -324,10 +183,10 @@ class StdoutParser:
     log has none) is injected.
     """
 
-    def __init__(self, matchers: list[_Matcher], *, json_lines: bool = True,
+    def __init__(self, matchers: list[Matcher], *, json_lines: bool = True,
                  logging_steps: int = 1, steps_per_epoch: int | None = None,
                  signals: SignalScanner | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, step_bar: bool = True) -> None:
         if logging_steps < 1:
             raise ConfigError(f"--logging-steps {logging_steps}: must be 1 or more (the "
                               "trainer's logging_steps)")
@@ -349,9 +208,12 @@ class StdoutParser:
         #: Per stream, the last step a progress bar gave (see _bar_steps).
         self._last_bar_step: dict[str, int] = {}
         self._bar_hits = 0  # records of the last parse_all that a progress bar gave
-        #: The Trainer's step bar as last drawn on any stream (stderr, in ``run``): (counter,
-        #: total), the total being the first one seen (an eval bar's differs; see _read_bar).
-        self._trainer_bar: tuple[int, int] | None = None
+        #: Whether training logs get progress/* from the Trainer's step bar (not convert,
+        #: which keeps the keys as printed).
+        self.step_bar = step_bar
+        #: The run's length: the total of the Trainer's bar last drawn on a training log's
+        #: own physical line (see _record).
+        self._run_length: int | None = None
         #: A printed log carries no time: its record's time is when it was read (``clock``,
         #: injected so the parser stays a function of its input in tests).
         self._clock = clock
@@ -404,13 +266,18 @@ class StdoutParser:
                 if type(parsed) is Record:
                     return [parsed]
                 json_skip = parsed  # type: ignore[assignment]
-        if b"it/s]" in data or b"s/it]" in data:
-            self._read_bar(data)
         needles = self._needles
         if needles is not None and not any(n in data for n in needles):
             return [json_skip] if json_skip is not None else []
         out: list[Record | ParseSkip] = []
+        bar: tuple[int, int] | None = None  # the Trainer's bar as last drawn on this line
+        bars = self.step_bar and (b"it/s]" in data or b"s/it]" in data)
         for text in segments(data.decode("utf-8", "replace")):
+            if bars:
+                drawn = trainer_bar(text)
+                if drawn is not None:
+                    bar = drawn
+                    continue
             for matcher in self.matchers:
                 found = matcher.match(text)
                 if found is None:
@@ -421,7 +288,8 @@ class StdoutParser:
                     step, metrics, kind = found  # type: ignore[misc]
                     if matcher.key_map is not None:
                         metrics = matcher.key_map(metrics)
-                    out.append(self._record(stream, step, metrics, kind, matcher.counted))
+                    out.append(self._record(stream, step, metrics, kind, matcher.counted,
+                                            bar))
                     if matcher.progress:
                         self._bar_hits += 1
                 break
@@ -433,23 +301,6 @@ class StdoutParser:
         if not out and json_skip is not None:
             return [json_skip]
         return out
-
-    def _read_bar(self, data: bytes) -> None:
-        """Keep the last state of the Trainer's step bar drawn on this line (before its log
-        dict, which ``tqdm.write`` prints after clearing the bar). The first total seen is the
-        training bar's (it is drawn before any evaluation); bars of other totals are not it.
-
-        The counter lags the step by up to one when steps are faster than tqdm redraws (0.1 s):
-        the log's own redraw is skipped, and the bar drawn again after the previous log shows."""
-        for text in segments(data.decode("utf-8", "replace")):
-            m = _TRAINER_BAR.match(text)
-            if m is None:
-                continue
-            counter, total = int(m.group(1)), int(m.group(2))
-            if self._trainer_bar is not None and self._trainer_bar[1] != total:
-                continue
-            if total > 0 and counter <= total:
-                self._trainer_bar = (counter, total)
 
     def _signal(self, stream: str, metrics: dict[str, float]) -> Record:
         """A printed warning/error line, at the step being computed: the one whose log comes
@@ -466,7 +317,7 @@ class StdoutParser:
         return Record(progress.step + self.logging_steps, metrics, None, 0, "train", True)
 
     def _record(self, stream: str, step: int | None, metrics: dict[str, float], kind: str,
-                counted: bool) -> Record:
+                counted: bool, bar: tuple[int, int] | None = None) -> Record:
         progress = self._progress.get(stream)
         if progress is None:
             progress = self._progress[stream] = _Progress()
@@ -487,27 +338,37 @@ class StdoutParser:
             for name in progress.signals_seen - progress.signals_since:
                 metrics.setdefault(name, 0.0)
             progress.signals_since.clear()
-        if counted and kind == "train" and self._trainer_bar is not None:
-            # The run's length, for rules that extrapolate a schedule to the last step
-            # (common.warmup_outlasts_run); only a merged or wrapped stderr shows the bar.
-            for name, value in zip(PROGRESS_METRICS, self._trainer_bar, strict=True):
-                metrics[name] = float(value)
+        if counted and kind == "train" and self.step_bar:
+            self._progress_metrics(metrics, step, bar)
         return Record(step, metrics, round(self._clock(), 6), 0, kind)
 
 
-def _epoch_offset(m: re.Match[str]) -> int:
-    """``epoch x total`` of a progress bar that restarts each epoch, when the line shows both."""
-    groups = m.groupdict()
-    epoch, total = groups.get("epoch"), groups.get("total")
-    if epoch is None or total is None or not epoch.isdigit() or not total.isdigit():
-        return 0
-    return int(epoch) * int(total)
+    def _progress_metrics(self, metrics: dict[str, float], step: int,
+                          bar: tuple[int, int] | None) -> None:
+        """progress/step and progress/total on a training log, for rules that extrapolate a
+        schedule to the last step (common.warmup_outlasts_run).
+
+        Only a bar drawn on the log's own physical line is known to be the Trainer's
+        (``tqdm.write`` clears it there to print the log): a bar on another line may be a
+        data-preparation loop's, an evaluation's, or, when the trainer's stdout is buffered
+        and its logs come late in a block, far ahead of them. Its total is kept as the run's
+        length for later logs printed without a redraw (and replaced by the next one seen:
+        a second ``train()`` in one process). The step given is the smaller of the derived
+        step and the bar's counter (which lags by one when steps beat tqdm's redraws): both
+        errors make the extrapolation larger, so a rule errs towards quiet."""
+        if bar is not None:
+            self._run_length = bar[1]
+        if self._run_length is None:
+            return
+        shown = step if bar is None else min(step, bar[0])
+        metrics[PROGRESS_METRICS[0]] = float(shown)
+        metrics[PROGRESS_METRICS[1]] = float(self._run_length)
 
 
 def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int = 1,
                      steps_per_epoch: int | None = None,
                      signals: list[str] | tuple[str, ...] | None = (),
-                     map_keys: bool = False) -> LineParser:
+                     map_keys: bool = False, step_bar: bool = True) -> LineParser:
     """The parser for a source: a stdout preset, a user's pattern, or auto-detection.
 
     * ``regex`` a preset name (``trl``, ``transformers``, ``verl``, ``openrlhf``, ``kv``) or a
@@ -521,26 +382,29 @@ def make_line_parser(regex: str | None, *, auto: bool = True, logging_steps: int
       mapped by that map, whether the preset was named or found by auto-detection, so verl's
       ``actor/pg_loss`` feeds the loss rules. The monitor and ``run`` map; ``convert`` keeps
       the keys as printed.
+    * ``step_bar``: training logs get ``progress/step`` and ``progress/total`` from the HF
+      Trainer's step bar on their line (off for ``convert``: keys as printed).
 
     Raises :class:`~trainguard.exceptions.ConfigError` for a bad pattern or option.
     """
     if regex is None and not auto:
         return json_line_parser
-    matchers: list[_Matcher]
+    matchers: list[Matcher]
     if regex is None:
-        matchers = [_PresetMatcher(load_stdout_preset(name)) for name in AUTO_ORDER]
+        matchers = [PresetMatcher(load_stdout_preset(name)) for name in AUTO_ORDER]
     elif regex in builtin_stdout_presets():
-        matchers = [_PresetMatcher(load_stdout_preset(regex))]
+        matchers = [PresetMatcher(load_stdout_preset(regex))]
     else:
-        matchers = [_UserPattern(regex)]
+        matchers = [UserPattern(regex)]
     if map_keys:
         from trainguard.monitor.ingest.normalize import load_field_map
 
         for matcher in matchers:
-            name = matcher.preset.field_map if isinstance(matcher, _PresetMatcher) else None
+            name = matcher.preset.field_map if isinstance(matcher, PresetMatcher) else None
             if name:
                 matcher.key_map = load_field_map([name]).apply
     return StdoutParser(matchers, json_lines=auto, logging_steps=logging_steps,
                         steps_per_epoch=steps_per_epoch,
-                        signals=None if signals is None else load_scanner(signals))
+                        signals=None if signals is None else load_scanner(signals),
+                        step_bar=step_bar)
 

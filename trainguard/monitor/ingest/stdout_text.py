@@ -11,6 +11,8 @@ Pure functions used by the stdout presets (see :mod:`trainguard.monitor.ingest.s
   linear in the line length, flat values only (a nested list or dict value is skipped over, not
   a metric). TRL 1.x prints floats as quoted strings with 4 significant digits (``'0.6931'``);
   older transformers print raw floats (``0.6931``, ``nan``, ``inf``): both read as numbers.
+* :func:`trainer_bar` reads the HF Trainer's own step bar (its counter and total) from one
+  piece of a line.
 * :func:`decode_token` turns one printed value into a float, or ``None`` when it is not a
   number (``None``, ``True``, a placeholder string): the TRL callback drops those too.
 """
@@ -22,7 +24,7 @@ from typing import Final
 
 from trainguard.events import decode_value
 
-__all__ = ["decode_token", "scan_log_dict", "segments"]
+__all__ = ["decode_token", "scan_log_dict", "segments", "trainer_bar"]
 
 #: CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes.
 _ANSI: Final = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
@@ -51,6 +53,21 @@ def segments(text: str) -> list[str]:
     if "\r" not in text:
         return [text] if text.strip() else []
     return [piece for piece in text.split("\r") if piece.strip()]
+
+
+#: The HF Trainer's step bar (``ProgressCallback``: ``tqdm(total=max_steps)``, no description,
+#: so datasets' "Map: ..." bars do not match): ``  5%|▌    | 1/20 [00:00<00:05,  3.41it/s]``.
+_TRAINER_BAR: Final = re.compile(r"\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \[")
+
+
+def trainer_bar(text: str) -> tuple[int, int] | None:
+    """(counter, total) of a tqdm bar drawn with no description (the HF Trainer's), or None.
+    A bar whose counter is past its total is not a bar."""
+    m = _TRAINER_BAR.match(text)
+    if m is None:
+        return None
+    counter, total = int(m.group(1)), int(m.group(2))
+    return (counter, total) if total > 0 and counter <= total else None
 
 
 def decode_token(token: str, quoted: bool = False) -> float | None:
