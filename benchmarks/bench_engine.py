@@ -43,7 +43,7 @@ from trainguard.monitor.engine.engine import Engine
 from trainguard.rules.loader import builtin_pack_names, load_rules
 
 #: Keys TRL trainers log, padded to 30 with generic ones.
-_KEYS = ["loss", "grad_norm", "learning_rate", "epoch", "entropy", "num_tokens",
+KEYS = ["loss", "grad_norm", "learning_rate", "epoch", "entropy", "num_tokens",
          "mean_token_accuracy", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
          "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected",
          "kl", "reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
@@ -83,8 +83,8 @@ def bench_engine(steps: int) -> dict[str, Any]:
     """Microseconds (CPU) per 30-metric step: each trainer's default packs, and all packs."""
     from trainguard.rules.detect import DEFAULT_PACKS
 
-    rows = _series(steps, _KEYS)
-    result: dict[str, Any] = {"metrics_per_step": len(_KEYS), "steps": steps}
+    rows = _series(steps, KEYS)
+    result: dict[str, Any] = {"metrics_per_step": len(KEYS), "steps": steps}
     for kind in ("sft", "dpo", "grpo"):
         packs = ["common", DEFAULT_PACKS[kind]]
         rules, us = _us_per_step(packs, kind, rows)
@@ -278,7 +278,7 @@ def _figures(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _tree_with_packs(root: Path, packs_from: Path, into: Path) -> Path:
+def tree_with_packs(root: Path, packs_from: Path, into: Path) -> Path:
     """A copy of ``root``'s package with the rule packs (and their rule tests) of the tree
     ``packs_from``: this engine on that revision's rules."""
     shutil.copytree(root / "trainguard", into / "trainguard",
@@ -303,7 +303,7 @@ def compare_git(rev: str, steps: int, rounds: int, same_packs: bool = False) -> 
         subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-q", str(other),
                         rev], check=True)
         try:
-            after = _tree_with_packs(root, other, Path(tmp) / "after") if same_packs else root
+            after = tree_with_packs(root, other, Path(tmp) / "after") if same_packs else root
             trees = {"before": other, "after": after}
             best: dict[str, dict[str, float]] = {"before": {}, "after": {}}
             for turn in range(rounds):

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_engine import _KEYS, _tree_with_packs  # noqa: E402
+from benchmarks.bench_engine import KEYS, tree_with_packs  # noqa: E402
 
 #: Runs the engine (the tree on PYTHONPATH) over N of bench_engine's steps, one record at a
 #: time (batch 1) or in batches.
@@ -60,7 +60,7 @@ def instructions(tree: Path, kind: str, steps: int, batch: int) -> int:
     with tempfile.TemporaryDirectory() as cwd:  # not this tree: `-c` puts the cwd first
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
                                sys.executable, "-c", _DRIVER, kind, str(steps), str(batch),
-                               ",".join(_KEYS)], env=env, cwd=cwd, capture_output=True,
+                               ",".join(KEYS)], env=env, cwd=cwd, capture_output=True,
                               text=True, check=True)
     if f"measured {tree}" not in done.stdout:
         raise SystemExit(f"measured {done.stdout.strip()}, not {tree}")
@@ -91,7 +91,7 @@ def main() -> None:
                         str(other), args.compare_git], check=True)
         try:
             trees = {"before": other, "after": ROOT,
-                     "after_engine_before_packs": _tree_with_packs(ROOT, other,
+                     "after_engine_before_packs": tree_with_packs(ROOT, other,
                                                                    Path(tmp) / "same")}
             for kind, batch in specs:
                 counts = {name: per_step(tree, kind, batch) for name, tree in trees.items()}
