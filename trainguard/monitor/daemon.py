@@ -82,6 +82,7 @@ class Monitor(StepIntake):
         wait: Callable[[float], object] | None = None,
         trainer_rules: Callable[[set[str]], bool] | None = None,
         on_tick: Callable[[], None] | None = None,
+        config_report: Callable[[], ConfigReport | None] | None = None,
     ) -> None:
         self.source = source
         self.engine = Engine(rules)
@@ -103,10 +104,9 @@ class Monitor(StepIntake):
         #: Auto-selection: called with the keys seen so far until it returns True (it detected
         #: the trainer and gave the engine its pack); see session.TrainerPackSelector.
         self._trainer_rules = trainer_rules
-        #: What the pack selector found of the trainer's config (monitor/packs.py), kept for
-        #: the verdict after the selection itself is done (intake drops _trainer_rules then).
-        self.config_report: Callable[[], ConfigReport | None] | None = getattr(
-            trainer_rules, "config_report", None)
+        #: What the pack selector found of the trainer's config (monitor/packs.py), for the
+        #: verdict; asked at the end, after intake has dropped _trainer_rules.
+        self.config_report = config_report
         self._keys_seen: set[str] = set()
         self._detect_budget = 50
         self.field_map = field_map or FieldMap()

@@ -254,8 +254,7 @@ class PackSelector:
     def _evaluate_config(self) -> None:
         """Evaluate the recorded config (else the command line's) as one record."""
         assert self.engine is not None
-        recorded = config_metrics(self.run_dir)
-        config = recorded or self._command_config()
+        config = config_metrics(self.run_dir) or self._command_config()
         self._config_given = frozenset(config)
         if config:
             for alert in self.engine.evaluate(0, self.step(), config):

@@ -194,7 +194,7 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,
                       wait=watcher.wait if watcher is not None else None,
-                      trainer_rules=selector)
+                      trainer_rules=selector, config_report=selector.config_report)
     selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
     monitor.batch = options.once
     if stop_watch is not None:

@@ -274,7 +274,7 @@ def run_command(options: RunOptions, *, passthrough: BinaryIO | None = None) -> 
                                                  lambda: source.event_lines > 0,
                                                  signal_parser,
                                                  lambda: monitor.max_step or 0),
-                      trainer_rules=selector)
+                      trainer_rules=selector, config_report=selector.config_report)
     selector.attach(monitor.engine, monitor.route, lambda: monitor.max_step or 0)
     for observer in options.observers:
         observer.start(monitor)
