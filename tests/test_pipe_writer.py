@@ -108,13 +108,14 @@ def test_a_file_or_a_closed_descriptor_is_not_a_pipe(tmp_path):
     assert pipe_inode(read_end) is None
 
 
-def _pipeline(trainer_args: str, tmp_path: Path, trainer_cwd: Path | None = None) -> str:
-    """``(cd TRAINER_CWD; python fake.py ARGS) | trainguard monitor - --once`` through a real
-    shell whose own directory is ``tmp_path``."""
+def _pipeline(trainer_args: str, tmp_path: Path, trainer_cwd: Path | None = None,
+              redirect: str = "") -> str:
+    """``(cd TRAINER_CWD; python fake.py ARGS REDIRECT) | trainguard monitor - --once``
+    through a real shell whose own directory is ``tmp_path``."""
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="200", PYTHONPATH=str(ROOT))
-    trainer = f"exec {sys.executable} {script} {trainer_args}"
+    trainer = f"exec {sys.executable} {script} {trainer_args} {redirect}"
     if trainer_cwd is not None:
         trainer = f"cd {trainer_cwd} && {trainer}"
     command = f"({trainer}) | {sys.executable} -m trainguard monitor - --once"
@@ -162,3 +163,17 @@ def test_through_tee_the_trainer_upstream_is_found(tmp_path):
     out = (done.stdout + done.stderr).decode()
     assert "HIGH  common.warmup_longer_than_run step 1" in out, out
     assert (tmp_path / "train.log").read_text().count("learning_rate") == 7
+
+
+def test_a_piped_trainer_whose_stderr_goes_elsewhere_is_told_to_pipe_both(tmp_path):
+    """Its step bar, warnings and tracebacks would go unseen: the monitor says so, and how."""
+    log = tmp_path / "err.log"
+    out = _pipeline("--max_steps 20", tmp_path, redirect=f"2> {log}")
+    assert f"stderr goes to {log}, not into this pipe" in out, out
+    assert "2>&1 | trainguard monitor -" in out, out
+
+
+def test_a_piped_trainer_with_stderr_merged_gets_no_such_note(tmp_path):
+    out = _pipeline("--max_steps 20", tmp_path, redirect="2>&1")
+    assert "config from the command line of pid" in out, out  # the writer was found
+    assert "not into this pipe" not in out, out

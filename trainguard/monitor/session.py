@@ -59,19 +59,24 @@ ALERTS_FILENAME = "alerts.jsonl"
 METRICS_PATH_ENV = "TRAINGUARD_METRICS_PATH"
 
 
-def _stdin_writer_command() -> Callable[[], TrainerCommand | None]:
+def _stdin_writer_command(say: Callable[[str], None]) -> Callable[[], TrainerCommand | None]:
     """A function giving the command line of the trainer piping into stdin
     (ingest/pipe_writer.py), if found: looked for when the first record comes, when the
     writer has surely started its program, else as it was at start (a short writer may have
-    ended by then)."""
+    ended by then). Says once if that trainer's stderr is not in the pipe."""
     from trainguard.monitor.ingest.pipe_writer import stdin_writer
 
     at_start = stdin_writer()
+    told: list[int] = []
 
     def command() -> TrainerCommand | None:
         writer = stdin_writer() or at_start
         if writer is None:
             return None
+        note = writer.stderr_note()
+        if note is not None and not told:
+            told.append(writer.pid)
+            say(f"trainguard: {note}")
         return TrainerCommand(writer.argv, writer.cwd,
                               f"the command line of pid {writer.pid}, which writes to stdin")
     return command
@@ -189,7 +194,8 @@ def run_monitor(options: MonitorOptions, stop_event: threading.Event | None = No
             console.line(f"trainguard: {warning}", style="yellow")
     selector = PackSelector(options.rules, _metadata_dir(source_path, run_dir), say,
                             options.set_rules,
-                            command=_stdin_writer_command() if options.source == "-" else ())
+                            command=(_stdin_writer_command(say) if options.source == "-"
+                                     else ()))
     monitor = Monitor(source, rules, field_map=field_map, sinks=sinks, stopper=stopper,
                       parser=parser, on_problem=report_problem, recorder=recorder,
                       checkpointer=checkpointer,

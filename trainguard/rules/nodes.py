@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from trainguard.rules.dormant import dormant_and, flushing, replay_of
+
 __all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
            "lazy_many", "logical", "logical_all", "make_in_context", "many_of", "metric",
            "negate", "shared_again", "shared_first", "vector", "with_many"]
@@ -107,6 +109,9 @@ class Node:
     #: ``.operand``), so the engine can fuse it with the life cycle's quiet path
     #: (monitor/engine/fused.py); ``None`` otherwise.
     test: tuple[str | None, str, float] | None = None
+    #: Stateless: built of metrics, literals and operators only (no function), so its
+    #: evaluators may be called in any order, or skipped (rules/dormant.py's guards).
+    pure: bool = False
 
 
 def vector() -> Any:
@@ -139,15 +144,25 @@ def many_of(evaluate: Evaluator) -> Any:
     return getattr(evaluate, "many", None)
 
 
+def forward_replay(evaluate: Evaluator, inner: Evaluator) -> Evaluator:
+    """``evaluate``, whose only state is ``inner``'s, with ``inner``'s replay (rules/dormant.py)
+    as its own, if ``inner`` has one."""
+    replay = replay_of(inner)
+    if replay is not None:
+        evaluate.replay = replay  # type: ignore[attr-defined]
+    return evaluate
+
+
 def const(value: float, percent: bool = False, unit: str | None = None) -> Node:
     return Node(lambda: with_many(lambda m: value, lazy_many(lambda: vector().const(value))),
                 frozenset(),
-                constant=value, percent=percent, unit=unit, batched=True, fill=0, reaction=0)
+                constant=value, percent=percent, unit=unit, batched=True, fill=0, reaction=0,
+                pure=True)
 
 
 def metric(name: str) -> Node:
     return Node(lambda: with_many(lambda m: m.get(name), lazy_many(lambda: vector().metric(name))),
-                frozenset({name}), name=name, batched=True)
+                frozenset({name}), name=name, batched=True, pure=True)
 
 
 def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
@@ -185,6 +200,7 @@ def _compare_constant(op: str, left: Node, c: float) -> Callable[[], Evaluator]:
                 lambda: vector().binary(op, many_of(lf), vector().const(c))))
         if name is None:
             evaluate.operand = lf  # type: ignore[attr-defined]  # read by the engine's fusion
+            forward_replay(evaluate, lf)
         return evaluate
     return make
 
@@ -208,7 +224,7 @@ def _special_binary(op: str, fn: Callable[[float, float], float | None], left: N
             return None if b is None else fn(c, b)
         if op == "*":  # read by a parent ``metric CMP c * f(...)`` (below)
             scaled.factor = (c, rf)  # type: ignore[attr-defined]
-        return scaled
+        return forward_replay(scaled, rf)
     if name is None or op not in CMP:
         return None
     evaluate: Evaluator
@@ -233,7 +249,7 @@ def _special_binary(op: str, fn: Callable[[float, float], float | None], left: N
             def evaluate(m: Mapping[str, float]) -> float | None:
                 a, b = m.get(name), ff(m)
                 return None if a is None or b is None else (1.0 if a >= k * b else 0.0)
-        return evaluate
+        return forward_replay(evaluate, ff)
     if op == "<":
         def evaluate(m: Mapping[str, float]) -> float | None:
             a, b = m.get(name), rf(m)
@@ -287,10 +303,11 @@ def binary(op: str, left: Node, right: Node) -> Node:
     metrics, always = left.metrics | right.metrics, left.always or right.always
     const = right.constant
     batched = left.batched and right.batched
+    pure = left.pure and right.pure
     if const is not None and op in CMP:
         return Node(_compare_constant(op, left, const), metrics, always=always,
                     batched=batched, fill=left.fill, reaction=left.reaction,
-                    test=(left.name, op, const))
+                    test=(left.name, op, const), pure=pure)
     # The same arithmetic as the lambdas, without a Python call: operator's are C functions.
     fn = _ARITHMETIC.get(op, fn)
 
@@ -324,7 +341,8 @@ def binary(op: str, left: Node, right: Node) -> Node:
                 lambda: vector().binary(op, many_of(lf), many_of(rf))))
         return evaluate
     return Node(make, metrics, always=always, batched=batched,
-                fill=max(left.fill, right.fill), reaction=max(left.reaction, right.reaction))
+                fill=max(left.fill, right.fill), reaction=max(left.reaction, right.reaction),
+                pure=pure)
 
 
 def logical(op: str, left: Node, right: Node) -> Node:
@@ -338,6 +356,13 @@ def logical_all(op: str, terms: list[Node]) -> Node:
     results as nesting the binary form, one call less per extra term; every term runs on
     every call, in order, so stateful windows see every step."""
     batched = all(t.batched for t in terms)
+    # The terms whose stateful parts all read one metric (and can replay its values), when
+    # some term is stateless: a false stateless term then decides an ``and`` on its own
+    # (rules/dormant.py).
+    stateful = [t for t in terms if not t.pure]
+    read = frozenset().union(*(t.metrics for t in stateful))
+    dormant_name = (next(iter(read)) if op == "and" and len(stateful) < len(terms)
+                    and stateful and len(read) == 1 else None)
 
     def make() -> Evaluator:
         fs = [t.make() for t in terms]
@@ -395,20 +420,28 @@ def logical_all(op: str, terms: list[Node]) -> Node:
                 if any(values):
                     return 1.0
                 return None if None in values else 0.0
+        flush = None
+        replays = [replay_of(f) for t, f in zip(terms, fs, strict=True) if not t.pure]
+        if dormant_name is not None and all(r is not None for r in replays):
+            pure = [(t, f) for t, f in zip(terms, fs, strict=True) if t.pure]
+            evaluate, flush = dormant_and([f for _, f in pure], replays,  # type: ignore[arg-type]
+                                          dormant_name, evaluate,
+                                          pure[0][0].test if len(pure) == 1 else None)
         if batched:
             def build() -> Any:
                 V = vector()
                 many = many_of(fs[0])
                 for f in fs[1:]:
                     many = V.logical(op, many, many_of(f))
-                return many
+                return many if flush is None else flushing(flush, many)
             with_many(evaluate, lazy_many(build))
         return evaluate
     # ``and`` is true once all its terms are; ``or`` once any is.
     pick = max if op == "and" else min
     metrics: frozenset[str] = frozenset().union(*(t.metrics for t in terms))
     return Node(make, metrics, always=any(t.always for t in terms), batched=batched,
-                fill=pick(t.fill for t in terms), reaction=pick(t.reaction for t in terms))
+                fill=pick(t.fill for t in terms), reaction=pick(t.reaction for t in terms),
+                pure=all(t.pure for t in terms))
 
 
 def negate(inner: Node, arithmetic: bool) -> Node:
@@ -425,7 +458,7 @@ def negate(inner: Node, arithmetic: bool) -> Node:
     return Node(make, inner.metrics,
                 constant=-inner.constant if arithmetic and inner.constant is not None else None,
                 always=inner.always, batched=inner.batched, fill=inner.fill,
-                reaction=inner.reaction)
+                reaction=inner.reaction, pure=inner.pure)
 
 
 def shared_first(node: Node, key: Any) -> Node:

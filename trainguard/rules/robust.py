@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from trainguard.rules.dormant import replayer
 from trainguard.rules.dsl import (
     Call,
     Evaluator,
@@ -213,6 +214,12 @@ def _median(call: Call) -> Node:
         if operand.batched:
             fm = many_of(f)
             with_many(evaluate, many)
+        if name is not None:
+            def reset(skipped: int) -> None:
+                order.clear()
+                ordered.clear()
+            evaluate.replay = replayer(evaluate, name, window, reset,  # type: ignore[attr-defined]
+                                       floor)
         return evaluate
     return Node(make, operand.metrics, batched=operand.batched,
                 fill=operand.fill + min_count - 1 + (1 if previous else 0),

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from trainguard.rules.dormant import replayer
 from trainguard.rules.dsl import (
     Call,
     Evaluator,
@@ -173,6 +174,12 @@ def _moment(call: Call, std: bool) -> Node:
         if operand.batched:
             with_many(evaluate, lazy_many(
                 lambda: _moment_many(many_of(f), mom, min_count, previous, std)))
+        if name is not None:
+            def reset(skipped: int) -> None:
+                mom.values.clear()
+                mom.shift, mom.total, mom.squares = None, 0.0, 0.0
+                mom.updates += skipped
+            evaluate.replay = replayer(evaluate, name, window, reset)  # type: ignore[attr-defined]
         return evaluate
     fill, reaction = _timing(operand, min_count, previous, window)
     return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
@@ -258,6 +265,12 @@ def _extreme(call: Call, smallest: bool) -> Node:
         if operand.batched:
             fm = many_of(f)
             with_many(evaluate, many)
+        if name is not None:
+            def reset(skipped: int) -> None:
+                nonlocal index
+                mono.clear()  # every value in it is older than the last `window` to come
+                index += skipped
+            evaluate.replay = replayer(evaluate, name, window, reset)  # type: ignore[attr-defined]
         return evaluate
     fill, reaction = _timing(operand, min_count, previous, window)
     return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)
@@ -333,6 +346,13 @@ def _slope(call: Call) -> Node:
         if operand.batched:
             fm = many_of(f)
             with_many(evaluate, many)
+        if name is not None:
+            def reset(skipped: int) -> None:
+                nonlocal sy, sxy, updates
+                values.clear()
+                sy = sxy = 0.0
+                updates += skipped
+            evaluate.replay = replayer(evaluate, name, window, reset)  # type: ignore[attr-defined]
         return evaluate
     fill, reaction = _timing(operand, min_count, False, window)
     return Node(make, operand.metrics, batched=operand.batched, fill=fill, reaction=reaction)

@@ -34,11 +34,29 @@ __all__ = ["PipeWriter", "pipe_inode", "stdin_writer"]
 @dataclass(frozen=True, slots=True)
 class PipeWriter:
     """A process writing into the pipe: its pid, command line and working directory (where
-    its relative ``--config`` path points)."""
+    its relative ``--config`` path points), and where its stderr goes."""
 
     pid: int
     argv: tuple[str, ...]
     cwd: str | None
+    #: Where fd 2 points (``/dev/pts/3``, ``pipe:[123]``, a file), when it is not where fd 1
+    #: points: the Trainer's step bar, TRL's warnings and tracebacks are all written there,
+    #: out of the monitor's sight. ``None`` when stderr is merged (``2>&1``) or unknown.
+    stderr_elsewhere: str | None = None
+
+    def stderr_note(self) -> str | None:
+        """What the user misses with the trainer's stderr elsewhere, and the fix; or None."""
+        if self.stderr_elsewhere is None:
+            return None
+        where = self.stderr_elsewhere
+        place = ("the terminal" if where.startswith(("/dev/pts", "/dev/tty"))
+                 else "/dev/null (discarded)" if where == "/dev/null"
+                 else "another pipe" if where.startswith("pipe:")
+                 else "a socket" if where.startswith("socket:") else where)
+        return (f"pid {self.pid}'s stderr goes to {place}, not into this pipe: the Trainer's "
+                "step bar (the run's length), TRL's warnings, CUDA/NCCL errors and tracebacks "
+                "are written there, unseen; pipe both (python train.py 2>&1 | trainguard "
+                "monitor -) or use trainguard run")
 
 
 def pipe_inode(fd: int = 0) -> int | None:
@@ -118,6 +136,16 @@ def _stdin_pipe(pid: int, root: Path) -> int | None:
     return int(link[6:-1]) if link.startswith("pipe:[") and link.endswith("]") else None
 
 
+def _stderr_elsewhere(pid: int, root: Path) -> str | None:
+    """Where process ``pid``'s fd 2 points when that is not where its fd 1 points (through
+    ``tee`` this is the trainer's own fds, so ``2>&1 | tee`` counts as merged)."""
+    try:
+        out, err = (os.readlink(root / str(pid) / "fd" / fd) for fd in ("1", "2"))
+    except OSError:  # closed, ended, or not ours to read: say nothing rather than guess
+        return None
+    return None if out == err else err
+
+
 def stdin_writer(fd: int = 0, *, proc: str | Path = "/proc") -> PipeWriter | None:
     """The command writing into the pipe on ``fd`` (see the module doc), or None. Through
     ``tee`` and the like (up to 3 of them) to the writer of their own stdin."""
@@ -142,6 +170,6 @@ def stdin_writer(fd: int = 0, *, proc: str | Path = "/proc") -> PipeWriter | Non
                 cwd: str | None = process.cwd()
             except psutil.Error:
                 cwd = None
-            return PipeWriter(process.pid, argv, cwd)
+            return PipeWriter(process.pid, argv, cwd, _stderr_elsewhere(process.pid, root))
         inode, me = upstream, process.pid
     return None
