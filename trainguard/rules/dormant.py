@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Replay", "dormant_and", "replayer"]
+__all__ = ["MIN_PENDING", "SETTLE", "Replay", "dormant_and", "replay_of", "replayer"]
 
 #: A window's replay: push these values of its metric (non-finite ones skipped, as a record's
 #: would be), results unused. Carries ``.span``: how many trailing values can matter.
@@ -32,6 +32,10 @@ Evaluator = Callable[[Mapping[str, float]], "float | None"]
 #: The fewest values a dormant ``and`` gathers before it replays them anyway (it replays at four
 #: times its longest window's span, if more): memory stays bounded on a guard false forever.
 MIN_PENDING = 1024
+
+#: Records in a row a guard must say false before the windows' values are kept rather than
+#: pushed: a guard that flips every few records would otherwise pay a replay each time.
+SETTLE = 8
 
 _COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
             "==": operator.eq, "!=": operator.ne}
@@ -59,79 +63,141 @@ def replay_of(evaluate: Evaluator) -> Replay | None:
     return getattr(evaluate, "replay", None)
 
 
-def dormant_and(guards: list[Evaluator], windows: list[Replay], name: str, full: Evaluator,
+def dormant_and(guards: list[Evaluator], windows: list[Evaluator], name: str,
                 test: tuple[str | None, str, float] | None = None,
-                ) -> tuple[Evaluator, Callable[[], None]]:
-    """An ``and`` evaluator that, while one of its stateless ``guards`` is known false, only
-    keeps the value of ``name`` (the one metric its stateful terms read) for ``windows``, and
-    otherwise replays what it kept and runs ``full`` (every term in order, as always).
+                ) -> tuple[Evaluator, Callable[[list[Any], list[Any]], Any]]:
+    """An ``and`` of stateless ``guards`` and ``windows`` (terms whose only state is windows
+    over the metric ``name``, each with a replay): while a guard is known false,
+    the ``and`` is false whatever the windows say, so it only keeps the value of ``name`` for
+    them; otherwise it replays what it kept, runs the windows and gives the three-valued
+    ``and`` of every term (a known false term decides it; else an unknown one makes it
+    unknown; NaN counts as true). The same results as running every term in order: the guards
+    have no state and the windows share none (shared calls have no replay), so their order
+    does not matter.
 
     ``test``: the one guard's ``(metric, op, constant)`` when it is a bare metric's comparison
-    (Node.test), so it is compared inline. Returns the evaluator and its flush, which a batch
-    must call before it reads the windows.
-    The results are those of ``full`` on every record: a known false term decides an ``and``
-    whatever the others say (NaN counts as true, as in ``full``).
+    (Node.test), so it is compared inline. Returns the evaluator and a function making its
+    batch entry point from the guards' and the windows' batch entry points.
     """
     pending = array("d")
-    bound = max(MIN_PENDING, 4 * max(getattr(w, "span", 0) for w in windows))
+    replays: list[Replay] = [w.replay for w in windows]  # type: ignore[attr-defined]
+    bound = max(MIN_PENDING, 4 * max(getattr(r, "span", 0) for r in replays))
     nan = math.nan
 
     def flush() -> None:
         if pending:
             values = pending.tolist()
             del pending[:]
-            for window in windows:
-                window(values)
+            for replay in replays:
+                replay(values)
 
+    quiet = 0  # records in a row a guard said false; from SETTLE on, values are kept
+
+    # The windows' part, once no guard said false (``unknown``: one said nothing).
+    rest: Callable[[Mapping[str, float], bool], float | None]
+    if len(windows) == 1:
+        window = windows[0]
+
+        def rest(m: Mapping[str, float], unknown: bool) -> float | None:
+            nonlocal quiet
+            if pending:
+                flush()
+            quiet = 0
+            w = window(m)
+            if w is None:
+                return None
+            return 0.0 if not w else None if unknown else 1.0  # NaN counts as true
+    else:
+        def rest(m: Mapping[str, float], unknown: bool) -> float | None:
+            nonlocal quiet
+            if pending:
+                flush()
+            quiet = 0
+            false = False
+            for each in windows:  # all of them: each must see the record
+                w = each(m)
+                if w is None:
+                    unknown = True
+                elif not w:
+                    false = True
+            return 0.0 if false else None if unknown else 1.0
+
+    def false(m: Mapping[str, float]) -> float:
+        """A guard said false: the windows see the record now (the first SETTLE records in a
+        row) or later (its value kept)."""
+        nonlocal quiet
+        if quiet < SETTLE:
+            quiet += 1
+            for each in windows:
+                each(m)
+        else:
+            v = m.get(name)
+            pending.append(nan if v is None else v)
+            if len(pending) >= bound:
+                flush()
+        return 0.0
+
+    evaluate: Evaluator
     if test is not None and test[0] is not None and test[1] in _COMPARE:
-        # The usual guard, ``metric < constant``, read and compared here: no call for it.
+        # The usual guard, ``metric < constant``, read and compared here: no call for it,
+        # and the quiet path inlined, since it is most records' path.
         gname, cmp, c = test[0], _COMPARE[test[1]], test[2]
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             g = m.get(gname)
             if g is not None and not cmp(g, c):  # NaN compares false: a known false guard
+                if quiet < SETTLE:
+                    return false(m)
                 v = m.get(name)
                 pending.append(nan if v is None else v)
                 if len(pending) >= bound:
                     flush()
                 return 0.0
-            if pending:
-                flush()
-            return full(m)
+            return rest(m, g is None)
     elif len(guards) == 1:
         guard = guards[0]
 
         def evaluate(m: Mapping[str, float]) -> float | None:
             g = guard(m)
             if g is not None and not g:
-                v = m.get(name)
-                pending.append(nan if v is None else v)
-                if len(pending) >= bound:
-                    flush()
-                return 0.0
-            if pending:
-                flush()
-            return full(m)
+                return false(m)
+            return rest(m, g is None)
     else:
         def evaluate(m: Mapping[str, float]) -> float | None:
-            for guard in guards:
-                g = guard(m)
-                if g is not None and not g:
-                    v = m.get(name)
-                    pending.append(nan if v is None else v)
-                    if len(pending) >= bound:
-                        flush()
-                    return 0.0
-            if pending:
-                flush()
-            return full(m)
-    return evaluate, flush
+            unknown = False
+            for each in guards:  # stateless: the first false one decides
+                g = each(m)
+                if g is None:
+                    unknown = True
+                elif not g:
+                    return false(m)
+            return rest(m, unknown)
 
+    def batched(guards_many: list[Any], windows_many: list[Any]) -> Any:
+        """The batch entry point: a batch whose every record a guard decides false is kept as
+        the records are; any other replays what was kept, then runs the windows on it."""
+        import numpy as np  # a batch has come: numpy is loaded (rules/vector.py)
 
-def flushing(flush: Callable[[], None], many: Any) -> Any:
-    """A batch entry point that replays a dormant ``and``'s kept values before ``many`` reads
-    the windows."""
-    def run(batch: Any) -> Any:
-        flush()
-        return many(batch)
-    return run
+        def run(batch: Any) -> Any:
+            nonlocal quiet
+            results = [guard(batch) for guard in guards_many]
+            decided = np.zeros(batch.n, dtype=bool)
+            for gv, gk in results:
+                decided |= gk & (gv == 0)  # NaN != 0: true, as record by record
+            if decided.all():
+                quiet = SETTLE  # the records after this batch's keep their values too
+                v, k = batch.column(name)
+                pending.frombytes(np.where(k, v, nan).astype(np.float64).tobytes())
+                if len(pending) >= bound:
+                    flush()
+                return np.zeros(batch.n), np.ones(batch.n, dtype=bool)
+            flush()
+            quiet = 0
+            results += [window(batch) for window in windows_many]
+            known = np.ones(batch.n, dtype=bool)
+            for tv, tk in results:
+                decided |= tk & (tv == 0)
+                known &= tk
+            return np.where(decided, 0.0, 1.0), decided | known
+        return run
+    return evaluate, batched

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trainguard.rules.dormant import dormant_and, flushing, replay_of
+from trainguard.rules.dormant import dormant_and, replay_of
 
 __all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
            "lazy_many", "logical", "logical_all", "make_in_context", "many_of", "metric",
@@ -354,15 +354,9 @@ def logical_all(op: str, terms: list[Node]) -> Node:
     """``a and b and c...`` (or ``or``) as one closure, in three-valued logic: a known false
     term decides ``and`` (a true one ``or``), else an unknown term makes it unknown. The same
     results as nesting the binary form, one call less per extra term; every term runs on
-    every call, in order, so stateful windows see every step."""
+    every call, in order, so stateful windows see every step (an ``and`` whose windows can
+    wait for a false guard keeps their values instead: :func:`_dormant`)."""
     batched = all(t.batched for t in terms)
-    # The terms whose stateful parts all read one metric (and can replay its values), when
-    # some term is stateless: a false stateless term then decides an ``and`` on its own
-    # (rules/dormant.py).
-    stateful = [t for t in terms if not t.pure]
-    read = frozenset().union(*(t.metrics for t in stateful))
-    dormant_name = (next(iter(read)) if op == "and" and len(stateful) < len(terms)
-                    and stateful and len(read) == 1 else None)
 
     def make() -> Evaluator:
         fs = [t.make() for t in terms]
@@ -420,20 +414,18 @@ def logical_all(op: str, terms: list[Node]) -> Node:
                 if any(values):
                     return 1.0
                 return None if None in values else 0.0
-        flush = None
-        replays = [replay_of(f) for t, f in zip(terms, fs, strict=True) if not t.pure]
-        if dormant_name is not None and all(r is not None for r in replays):
-            pure = [(t, f) for t, f in zip(terms, fs, strict=True) if t.pure]
-            evaluate, flush = dormant_and([f for _, f in pure], replays,  # type: ignore[arg-type]
-                                          dormant_name, evaluate,
-                                          pure[0][0].test if len(pure) == 1 else None)
+        made = _dormant(terms, fs) if op == "and" else None
+        if made is not None:
+            evaluate, batch_of, guards, windows = made
         if batched:
             def build() -> Any:
                 V = vector()
                 many = many_of(fs[0])
                 for f in fs[1:]:
                     many = V.logical(op, many, many_of(f))
-                return many if flush is None else flushing(flush, many)
+                if made is None:
+                    return many
+                return batch_of([many_of(f) for f in guards], [many_of(f) for f in windows])
             with_many(evaluate, lazy_many(build))
         return evaluate
     # ``and`` is true once all its terms are; ``or`` once any is.
@@ -442,6 +434,25 @@ def logical_all(op: str, terms: list[Node]) -> Node:
     return Node(make, metrics, always=any(t.always for t in terms), batched=batched,
                 fill=pick(t.fill for t in terms), reaction=pick(t.reaction for t in terms),
                 pure=all(t.pure for t in terms))
+
+
+def _dormant(terms: list[Node], fs: list[Evaluator]) -> Any:
+    """``and``'s dormant form (rules/dormant.py), when its terms allow: at least one is
+    stateless (a guard), and every other has windows over one and the same metric as its only
+    state. ``None`` otherwise (a stateful term that could not wait would gain little: measured,
+    a window that must run anyway costs what the wait saves). Returns ``(evaluate, batch_of,
+    guards, windows)``."""
+    guard_at = [i for i, t in enumerate(terms) if t.pure]
+    wait_at = [i for i, t in enumerate(terms) if not t.pure]
+    if not guard_at or not wait_at:
+        return None
+    read = frozenset().union(*(terms[i].metrics for i in wait_at))
+    if len(read) != 1 or any(replay_of(fs[i]) is None for i in wait_at):
+        return None
+    guards, windows = [fs[i] for i in guard_at], [fs[i] for i in wait_at]
+    test = terms[guard_at[0]].test if len(guard_at) == 1 else None
+    evaluate, batch_of = dormant_and(guards, windows, next(iter(read)), test)
+    return evaluate, batch_of, guards, windows
 
 
 def negate(inner: Node, arithmetic: bool) -> Node:
