@@ -51,7 +51,7 @@ def _values(rng: random.Random, n: int) -> list[dict[str, float]]:
 
 def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """Build ``and`` evaluators that run every term on every record (the dormant path off)."""
-    monkeypatch.setattr(nodes, "_dormant", lambda terms, fs: None)
+    monkeypatch.setattr(nodes, "dormant_for", lambda terms, fs: None)
 
 
 @pytest.mark.parametrize("condition", _CONDITIONS)

@@ -19,9 +19,13 @@ import math
 import operator
 from array import array
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MIN_PENDING", "SETTLE", "Replay", "dormant_and", "replay_of", "replayer"]
+if TYPE_CHECKING:
+    from trainguard.rules.nodes import Node
+
+__all__ = ["MIN_PENDING", "SETTLE", "Replay", "dormant_and", "dormant_for", "forward_replay",
+           "replay_of", "replayer"]
 
 #: A window's replay: push these values of its metric (non-finite ones skipped, as a record's
 #: would be), results unused. Carries ``.span``: how many trailing values can matter.
@@ -201,3 +205,32 @@ def dormant_and(guards: list[Evaluator], windows: list[Evaluator], name: str,
             return np.where(decided, 0.0, 1.0), decided | known
         return run
     return evaluate, batched
+
+
+def forward_replay(evaluate: Evaluator, inner: Evaluator) -> Evaluator:
+    """``evaluate``, whose only state is ``inner``'s, with ``inner``'s replay as its own, if
+    ``inner`` has one."""
+    replay = replay_of(inner)
+    if replay is not None:
+        evaluate.replay = replay  # type: ignore[attr-defined]
+    return evaluate
+
+
+def dormant_for(terms: list[Node], fs: list[Evaluator]) -> Any:
+    """The dormant form of an ``and`` of these compiled ``terms`` (nodes) and their evaluators
+    ``fs``, when its terms allow: at least one is
+    stateless (a guard), and every other has windows over one and the same metric as its only
+    state. ``None`` otherwise (a stateful term that could not wait would gain little: measured,
+    a window that must run anyway costs what the wait saves). Returns ``(evaluate, batch_of,
+    guards, windows)``."""
+    guard_at = [i for i, t in enumerate(terms) if t.pure]
+    wait_at = [i for i, t in enumerate(terms) if not t.pure]
+    if not guard_at or not wait_at:
+        return None
+    read = frozenset().union(*(terms[i].metrics for i in wait_at))
+    if len(read) != 1 or any(replay_of(fs[i]) is None for i in wait_at):
+        return None
+    guards, windows = [fs[i] for i in guard_at], [fs[i] for i in wait_at]
+    test = terms[guard_at[0]].test if len(guard_at) == 1 else None
+    evaluate, batch_of = dormant_and(guards, windows, next(iter(read)), test)
+    return evaluate, batch_of, guards, windows

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from trainguard.rules.dormant import dormant_and, replay_of
+from trainguard.rules.dormant import dormant_for, forward_replay
 
 __all__ = ["CMP", "EvalContext", "Evaluator", "Node", "binary", "const", "current_context",
            "lazy_many", "logical", "logical_all", "make_in_context", "many_of", "metric",
@@ -142,15 +142,6 @@ def lazy_many(build: Callable[[], Any]) -> Any:
 def many_of(evaluate: Evaluator) -> Any:
     """The batch entry point of an evaluator, or ``None``."""
     return getattr(evaluate, "many", None)
-
-
-def forward_replay(evaluate: Evaluator, inner: Evaluator) -> Evaluator:
-    """``evaluate``, whose only state is ``inner``'s, with ``inner``'s replay (rules/dormant.py)
-    as its own, if ``inner`` has one."""
-    replay = replay_of(inner)
-    if replay is not None:
-        evaluate.replay = replay  # type: ignore[attr-defined]
-    return evaluate
 
 
 def const(value: float, percent: bool = False, unit: str | None = None) -> Node:
@@ -355,7 +346,7 @@ def logical_all(op: str, terms: list[Node]) -> Node:
     term decides ``and`` (a true one ``or``), else an unknown term makes it unknown. The same
     results as nesting the binary form, one call less per extra term; every term runs on
     every call, in order, so stateful windows see every step (an ``and`` whose windows can
-    wait for a false guard keeps their values instead: :func:`_dormant`)."""
+    wait for a false guard keeps their values instead: rules/dormant.py's ``dormant_for``)."""
     batched = all(t.batched for t in terms)
 
     def make() -> Evaluator:
@@ -414,7 +405,7 @@ def logical_all(op: str, terms: list[Node]) -> Node:
                 if any(values):
                     return 1.0
                 return None if None in values else 0.0
-        made = _dormant(terms, fs) if op == "and" else None
+        made = dormant_for(terms, fs) if op == "and" else None
         if made is not None:
             evaluate, batch_of, guards, windows = made
         if batched:
@@ -434,25 +425,6 @@ def logical_all(op: str, terms: list[Node]) -> Node:
     return Node(make, metrics, always=any(t.always for t in terms), batched=batched,
                 fill=pick(t.fill for t in terms), reaction=pick(t.reaction for t in terms),
                 pure=all(t.pure for t in terms))
-
-
-def _dormant(terms: list[Node], fs: list[Evaluator]) -> Any:
-    """``and``'s dormant form (rules/dormant.py), when its terms allow: at least one is
-    stateless (a guard), and every other has windows over one and the same metric as its only
-    state. ``None`` otherwise (a stateful term that could not wait would gain little: measured,
-    a window that must run anyway costs what the wait saves). Returns ``(evaluate, batch_of,
-    guards, windows)``."""
-    guard_at = [i for i, t in enumerate(terms) if t.pure]
-    wait_at = [i for i, t in enumerate(terms) if not t.pure]
-    if not guard_at or not wait_at:
-        return None
-    read = frozenset().union(*(terms[i].metrics for i in wait_at))
-    if len(read) != 1 or any(replay_of(fs[i]) is None for i in wait_at):
-        return None
-    guards, windows = [fs[i] for i in guard_at], [fs[i] for i in wait_at]
-    test = terms[guard_at[0]].test if len(guard_at) == 1 else None
-    evaluate, batch_of = dormant_and(guards, windows, next(iter(read)), test)
-    return evaluate, batch_of, guards, windows
 
 
 def negate(inner: Node, arithmetic: bool) -> Node:
